@@ -1,0 +1,39 @@
+# Each target sets itself up: a virtualenv in .venv with sidjax and its deps,
+# and (where apt and root are available) Debian's offline Fashion-MNIST.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
+
+.PHONY: demo test test-slow bench data lint clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+# Offline Fashion-MNIST from Debian; skipped where it is present or apt is not usable
+# (with internet TFDS downloads the dataset instead).
+data:
+	@if [ ! -f $(FASHION_MNIST_DIR)/train-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	fi
+
+demo: $(VENV)/.installed data
+	$(PY) experiments/compare.py
+
+test: $(VENV)/.installed data
+	$(PY) -m pytest -q
+
+test-slow: $(VENV)/.installed data
+	$(PY) -m pytest -q -m slow
+
+bench: $(VENV)/.installed
+	$(PY) experiments/bench_step.py
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(VENV) runs
