@@ -1,0 +1,136 @@
+"""SID's local loss and its closed-form minimisers, as pure functions of arrays.
+
+Notation (Ye & Tang, arXiv 2510.03273): module i outputs ``logits_i`` and the
+belief ``p_i = softmax(logits_i)``; ``p_{i-1}`` is the previous module's
+belief (uniform for the first module), always under stop-gradient.
+
+* ``"forward"`` (the authors' code, the default)::
+
+      L_i = alpha * CE(y, p_i) + (1 - alpha) * KL(sg(p_{i-1}) || p_i)
+
+* ``"reverse"`` (the paper's stated form; needs label smoothing > 0)::
+
+      L_i = alpha * KL(p_i || p~_y) + (1 - alpha) * KL(p_i || sg(p_{i-1}))
+
+Beliefs cross module boundaries as log-probabilities so that a belief that
+has underflowed to 0 in float32 still has a finite logarithm.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+Divergence = Literal["forward", "reverse"]
+DIVERGENCES: tuple[str, ...] = ("forward", "reverse")
+
+
+def label_distribution(labels: chex.Array, num_classes: int, label_smoothing: float = 0.0) -> chex.Array:
+    """Target distribution ``p~_y``: one-hot, optionally label-smoothed.
+
+    Args:
+      labels: integer class ids, ``[batch]``.
+      num_classes: N.
+      label_smoothing: epsilon in [0, 1); mass epsilon is spread uniformly.
+
+    Returns:
+      ``[batch, num_classes]``, rows sum to one.
+    """
+    onehot = jax.nn.one_hot(labels, num_classes)
+    return optax.smooth_labels(onehot, label_smoothing) if label_smoothing else onehot
+
+
+def uniform_log_belief(batch: int, num_classes: int) -> chex.Array:
+    """``log p_0``: the uniform prior the belief chain starts from, ``[batch, N]``."""
+    return jnp.full((batch, num_classes), -jnp.log(num_classes), jnp.float32)
+
+
+def sid_local_loss(
+    logits: chex.Array,
+    prev_log_belief: chex.Array,
+    labels: chex.Array,
+    alpha: chex.Numeric,
+    *,
+    divergence: Divergence = "forward",
+    label_smoothing: float = 0.0,
+) -> chex.Array:
+    """Per-example local SID loss of one module (SID_METHOD §1 and §2).
+
+    Args:
+      logits: this module's logits, ``[batch, N]``.
+      prev_log_belief: ``log p_{i-1}``, ``[batch, N]``; stop-gradient is
+        applied here, so callers cannot forget it.
+      labels: integer class ids, ``[batch]``.
+      alpha: fidelity weight in [0, 1], a scalar.
+      divergence: ``"forward"`` (authors' code) or ``"reverse"`` (paper).
+      label_smoothing: epsilon of the target ``p~_y``; the reverse form needs
+        epsilon > 0 (KL(p || one-hot) is infinite).
+
+    Returns:
+      ``[batch]`` loss values.
+    """
+    chex.assert_rank(logits, 2)
+    chex.assert_equal_shape([logits, prev_log_belief])
+    num_classes = logits.shape[-1]
+    prev_log_belief = jax.lax.stop_gradient(prev_log_belief)
+    log_p = jax.nn.log_softmax(logits)
+    target = label_distribution(labels, num_classes, label_smoothing)
+    if divergence == "forward":
+        fidelity = optax.softmax_cross_entropy(logits, target)
+        consistency = optax.losses.kl_divergence_with_log_targets(log_p, prev_log_belief)
+    elif divergence == "reverse":
+        if not label_smoothing > 0:
+            raise ValueError(
+                "divergence='reverse' needs label_smoothing > 0: KL(p || one-hot) "
+                "is infinite. Pass e.g. label_smoothing=0.1."
+            )
+        fidelity = optax.losses.kl_divergence_with_log_targets(jnp.log(target), log_p)
+        consistency = optax.losses.kl_divergence_with_log_targets(prev_log_belief, log_p)
+    else:
+        raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
+    return alpha * fidelity + (1.0 - alpha) * consistency
+
+
+def kl_to_target(logits: chex.Array, labels: chex.Array, label_smoothing: float = 0.0) -> chex.Array:
+    """Depth diagnostic ``KL(p~_y || p_i)`` per example, ``[batch]``.
+
+    With no label smoothing this equals the cross-entropy ``-log p_i(y)``.
+    """
+    target = label_distribution(labels, logits.shape[-1], label_smoothing)
+    return optax.losses.kl_divergence(jax.nn.log_softmax(logits), target)
+
+
+def forward_minimiser(alpha: chex.Numeric, target: chex.Array, prev: chex.Array) -> chex.Array:
+    """Closed-form minimiser of the forward loss over the simplex.
+
+    ``argmin_p alpha * CE(target, p) + (1 - alpha) * KL(prev || p)
+    = alpha * target + (1 - alpha) * prev`` (an arithmetic mixture).
+
+    Args:
+      alpha: scalar in [0, 1].
+      target, prev: probability vectors ``[..., N]``.
+
+    Returns:
+      ``[..., N]``.
+    """
+    return alpha * target + (1.0 - alpha) * prev
+
+
+def reverse_minimiser(alpha: chex.Numeric, target: chex.Array, prev: chex.Array) -> chex.Array:
+    """Closed-form minimiser of the reverse loss over the simplex.
+
+    ``argmin_p alpha * KL(p || target) + (1 - alpha) * KL(p || prev)
+    ∝ target**alpha * prev**(1 - alpha)`` (a geometric mixture).
+
+    Args:
+      alpha: scalar in [0, 1].
+      target, prev: strictly positive probability vectors ``[..., N]``.
+
+    Returns:
+      ``[..., N]``.
+    """
+    return jax.nn.softmax(alpha * jnp.log(target) + (1.0 - alpha) * jnp.log(prev), axis=-1)
