@@ -1,0 +1,292 @@
+"""One training run, end to end: config, data, train, evaluate, result files.
+
+``experiments/train.py`` is a thin CLI over ``run``; notebooks and the main
+comparison call it directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from sidjax.data import (
+    DATASETS,
+    Dataset,
+    epoch_batches,
+    load_dataset,
+    random_crop_flip,
+    symmetric_label_noise,
+)
+from sidjax.evaluation import evaluate, make_eval_step
+from sidjax.losses import DIVERGENCES
+from sidjax.models import EXTRACTORS
+from sidjax.network import make_network
+from sidjax.ops import CONV_IMPLS
+from sidjax.steps import SIDLoss, init_train_state, make_train_step
+
+RUN_METHODS: tuple[str, ...] = ("sid", "bp")
+
+
+class ConfigError(ValueError):
+    """A run configuration that cannot be run; the message says what to change."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a run (the defaults are the authors' settings)."""
+
+    method: str = "sid"
+    dataset: str = "fashion_mnist"
+    model: str = "simplecnn"
+    num_modules: int = 10
+    alpha: float = 0.5
+    divergence: str = "forward"
+    label_smoothing: float = 0.0
+    label_noise: float = 0.0
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 1e-3
+    seed: int = 0
+    limit_train: int | None = None
+    limit_test: int | None = None
+    augment: bool | None = None  # None: on for CIFAR, off otherwise
+    conv_impl: str = "xla"
+    eval_batch_size: int = 1000
+
+    def validate(self) -> None:
+        """Raises ``ConfigError`` with one line naming the bad setting."""
+        checks = [
+            (self.method in RUN_METHODS, f"--method must be one of {RUN_METHODS}, got {self.method!r}"),
+            (self.dataset in DATASETS, f"--dataset must be one of {DATASETS}, got {self.dataset!r}"),
+            (
+                self.model in EXTRACTORS,
+                f"--model must be one of {tuple(sorted(EXTRACTORS))}, got {self.model!r}",
+            ),
+            (
+                self.divergence in DIVERGENCES,
+                f"--divergence must be one of {DIVERGENCES}, got {self.divergence!r}",
+            ),
+            (
+                self.conv_impl in CONV_IMPLS,
+                f"--conv-impl must be one of {CONV_IMPLS}, got {self.conv_impl!r}",
+            ),
+            (self.num_modules >= 1, f"--num-modules must be >= 1, got {self.num_modules}"),
+            (0.0 <= self.alpha <= 1.0, f"--alpha must lie in [0, 1], got {self.alpha}"),
+            (
+                0.0 <= self.label_smoothing < 1.0,
+                f"--label-smoothing must lie in [0, 1), got {self.label_smoothing}",
+            ),
+            (0.0 <= self.label_noise <= 1.0, f"--label-noise must lie in [0, 1], got {self.label_noise}"),
+            (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
+            (self.eval_batch_size >= 1, f"--eval-batch-size must be >= 1, got {self.eval_batch_size}"),
+            (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
+            (
+                self.limit_train is None or self.limit_train >= 1,
+                f"--limit-train must be >= 1, got {self.limit_train}",
+            ),
+            (
+                self.limit_test is None or self.limit_test >= 1,
+                f"--limit-test must be >= 1, got {self.limit_test}",
+            ),
+            (
+                not (self.divergence == "reverse" and self.label_smoothing == 0.0),
+                "--divergence reverse needs --label-smoothing > 0 (KL(p || one-hot) is infinite); try 0.1",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    def loss(self) -> SIDLoss:
+        return SIDLoss(self.alpha, self.divergence, self.label_smoothing)
+
+
+def _prepare_data(config: TrainConfig, dataset: Dataset) -> tuple[Dataset, float]:
+    train_x, train_y = dataset.train_images, dataset.train_labels
+    test_x, test_y = dataset.test_images, dataset.test_labels
+    if config.limit_train is not None:
+        train_x, train_y = train_x[: config.limit_train], train_y[: config.limit_train]
+    if config.limit_test is not None:
+        test_x, test_y = test_x[: config.limit_test], test_y[: config.limit_test]
+    if len(train_y) < config.batch_size:
+        raise ConfigError(
+            f"--batch-size {config.batch_size} is larger than the {len(train_y)} training examples; "
+            "lower --batch-size or raise --limit-train"
+        )
+    realised = 0.0
+    if config.label_noise > 0:
+        train_y, realised = symmetric_label_noise(
+            train_y, config.label_noise, dataset.num_classes, config.seed
+        )
+    data = dataclasses.replace(
+        dataset, train_images=train_x, train_labels=train_y, test_images=test_x, test_labels=test_y
+    )
+    return data, realised
+
+
+def _check_out_dir(out_dir: str, overwrite: bool) -> None:
+    existing = [f for f in ("metrics.jsonl", "summary.json") if os.path.exists(os.path.join(out_dir, f))]
+    if existing and not overwrite:
+        raise ConfigError(
+            f"{out_dir} already holds a run ({', '.join(existing)}); pass --overwrite or another --out"
+        )
+    os.makedirs(out_dir, exist_ok=True)
+    for f in existing:
+        os.remove(os.path.join(out_dir, f))
+
+
+def run(
+    config: TrainConfig,
+    out_dir: str | None = None,
+    *,
+    dataset: Dataset | None = None,
+    data_dir: str | None = None,
+    manual_dir: str | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Trains and evaluates one configuration.
+
+    Args:
+      config: the run.
+      out_dir: if given, ``metrics.jsonl`` (one line per epoch, flushed as it
+        is written) and ``summary.json`` go here.
+      dataset: an already loaded dataset (skips loading; must match
+        ``config.dataset``).
+      data_dir, manual_dir: passed to ``sidjax.data.load_dataset``.
+      progress: show a tqdm bar per epoch.
+      overwrite: replace the result files of an earlier run in ``out_dir``.
+      on_epoch: called with each epoch's metrics record.
+
+    Returns:
+      The summary dict (also written to ``out_dir/summary.json``).
+    """
+    config.validate()
+    if out_dir is not None:
+        _check_out_dir(out_dir, overwrite)
+    if dataset is None:
+        dataset = load_dataset(config.dataset, data_dir, manual_dir)
+    elif dataset.name != config.dataset:
+        raise ConfigError(f"the given dataset is {dataset.name!r} but the config says {config.dataset!r}")
+    data, realised_noise = _prepare_data(config, dataset)
+
+    init_key, train_key = jax.random.split(jax.random.key(config.seed))
+    network, params = make_network(
+        config.model,
+        data.input_shape,
+        data.num_classes,
+        config.num_modules,
+        init_key,
+        conv_impl=config.conv_impl,
+    )
+    tx = optax.adam(config.lr)
+    state = init_train_state(params, tx)
+    augment = config.augment if config.augment is not None else config.dataset.startswith("cifar")
+    step = make_train_step(
+        network, tx, config.method, config.loss(), augment=random_crop_flip if augment else None, donate=True
+    )
+    eval_step = make_eval_step(network, config.label_smoothing)
+
+    x0 = jnp.zeros((config.batch_size, *data.input_shape), jnp.float32)
+    y0 = jnp.zeros((config.batch_size,), jnp.int32)
+    start = time.perf_counter()
+    step = step.lower(state, (x0, y0), train_key).compile()  # compiled once: no retrace mid-run
+    compile_time = time.perf_counter() - start
+
+    steps_per_epoch = len(data.train_labels) // config.batch_size
+    metrics_file = open(os.path.join(out_dir, "metrics.jsonl"), "a") if out_dir else None
+    history, train_time = [], 0.0
+    try:
+        for epoch in range(1, config.epochs + 1):
+            batches = epoch_batches(
+                data.train_images, data.train_labels, config.batch_size, config.seed, epoch
+            )
+            bar = tqdm(
+                batches,
+                total=steps_per_epoch,
+                desc=f"{config.method} epoch {epoch}/{config.epochs}",
+                disable=not progress,
+                leave=False,
+                mininterval=0.1 if sys.stderr.isatty() else 30.0,  # keep CI logs short
+            )
+            start = time.perf_counter()
+            step_metrics = []
+            for x, y in bar:
+                state, metrics = step(state, (jnp.asarray(x), jnp.asarray(y)), train_key)
+                step_metrics.append(metrics)
+            jax.block_until_ready(state)
+            epoch_time = time.perf_counter() - start
+            train_time += epoch_time
+            means = jax.device_get(jax.tree.map(lambda *m: jnp.stack(m).mean(0), *step_metrics))
+            start = time.perf_counter()
+            test = evaluate(
+                eval_step, state.params, data.test_images, data.test_labels, config.eval_batch_size
+            )
+            record = {
+                "epoch": epoch,
+                "train_loss": float(means["loss"]),
+                "train_ce": float(means["ce"]),
+                "train_accuracy": float(means["accuracy"]),
+                "test_accuracy": test["accuracy"],
+                "per_module_accuracy": test["per_module_accuracy"],
+                "per_module_kl": test["per_module_kl"],
+                "epoch_time_s": epoch_time,
+                "eval_time_s": time.perf_counter() - start,
+            }
+            if not np.isfinite(record["train_loss"]):
+                raise FloatingPointError(
+                    f"training diverged at epoch {epoch} (loss {record['train_loss']}); lower --lr"
+                )
+            history.append(record)
+            if metrics_file:
+                metrics_file.write(json.dumps(record) + "\n")
+                metrics_file.flush()
+            if on_epoch:
+                on_epoch(record)
+            if progress:
+                tqdm.write(
+                    f"{config.method} epoch {epoch}: loss {record['train_loss']:.4f}, "
+                    f"test acc {record['test_accuracy']:.4f}, {epoch_time:.1f}s"
+                )
+    finally:
+        if metrics_file:
+            metrics_file.close()
+
+    examples = steps_per_epoch * config.batch_size * config.epochs
+    summary = {
+        **dataclasses.asdict(config),
+        "final_test_accuracy": history[-1]["test_accuracy"],
+        "best_test_accuracy": max(r["test_accuracy"] for r in history),
+        "best_epoch": max(history, key=lambda r: r["test_accuracy"])["epoch"],
+        "per_module_accuracy": history[-1]["per_module_accuracy"],
+        "per_module_kl": history[-1]["per_module_kl"],
+        "train_time_s": train_time,
+        "time_per_epoch_s": train_time / config.epochs,
+        "examples_per_s": examples / train_time,
+        "compile_time_s": compile_time,
+        "num_train": int(len(data.train_labels)),
+        "num_test": int(len(data.test_labels)),
+        "realised_label_noise": realised_noise,
+        "backend": jax.default_backend(),
+        "device": str(jax.devices()[0].device_kind),
+        "host": f"{platform.machine()}, {os.cpu_count()} cpus",
+        "jax_version": jax.__version__,
+    }
+    if out_dir:
+        with open(os.path.join(out_dir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+    return summary
