@@ -27,13 +27,13 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from sidjax import EXTRACTORS, SIDLoss, init_train_state, make_network, make_train_step  # noqa: E402
+from sidjax import ARCHITECTURES, SIDLoss, init_train_state, make_network, make_train_step  # noqa: E402
 from sidjax.ops import CONV_IMPLS  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="simplecnn", choices=sorted(EXTRACTORS))
+    parser.add_argument("--model", default="simplecnn", choices=tuple(ARCHITECTURES))
     parser.add_argument("--num-modules", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--input-shape", default="28,28,1", help="H,W,C (default Fashion-MNIST)")

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     table = comparison_table(summaries)
     n = summaries[next(iter(summaries))]
     header = (
-        f"{base.dataset}, {base.model} extractor, L={base.num_modules}, alpha={base.alpha}, "
+        f"{base.dataset}, {base.model} ({base.mode}), {'L' if base.mode == 'trunk' else 'K'}={base.depth}, alpha={base.alpha}, "
         f"Adam {base.lr}, batch {base.batch_size}, {base.epochs} epochs, {n['num_train']} train / "
         f"{n['num_test']} test examples, seed {base.seed}; {n['host']}, {n['backend']}"
     )

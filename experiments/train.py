@@ -23,10 +23,15 @@ from sidjax.experiment import ConfigError, TrainConfig, run  # noqa: E402
 def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--method", default=d.method, help="sid | bp")
+    p.add_argument("--method", default=d.method, help="sid | bp | bp_remat | dgl")
+    p.add_argument(
+        "--mode", default=d.mode, help="trunk (authors' shared extractor) | blockwise (no global backprop)"
+    )
     p.add_argument("--dataset", default=d.dataset, help="fashion_mnist | mnist | cifar10 | cifar100")
-    p.add_argument("--model", default=d.model, help="simplecnn | mlp")
-    p.add_argument("--num-modules", type=int, default=d.num_modules)
+    p.add_argument("--model", default=d.model, help="mlp | simplecnn | vgg11 | resnet18 | vit_tiny")
+    p.add_argument("--num-modules", type=int, default=d.num_modules, help="L belief modules (trunk mode)")
+    p.add_argument("--num-blocks", type=int, default=d.num_blocks, help="K blocks (blockwise mode)")
+    p.add_argument("--execution", default=d.execution, help="auto | vmap | fused | sequential")
     p.add_argument("--alpha", type=float, default=d.alpha)
     p.add_argument("--divergence", default=d.divergence, help="forward (authors' code) | reverse (paper)")
     p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
@@ -77,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
     except (ConfigError, DatasetUnavailableError) as err:
         parser.exit(2, f"error: {err}\n")
     print(
-        f"{config.method} {config.model} on {config.dataset}: final test accuracy "
+        f"{config.method} {config.model} ({config.mode}) on {config.dataset}: final test accuracy "
         f"{summary['final_test_accuracy']:.4f} (best {summary['best_test_accuracy']:.4f} at epoch "
         f"{summary['best_epoch']}), {summary['time_per_epoch_s']:.1f} s/epoch, "
         f"{summary['examples_per_s']:.0f} examples/s"

@@ -1,5 +1,6 @@
 """sidjax: Synergistic Information Distillation (SID) in JAX and Flax NNX."""
 
+from sidjax.architectures import ARCHITECTURES, Backbone
 from sidjax.evaluation import evaluate, make_eval_step
 from sidjax.losses import (
     forward_minimiser,
@@ -9,29 +10,32 @@ from sidjax.losses import (
     sid_local_loss,
     uniform_log_belief,
 )
-from sidjax.models import EXTRACTORS, BeliefModule, MLPExtractor, SimpleCNN
-from sidjax.network import SIDNetwork, SIDParams, make_network, unstack_modules
+from sidjax.models import BeliefHead, BeliefModule, BlockUnit
+from sidjax.network import NetParams, Network, make_blockwise_network, make_network, unstack_modules
 from sidjax.ops import conv2d, max_pool
 from sidjax.steps import (
+    EXECUTIONS,
     METHODS,
     SIDLoss,
     TrainState,
     apply_gradients,
     init_train_state,
+    local_losses,
     make_grad_fn,
     make_train_step,
-    sid_local_losses,
 )
 
 __all__ = [
-    "EXTRACTORS",
+    "ARCHITECTURES",
+    "EXECUTIONS",
     "METHODS",
+    "Backbone",
+    "BeliefHead",
     "BeliefModule",
-    "MLPExtractor",
+    "BlockUnit",
+    "NetParams",
+    "Network",
     "SIDLoss",
-    "SIDNetwork",
-    "SIDParams",
-    "SimpleCNN",
     "TrainState",
     "apply_gradients",
     "conv2d",
@@ -40,6 +44,8 @@ __all__ = [
     "init_train_state",
     "kl_to_target",
     "label_distribution",
+    "local_losses",
+    "make_blockwise_network",
     "make_eval_step",
     "make_grad_fn",
     "make_network",
@@ -47,7 +53,6 @@ __all__ = [
     "max_pool",
     "reverse_minimiser",
     "sid_local_loss",
-    "sid_local_losses",
     "uniform_log_belief",
     "unstack_modules",
 ]

@@ -22,7 +22,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-DATASETS: tuple[str, ...] = ("fashion_mnist", "mnist", "cifar10", "cifar100")
+# name -> (image shape, number of classes), known before any data is loaded
+DATASET_INFO: dict[str, tuple[tuple[int, int, int], int]] = {
+    "fashion_mnist": ((28, 28, 1), 10),
+    "mnist": ((28, 28, 1), 10),
+    "cifar10": ((32, 32, 3), 10),
+    "cifar100": ((32, 32, 3), 100),
+}
+DATASETS: tuple[str, ...] = tuple(DATASET_INFO)
 # Debian's dataset-fashion-mnist; override with $SIDJAX_FASHION_MNIST_DIR.
 DEBIAN_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 # Upstream gzip MTIMEs, from the original Fashion-MNIST archives.
@@ -194,7 +201,7 @@ def load_dataset(
     test_x = test_x.astype(np.float32) / 255.0
     mean = train_x.mean(axis=(0, 1, 2))
     std = train_x.std(axis=(0, 1, 2)) + 1e-8
-    num_classes = int(max(train_y.max(), test_y.max())) + 1
+    num_classes = DATASET_INFO[name][1]
     return Dataset(
         name,
         (train_x - mean) / std,

@@ -10,12 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from sidjax.losses import kl_to_target
-from sidjax.network import SIDNetwork, SIDParams
+from sidjax.network import NetParams, Network
 
 
 def make_eval_step(
-    network: SIDNetwork, label_smoothing: float = 0.0
-) -> Callable[[SIDParams, chex.Array, chex.Array, chex.Array], dict[str, chex.Array]]:
+    network: Network, label_smoothing: float = 0.0
+) -> Callable[[NetParams, chex.Array, chex.Array, chex.Array], dict[str, chex.Array]]:
     """Jitted ``(params, x [B,...], labels [B], mask [B]) -> sums``.
 
     Returns a dict of sums over unmasked examples: ``correct [L]``, ``kl [L]``
@@ -33,7 +33,7 @@ def make_eval_step(
 
 def evaluate(
     eval_step: Callable,
-    params: SIDParams,
+    params: NetParams,
     images: np.ndarray,
     labels: np.ndarray,
     batch_size: int = 1000,

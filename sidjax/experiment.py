@@ -21,7 +21,9 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from sidjax.architectures import ARCHITECTURES
 from sidjax.data import (
+    DATASET_INFO,
     DATASETS,
     Dataset,
     epoch_batches,
@@ -31,12 +33,11 @@ from sidjax.data import (
 )
 from sidjax.evaluation import evaluate, make_eval_step
 from sidjax.losses import DIVERGENCES
-from sidjax.models import EXTRACTORS
-from sidjax.network import make_network
+from sidjax.network import NetParams, Network, make_blockwise_network, make_network
 from sidjax.ops import CONV_IMPLS
-from sidjax.steps import SIDLoss, init_train_state, make_train_step
+from sidjax.steps import EXECUTIONS, METHODS, SIDLoss, init_train_state, make_train_step
 
-RUN_METHODS: tuple[str, ...] = ("sid", "bp")
+MODES: tuple[str, ...] = ("trunk", "blockwise")
 
 
 class ConfigError(ValueError):
@@ -48,9 +49,12 @@ class TrainConfig:
     """Everything that defines a run (the defaults are the authors' settings)."""
 
     method: str = "sid"
+    mode: str = "trunk"
     dataset: str = "fashion_mnist"
     model: str = "simplecnn"
-    num_modules: int = 10
+    num_modules: int = 10  # L, belief modules of the shared trunk
+    num_blocks: int = 4  # K, blocks of the blockwise mode
+    execution: str = "auto"
     alpha: float = 0.5
     divergence: str = "forward"
     label_smoothing: float = 0.0
@@ -68,11 +72,16 @@ class TrainConfig:
     def validate(self) -> None:
         """Raises ``ConfigError`` with one line naming the bad setting."""
         checks = [
-            (self.method in RUN_METHODS, f"--method must be one of {RUN_METHODS}, got {self.method!r}"),
+            (self.method in METHODS, f"--method must be one of {METHODS}, got {self.method!r}"),
+            (self.mode in MODES, f"--mode must be one of {MODES}, got {self.mode!r}"),
+            (
+                self.execution in EXECUTIONS,
+                f"--execution must be one of {EXECUTIONS}, got {self.execution!r}",
+            ),
             (self.dataset in DATASETS, f"--dataset must be one of {DATASETS}, got {self.dataset!r}"),
             (
-                self.model in EXTRACTORS,
-                f"--model must be one of {tuple(sorted(EXTRACTORS))}, got {self.model!r}",
+                self.model in ARCHITECTURES,
+                f"--model must be one of {tuple(ARCHITECTURES)}, got {self.model!r}",
             ),
             (
                 self.divergence in DIVERGENCES,
@@ -83,6 +92,11 @@ class TrainConfig:
                 f"--conv-impl must be one of {CONV_IMPLS}, got {self.conv_impl!r}",
             ),
             (self.num_modules >= 1, f"--num-modules must be >= 1, got {self.num_modules}"),
+            (self.num_blocks >= 1, f"--num-blocks must be >= 1, got {self.num_blocks}"),
+            (
+                self.method != "dgl" or self.mode == "blockwise",
+                "--method dgl is greedy blockwise learning: it needs --mode blockwise",
+            ),
             (0.0 <= self.alpha <= 1.0, f"--alpha must lie in [0, 1], got {self.alpha}"),
             (
                 0.0 <= self.label_smoothing < 1.0,
@@ -112,6 +126,30 @@ class TrainConfig:
 
     def loss(self) -> SIDLoss:
         return SIDLoss(self.alpha, self.divergence, self.label_smoothing)
+
+    @property
+    def depth(self) -> int:
+        """Number of belief units: L (trunk) or K (blockwise)."""
+        return self.num_modules if self.mode == "trunk" else self.num_blocks
+
+    def build(self, input_shape: tuple[int, ...], num_classes: int, key) -> tuple[Network, NetParams]:
+        """The network this config trains (``ConfigError`` for a cut the model does not allow)."""
+        try:
+            if self.mode == "trunk":
+                return make_network(
+                    self.model, input_shape, num_classes, self.num_modules, key, conv_impl=self.conv_impl
+                )
+            return make_blockwise_network(
+                self.model,
+                input_shape,
+                num_classes,
+                self.num_blocks,
+                key,
+                belief_input=self.method != "dgl",
+                conv_impl=self.conv_impl,
+            )
+        except ValueError as err:
+            raise ConfigError(f"--model {self.model} --mode {self.mode}: {err}") from err
 
 
 def _prepare_data(config: TrainConfig, dataset: Dataset) -> tuple[Dataset, float]:
@@ -176,35 +214,42 @@ def run(
       The summary dict (also written to ``out_dir/summary.json``).
     """
     config.validate()
+    # Build first: a config the model does not allow fails before any data is loaded.
+    input_shape, num_classes = DATASET_INFO[config.dataset]
+    init_key, train_key = jax.random.split(jax.random.key(config.seed))
+    network, params = config.build(input_shape, num_classes, init_key)
+    tx = optax.adam(config.lr)
+    state = init_train_state(params, tx)
+    augment = config.augment if config.augment is not None else config.dataset.startswith("cifar")
+    try:
+        step = make_train_step(
+            network,
+            tx,
+            config.method,
+            config.loss(),
+            execution=config.execution,
+            augment=random_crop_flip if augment else None,
+            donate=True,
+        )
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    eval_step = make_eval_step(network, config.label_smoothing)
     if out_dir is not None:
         _check_out_dir(out_dir, overwrite)
+
     if dataset is None:
         dataset = load_dataset(config.dataset, data_dir, manual_dir)
     elif dataset.name != config.dataset:
         raise ConfigError(f"the given dataset is {dataset.name!r} but the config says {config.dataset!r}")
+    if dataset.input_shape != input_shape:
+        raise ConfigError(f"{config.dataset} images are {dataset.input_shape}, expected {input_shape}")
     data, realised_noise = _prepare_data(config, dataset)
 
-    init_key, train_key = jax.random.split(jax.random.key(config.seed))
-    network, params = make_network(
-        config.model,
-        data.input_shape,
-        data.num_classes,
-        config.num_modules,
-        init_key,
-        conv_impl=config.conv_impl,
-    )
-    tx = optax.adam(config.lr)
-    state = init_train_state(params, tx)
-    augment = config.augment if config.augment is not None else config.dataset.startswith("cifar")
-    step = make_train_step(
-        network, tx, config.method, config.loss(), augment=random_crop_flip if augment else None, donate=True
-    )
-    eval_step = make_eval_step(network, config.label_smoothing)
-
+    # Compile (and warm up) on a copy, so that epoch times exclude compilation.
     x0 = jnp.zeros((config.batch_size, *data.input_shape), jnp.float32)
     y0 = jnp.zeros((config.batch_size,), jnp.int32)
     start = time.perf_counter()
-    step = step.lower(state, (x0, y0), train_key).compile()  # compiled once: no retrace mid-run
+    jax.block_until_ready(step(jax.tree.map(jnp.copy, state), (x0, y0), train_key))
     compile_time = time.perf_counter() - start
 
     steps_per_epoch = len(data.train_labels) // config.batch_size

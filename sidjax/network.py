@@ -1,9 +1,17 @@
-"""A shared-trunk SID network as pure functions over a params pytree.
+"""SID networks as pure functions over a params pytree: shared-trunk and blockwise.
 
-The network is a feature extractor ``c(x) -> z`` followed by ``num_modules``
-identical belief modules whose params are stacked along a leading axis (one
-vmapped init). NNX graphdefs are static; params are plain pytrees that cross
-``jit``, ``vmap`` and ``scan``.
+Both kinds are one object, a ``Network``: a *stem* followed by K *units*,
+each ``unit(h, belief) -> (h_out, logits)`` (``sidjax.models``).
+
+* shared trunk (SID_METHOD §1): stem = feature extractor, units = identical
+  belief modules that pass ``z`` through; the stem gets every unit's gradient.
+* blockwise (SID_METHOD §3): stem = nothing (or ViT's patch embedding),
+  units = backbone block + belief head; each unit's feature output is cut
+  (``cut_features``), so no gradient crosses any block boundary and the stem
+  trains with block 1 only.
+
+Units with equal structure are **stacked** along a leading axis (one vmapped
+init, applied with ``lax.scan``/``vmap``); otherwise they are a tuple.
 """
 
 from __future__ import annotations
@@ -16,70 +24,143 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from sidjax.architectures import ARCHITECTURES, Extractor
 from sidjax.losses import uniform_log_belief
-from sidjax.models import EXTRACTORS, BeliefModule
+from sidjax.models import BeliefHead, BeliefModule, BlockUnit
 from sidjax.ops import ConvImpl
 
+sg = jax.lax.stop_gradient
 
-class SIDParams(NamedTuple):
-    """Params of a shared-trunk network.
+
+class NetParams(NamedTuple):
+    """Params of a network.
 
     Attributes:
-      extractor: the extractor's ``nnx.State``.
-      modules: the belief modules' ``nnx.State``, every leaf stacked
-        ``[num_modules, ...]``.
+      stem: the stem's ``nnx.State`` (``{}`` when there is no stem).
+      units: stacked ``nnx.State`` with leaves ``[K, ...]`` when the network
+        is ``stacked``, else a tuple of K states.
     """
 
-    extractor: Any
-    modules: Any
+    stem: Any
+    units: Any
+
+
+class Chain(NamedTuple):
+    """What one pass through the units produced.
+
+    Attributes:
+      logits: ``[K, B, N]``, unit k's logits.
+      prev_log_beliefs: ``[K, B, N]``, unit k's belief input ``log p_{k-1}``.
+      inputs: unit k's feature input; stacked ``[K, ...]`` for stacked
+        networks, else a list of K arrays.
+    """
+
+    logits: chex.Array
+    prev_log_beliefs: chex.Array
+    inputs: Any
 
 
 @dataclasses.dataclass(frozen=True)
-class SIDNetwork:
-    """Static description of a network: graphdefs and sizes (hashable)."""
+class Network:
+    """Static description of a network (hashable; params live apart).
 
-    extractor_def: nnx.GraphDef
-    module_def: nnx.GraphDef
-    num_modules: int
+    Attributes:
+      stem_def: graphdef of the stem, or None (identity).
+      unit_defs: one graphdef per unit (a single one when ``stacked``).
+      stacked: units share one structure and are stacked along axis 0.
+      num_units: K.
+      num_classes: N.
+      cut_features: blockwise (True) or shared trunk (False).
+      belief_input: whether units read the previous belief (False for DGL).
+      name: a label for logs.
+    """
+
+    stem_def: nnx.GraphDef | None
+    unit_defs: tuple[nnx.GraphDef, ...]
+    stacked: bool
+    num_units: int
     num_classes: int
-    feature_dim: int
+    cut_features: bool
+    belief_input: bool = True
+    name: str = ""
 
-    def extract(self, extractor_params: Any, x: chex.Array) -> chex.Array:
-        """Features ``z``: ``x [B, H, W, C] -> [B, feature_dim]``."""
-        return nnx.merge(self.extractor_def, extractor_params)(x)
+    @property
+    def num_modules(self) -> int:
+        return self.num_units
 
-    def module_logits(self, module_params: Any, log_belief: chex.Array, z: chex.Array) -> chex.Array:
-        """One belief module: ``log p_{i-1} [B, N]``, ``z [B, d]`` -> logits ``[B, N]``."""
-        return nnx.merge(self.module_def, module_params)(jnp.exp(log_belief), z)
+    def stem(self, stem_params: Any, x: chex.Array) -> chex.Array:
+        """``x [B, H, W, C] -> h_0``."""
+        return x if self.stem_def is None else nnx.merge(self.stem_def, stem_params)(x)
 
-    def chain(self, module_params: Any, z: chex.Array, *, cut: bool) -> tuple[chex.Array, chex.Array]:
-        """Runs the belief chain from the uniform prior with a ``lax.scan``.
+    def unit(
+        self, k: int, unit_params: Any, h: chex.Array, log_belief: chex.Array
+    ) -> tuple[chex.Array, chex.Array]:
+        """Unit k: ``(h, log p_{k-1} [B, N]) -> (h_out, logits [B, N])``."""
+        unit_def = self.unit_defs[0 if self.stacked else k]
+        return nnx.merge(unit_def, unit_params)(h, jnp.exp(log_belief))
+
+    def unit_params(self, units: Any, k: int) -> Any:
+        """Unit k's params, from stacked or tuple units."""
+        return jax.tree.map(lambda a: a[k], units) if self.stacked else units[k]
+
+    def run_units(self, units: Any, h0: chex.Array, *, cut: bool, remat: bool = False) -> Chain:
+        """Runs the chain from ``h_0`` and the uniform prior.
 
         Args:
-          module_params: stacked module params, leaves ``[L, ...]``.
-          z: features ``[B, d]``.
-          cut: stop the gradient on each module's belief input (SID); with
-            ``cut=False`` gradients flow along the chain (backprop).
+          units: the units' params.
+          h0: the stem's output.
+          cut: SID's stop-gradients: on every belief input, and on every
+            unit's feature output when ``cut_features``. ``cut=False`` is
+            the end-to-end network that backprop trains.
+          remat: rematerialise each unit in the backward pass
+            (``jax.checkpoint`` at every block boundary).
 
         Returns:
-          ``(logits, prev_log_beliefs)``, both ``[L, B, N]``: module i's
-          logits and its input ``log p_{i-1}`` (row 0 is the uniform prior).
+          A ``Chain``.
         """
 
-        def body(log_belief, params_i):
+        def step(k, params_k, h, log_belief):
             if cut:
-                log_belief = jax.lax.stop_gradient(log_belief)
-            logits = self.module_logits(params_i, log_belief, z)
-            return jax.nn.log_softmax(logits), (logits, log_belief)
+                log_belief = sg(log_belief)
+            apply = jax.checkpoint(self.unit, static_argnums=0) if remat else self.unit
+            h_out, logits = apply(k, params_k, h, log_belief)
+            if cut and self.cut_features:
+                h_out = sg(h_out)
+            return h_out, jax.nn.log_softmax(logits), (logits, log_belief, h)
 
-        prior = uniform_log_belief(z.shape[0], self.num_classes)
-        _, (logits, prev) = jax.lax.scan(body, prior, module_params)
-        chex.assert_shape(logits, (self.num_modules, z.shape[0], self.num_classes))
-        return logits, prev
+        prior = uniform_log_belief(h0.shape[0], self.num_classes)
+        if self.stacked:
 
-    def apply(self, params: SIDParams, x: chex.Array) -> chex.Array:
-        """Inference: every module's logits ``[L, B, N]``; the prediction is row -1."""
-        return self.chain(params.modules, self.extract(params.extractor, x), cut=False)[0]
+            def body(carry, params_k):
+                h_out, log_belief, out = step(0, params_k, *carry)
+                return (h_out, log_belief), out
+
+            _, (logits, prev, inputs) = jax.lax.scan(body, (h0, prior), units)
+        else:
+            h, log_belief, outs = h0, prior, []
+            for k in range(self.num_units):
+                h, log_belief, out = step(k, units[k], h, log_belief)
+                outs.append(out)
+            logits = jnp.stack([o[0] for o in outs])
+            prev = jnp.stack([o[1] for o in outs])
+            inputs = [o[2] for o in outs]
+        chex.assert_shape(logits, (self.num_units, h0.shape[0], self.num_classes))
+        return Chain(logits, prev, inputs)
+
+    def chain(self, params: NetParams, x: chex.Array, *, cut: bool, remat: bool = False) -> Chain:
+        """``run_units`` after the stem."""
+        return self.run_units(params.units, self.stem(params.stem, x), cut=cut, remat=remat)
+
+    def apply(self, params: NetParams, x: chex.Array) -> chex.Array:
+        """Inference: every unit's logits ``[K, B, N]``; the prediction is row -1."""
+        return self.chain(params, x, cut=False).logits
+
+
+def _split_params(module: nnx.Module | None) -> tuple[nnx.GraphDef | None, Any]:
+    if module is None:
+        return None, {}
+    graphdef, params = nnx.split(module)
+    return graphdef, params
 
 
 def make_network(
@@ -92,31 +173,31 @@ def make_network(
     feature_dim: int = 128,
     module_hidden: int = 256,
     conv_impl: ConvImpl = "xla",
-) -> tuple[SIDNetwork, SIDParams]:
-    """Builds a shared-trunk network and initial params.
+    tiny: bool = False,
+) -> tuple[Network, NetParams]:
+    """Shared-trunk SID (SID_METHOD §1): extractor + L stacked belief modules.
 
     Args:
-      model: extractor name, a key of ``sidjax.models.EXTRACTORS``.
+      model: backbone name, a key of ``sidjax.architectures.ARCHITECTURES``.
       input_shape: one example's shape ``(H, W, C)``.
       num_classes: N.
       num_modules: L >= 1 belief modules.
-      key: PRNG key; the extractor and each module get their own fold.
+      key: PRNG key; the extractor and the (vmapped) modules get their own.
       feature_dim: d, the extractor's output width.
       module_hidden: hidden width of each belief module.
       conv_impl: convolution backward implementation (``sidjax.ops``).
+      tiny: the backbone's tiny variant (tests).
 
     Returns:
       ``(network, params)``.
     """
-    if model not in EXTRACTORS:
-        raise ValueError(f"unknown model {model!r}; choose one of {sorted(EXTRACTORS)}")
+    _check_model(model)
     if num_modules < 1:
         raise ValueError(f"num_modules must be >= 1, got {num_modules}")
     extractor_key, modules_key = jax.random.split(key)
-
-    extractor_def, extractor_params = nnx.split(
-        EXTRACTORS[model](input_shape, feature_dim, conv_impl, nnx.Rngs(params=extractor_key))
-    )
+    rngs = nnx.Rngs(params=extractor_key)
+    backbone = ARCHITECTURES[model](tuple(input_shape), tiny, conv_impl, rngs)
+    stem_def, stem_params = _split_params(Extractor(backbone, feature_dim, rngs=rngs))
 
     def new_module(k):
         return BeliefModule(feature_dim, num_classes, module_hidden, rngs=nnx.Rngs(params=k))
@@ -125,11 +206,79 @@ def make_network(
     module_params = jax.vmap(lambda k: nnx.split(new_module(k))[1])(
         jax.random.split(modules_key, num_modules)
     )
-    network = SIDNetwork(extractor_def, module_def, num_modules, num_classes, feature_dim)
-    return network, SIDParams(extractor_params, module_params)
+    network = Network(
+        stem_def, (module_def,), True, num_modules, num_classes, cut_features=False, name=f"{model}/trunk"
+    )
+    return network, NetParams(stem_params, module_params)
 
 
-def unstack_modules(module_params: Any) -> list[Any]:
-    """Stacked module params ``[L, ...]`` -> a list of L per-module pytrees."""
-    num = jax.tree.leaves(module_params)[0].shape[0]
-    return [jax.tree.map(lambda a, i=i: a[i], module_params) for i in range(num)]
+def make_blockwise_network(
+    model: str,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    num_blocks: int,
+    key: chex.PRNGKey,
+    *,
+    head_hidden: int = 256,
+    belief_input: bool = True,
+    conv_impl: ConvImpl = "xla",
+    tiny: bool = False,
+) -> tuple[Network, NetParams]:
+    """Blockwise SID (SID_METHOD §3): K backbone blocks, each with a belief head.
+
+    Args:
+      model: backbone name (``sidjax.architectures.ARCHITECTURES``).
+      input_shape: ``(H, W, C)``.
+      num_classes: N.
+      num_blocks: K; the backbone's cut rule says which K are allowed.
+      key: PRNG key.
+      head_hidden: hidden width of each head.
+      belief_input: heads read ``sg(p_{k-1})`` (SID) or not (DGL).
+      conv_impl: convolution backward implementation.
+      tiny: the backbone's tiny variant (tests).
+
+    Returns:
+      ``(network, params)``; units are stacked when all K blocks have the
+      same structure (e.g. ViT with K dividing its depth).
+
+    Raises:
+      ValueError: unknown model, or a cut the architecture does not allow.
+    """
+    _check_model(model)
+    if num_blocks < 1:
+        raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")
+    rngs = nnx.Rngs(params=key)
+    backbone = ARCHITECTURES[model](tuple(input_shape), tiny, conv_impl, rngs)
+    groups = backbone.cut(num_blocks)
+    units = [
+        BlockUnit(
+            [backbone.layers[i] for i in group],
+            BeliefHead(backbone.widths[group[-1]], num_classes, head_hidden, belief_input, rngs=rngs),
+        )
+        for group in groups
+    ]
+    stem_def, stem_params = _split_params(backbone.stem)
+    defs, states = zip(*(nnx.split(u) for u in units), strict=True)
+    # Graphdefs ignore array shapes: blocks stack only if their param shapes match too.
+    signature = [jax.tree.map(lambda a: (a.shape, a.dtype), st) for st in states]
+    stacked = all(d == defs[0] for d in defs) and all(sig == signature[0] for sig in signature)
+    if stacked:
+        unit_params = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
+        defs = defs[:1]
+    else:
+        unit_params = tuple(states)
+    network = Network(
+        stem_def, tuple(defs), stacked, num_blocks, num_classes, True, belief_input, name=f"{model}/blockwise"
+    )
+    return network, NetParams(stem_params, unit_params)
+
+
+def _check_model(model: str) -> None:
+    if model not in ARCHITECTURES:
+        raise ValueError(f"unknown model {model!r}; choose one of {sorted(ARCHITECTURES)}")
+
+
+def unstack_modules(units: Any) -> list[Any]:
+    """Stacked unit params ``[K, ...]`` -> a list of K per-unit pytrees."""
+    num = jax.tree.leaves(units)[0].shape[0]
+    return [jax.tree.map(lambda a, i=i: a[i], units) for i in range(num)]

@@ -1,13 +1,26 @@
-"""Jitted training steps: two-phase SID, its fused reference, and backprop.
+"""Training steps for every network and method, with one contract.
 
-Every step has the contract ``step(state, batch, key) -> (state, metrics)``
-where ``batch = (x [B, H, W, C], labels [B])`` and ``key`` is the run's train
-key (the step folds in ``state.step`` itself).
+``step(state, batch, key) -> (state, metrics)`` where ``batch = (x [B, H, W,
+C], labels [B])`` and ``key`` is the run's train key (the step folds in
+``state.step`` itself, for augmentation).
 
-Optimizer state is kept per module: the extractor has one ``tx`` state and
-the stacked belief modules have ``jax.vmap(tx.init)`` of theirs, so every
-module is an independent learner (its own Adam step count, its own norms
-for any non-elementwise transform).
+Methods: ``"sid"``; ``"dgl"`` (alpha = 1, heads without belief input,
+Belilovsky et al. 2020); ``"bp"`` (cross-entropy on the last unit, end to
+end); ``"bp_remat"`` (BP with ``jax.checkpoint`` at every block boundary).
+
+Execution of a local (SID/DGL) step, all numerically equal (tested):
+
+* ``"vmap"``: two-phase. Phase 1 runs the chain with the current params and
+  no gradient (the teacher); phase 2 evaluates every unit's loss at once with
+  ``jax.vmap`` over the stacked units. Needs identical (stacked) units.
+* ``"fused"``: one pass with stop-gradients at the cuts, one ``grad``.
+* ``"sequential"``: blockwise only; one jit per unit, run one after another,
+  each updating its unit and handing its (stopped) output on, so only one
+  block's activations are alive at a time.
+
+Optimizer state is kept per unit (``jax.vmap(tx.init)`` over stacked units,
+one ``tx.init`` per unit otherwise) plus one for the stem, so every unit is
+an independent learner.
 """
 
 from __future__ import annotations
@@ -21,19 +34,23 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sidjax.losses import DIVERGENCES, Divergence, label_distribution, sid_local_loss
-from sidjax.network import SIDNetwork, SIDParams
+from sidjax.losses import DIVERGENCES, Divergence, label_distribution, sid_local_loss, uniform_log_belief
+from sidjax.network import NetParams, Network
 
-Method = Literal["sid", "sid_fused", "bp"]
-METHODS: tuple[str, ...] = ("sid", "sid_fused", "bp")
+Method = Literal["sid", "dgl", "bp", "bp_remat"]
+METHODS: tuple[str, ...] = ("sid", "dgl", "bp", "bp_remat")
+Execution = Literal["auto", "vmap", "fused", "sequential"]
+EXECUTIONS: tuple[str, ...] = ("auto", "vmap", "fused", "sequential")
 Augment = Callable[[chex.PRNGKey, chex.Array], chex.Array]
+StepFn = Callable[[Any, tuple[chex.Array, chex.Array], chex.PRNGKey], tuple[Any, dict]]
+sg = jax.lax.stop_gradient
 
 
 class TrainState(NamedTuple):
     """Everything that changes during training; a pytree of arrays."""
 
-    params: SIDParams
-    opt_state: SIDParams  # per-part optimizer states, modules' stacked
+    params: NetParams
+    opt_state: NetParams  # the stem's and each unit's optimizer state
     step: chex.Array  # int32 scalar
 
 
@@ -42,8 +59,8 @@ class SIDLoss:
     """Hyperparameters of the local loss.
 
     Attributes:
-      alpha: fidelity weight in [0, 1]; one float for all modules or one per
-        module (a schedule).
+      alpha: fidelity weight in [0, 1]; one float for all units or one per
+        unit (a schedule).
       divergence: ``"forward"`` (authors' code) or ``"reverse"`` (paper).
       label_smoothing: epsilon of the target distribution.
     """
@@ -63,160 +80,294 @@ class SIDLoss:
         if self.divergence == "reverse" and self.label_smoothing == 0.0:
             raise ValueError("divergence='reverse' needs label_smoothing > 0 (KL(p || one-hot) is infinite)")
 
-    def alphas(self, num_modules: int) -> jax.Array:
-        """Per-module alpha, ``[num_modules]``."""
+    def alphas(self, num_units: int) -> jax.Array:
+        """Per-unit alpha, ``[num_units]``."""
         if isinstance(self.alpha, Sequence):
-            if len(self.alpha) != num_modules:
-                raise ValueError(
-                    f"alpha has {len(self.alpha)} values but the network has {num_modules} modules"
-                )
+            if len(self.alpha) != num_units:
+                raise ValueError(f"alpha has {len(self.alpha)} values but the network has {num_units} units")
             return jnp.asarray(self.alpha, jnp.float32)
-        return jnp.full((num_modules,), self.alpha, jnp.float32)
+        return jnp.full((num_units,), self.alpha, jnp.float32)
+
+    def per_example(
+        self, logits: chex.Array, prev_log_belief: chex.Array, labels: chex.Array, alpha
+    ) -> chex.Array:
+        """``sid_local_loss`` with these hyperparameters, ``[B]``."""
+        return sid_local_loss(
+            logits,
+            prev_log_belief,
+            labels,
+            alpha,
+            divergence=self.divergence,
+            label_smoothing=self.label_smoothing,
+        )
 
 
-def init_train_state(params: SIDParams, tx: optax.GradientTransformation) -> TrainState:
-    """One optimizer state for the extractor, one per (stacked) module."""
-    opt_state = SIDParams(tx.init(params.extractor), jax.vmap(tx.init)(params.modules))
+def _map_units(units: Any, fn: Callable, *rest: Any) -> Any:
+    """Applies ``fn`` per unit: vmapped over stacked units, mapped over a tuple."""
+    if isinstance(units, tuple):
+        return tuple(fn(u, *(r[k] for r in rest)) for k, u in enumerate(units))
+    return jax.vmap(fn)(units, *rest)
+
+
+def init_train_state(params: NetParams, tx: optax.GradientTransformation) -> TrainState:
+    """One optimizer state for the stem and one per unit."""
+    opt_state = NetParams(tx.init(params.stem), _map_units(params.units, tx.init))
     return TrainState(params, opt_state, jnp.zeros((), jnp.int32))
 
 
-def sid_local_losses(
-    network: SIDNetwork,
-    params: SIDParams,
+def apply_gradients(state: TrainState, grads: NetParams, tx: optax.GradientTransformation) -> TrainState:
+    """The stem and every unit step on their own optimizer state."""
+    params, opt = state.params, state.opt_state
+
+    def update(p, g, o):
+        updates, o = tx.update(g, o, p)
+        return optax.apply_updates(p, updates), o
+
+    stem, stem_opt = update(params.stem, grads.stem, opt.stem)
+    units_and_opts = _map_units(params.units, update, grads.units, opt.units)
+    if isinstance(params.units, tuple):
+        units, unit_opts = tuple(u for u, _ in units_and_opts), tuple(o for _, o in units_and_opts)
+    else:
+        units, unit_opts = units_and_opts
+    return TrainState(NetParams(stem, units), NetParams(stem_opt, unit_opts), state.step + 1)
+
+
+def local_losses(
+    network: Network,
+    params: NetParams,
     x: chex.Array,
     labels: chex.Array,
     loss: SIDLoss,
     *,
-    fused: bool = False,
+    execution: Literal["vmap", "fused"] = "vmap",
 ) -> tuple[chex.Array, chex.Array]:
-    """All L local losses of SID_METHOD §1.
-
-    Two-phase (default): phase 1 runs the chain with the current params and no
-    gradient (the teacher beliefs); phase 2 evaluates every module's loss at
-    once with ``jax.vmap`` over the module axis given ``(sg(p_{i-1}), z, y)``.
-    ``fused=True`` is the single-pass reference: one chain with stop-gradient
-    on each module's belief input and consistency target.
+    """All K local losses (SID_METHOD §1 and §3) in one differentiable function.
 
     Args:
       network, params: the model.
       x: ``[B, H, W, C]``; labels: ``[B]``.
       loss: local-loss hyperparameters.
-      fused: use the single-pass reference instead of the two-phase form.
+      execution: ``"vmap"`` (two-phase; stacked units) or ``"fused"``.
 
     Returns:
-      ``(losses [L], logits [L, B, N])``; ``losses[i]`` is module i's batch mean.
+      ``(losses [K], logits [K, B, N])``; ``losses[k]`` is unit k's batch mean.
     """
-    z = network.extract(params.extractor, x)
-    alphas = loss.alphas(network.num_modules)
+    alphas = loss.alphas(network.num_units)
+    if execution == "fused":
+        chain = network.chain(params, x, cut=True)
+        logits, prev = chain.logits, chain.prev_log_beliefs
+    elif execution == "vmap":
+        _check_vmap(network)
+        h0 = network.stem(params.stem, x)
+        teacher = network.run_units(sg(params.units), sg(h0), cut=True)  # phase 1: no gradient
+        prev = teacher.prev_log_beliefs
+        if network.cut_features:  # unit 1 reads the stem's output, so the stem trains with it
+            inputs, h_axis = teacher.inputs.at[0].set(h0), 0
+        else:  # shared trunk: every unit reads z, the extractor gets the sum
+            inputs, h_axis = h0, None
 
-    def local(logits_i, prev_i, alpha_i):
-        return sid_local_loss(
-            logits_i,
-            prev_i,
-            labels,
-            alpha_i,
-            divergence=loss.divergence,
-            label_smoothing=loss.label_smoothing,
-        ).mean()
+        def unit_logits(unit_params, h, log_belief):
+            return network.unit(0, unit_params, h, log_belief)[1]
 
-    if fused:
-        logits, prev = network.chain(params.modules, z, cut=True)
+        logits = jax.vmap(unit_logits, in_axes=(0, h_axis, 0))(params.units, inputs, prev)  # phase 2
     else:
-        sg = jax.lax.stop_gradient
-        _, prev = network.chain(sg(params.modules), sg(z), cut=True)  # phase 1
-        logits = jax.vmap(network.module_logits, in_axes=(0, 0, None))(params.modules, prev, z)
-    return jax.vmap(local)(logits, prev, alphas), logits
+        raise ValueError(f"execution must be 'vmap' or 'fused' here, got {execution!r}")
+    losses = jax.vmap(lambda lg, pv, a: loss.per_example(lg, pv, labels, a).mean())(logits, prev, alphas)
+    return losses, logits
 
 
-def _sid_objective(fused: bool):
-    def objective(network, params, x, labels, loss):
-        losses, logits = sid_local_losses(network, params, x, labels, loss, fused=fused)
-        return losses.sum(), (losses, logits)
+def _check_vmap(network: Network) -> None:
+    if not network.stacked:
+        raise ValueError(
+            f"execution 'vmap' needs identical (stacked) units; {network.name} with K={network.num_units} "
+            "has blocks of different structure: use 'fused' or 'sequential'"
+        )
 
-    return objective
 
-
-def _bp_objective(network, params, x, labels, loss):
-    logits = network.apply(params, x)
+def _bp_objective(network, params, x, labels, loss, remat):
+    logits = network.chain(params, x, cut=False, remat=remat).logits
     target = label_distribution(labels, network.num_classes, loss.label_smoothing)
-    ce = optax.softmax_cross_entropy(logits[-1], target).mean()
-    return ce, (jnp.zeros((network.num_modules,)), logits)
+    return optax.softmax_cross_entropy(logits[-1], target).mean(), (jnp.zeros((network.num_units,)), logits)
 
 
-# method -> objective(network, params, x, labels, loss) -> (scalar, (per-module losses, logits))
-OBJECTIVES: dict[str, Callable[..., Any]] = {
-    "sid": _sid_objective(fused=False),
-    "sid_fused": _sid_objective(fused=True),
-    "bp": _bp_objective,
-}
+def resolve_method(network: Network, method: str, loss: SIDLoss) -> SIDLoss:
+    """Checks ``method`` against the network; returns the loss it trains with."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    if method == "dgl":
+        if network.belief_input:
+            raise ValueError("method 'dgl' needs heads without belief input (belief_input=False)")
+        return SIDLoss(1.0, "forward", loss.label_smoothing)
+    return loss
 
 
-def apply_gradients(state: TrainState, grads: SIDParams, tx: optax.GradientTransformation) -> TrainState:
-    """Extractor and modules each step on their own optimizer state."""
-    params, opt = state.params, state.opt_state
-    ext_updates, ext_opt = tx.update(grads.extractor, opt.extractor, params.extractor)
-    mod_updates, mod_opt = jax.vmap(tx.update)(grads.modules, opt.modules, params.modules)
-    new_params = SIDParams(
-        optax.apply_updates(params.extractor, ext_updates),
-        optax.apply_updates(params.modules, mod_updates),
-    )
-    return TrainState(new_params, SIDParams(ext_opt, mod_opt), state.step + 1)
+def resolve_execution(network: Network, method: str, execution: str) -> str:
+    """``"auto"``: ``"vmap"`` for the shared trunk; for blockwise, ``"sequential"`` on
+    CPU (least memory, measured no slower there) and ``"fused"`` on accelerators."""
+    if execution not in EXECUTIONS:
+        raise ValueError(f"execution must be one of {EXECUTIONS}, got {execution!r}")
+    if method in ("bp", "bp_remat"):
+        return "fused"  # backprop has a single global loss
+    if execution == "auto":
+        if not network.cut_features:
+            return "vmap"
+        return "sequential" if jax.default_backend() == "cpu" else "fused"
+    if execution == "vmap":
+        _check_vmap(network)
+    if execution == "sequential" and not network.cut_features:
+        raise ValueError(
+            "execution 'sequential' needs a blockwise network: in the shared trunk every module's "
+            "gradient reaches the extractor; use 'vmap' or 'fused'"
+        )
+    return execution
 
 
 def make_grad_fn(
-    network: SIDNetwork, method: Method, loss: SIDLoss
-) -> Callable[[SIDParams, chex.Array, chex.Array], tuple[tuple[chex.Array, Any], SIDParams]]:
-    """``grad_fn(params, x, labels) -> ((objective, (module_losses, logits)), grads)``."""
-    if method not in OBJECTIVES:
-        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
-    objective = OBJECTIVES[method]
-    return jax.value_and_grad(
-        lambda params, x, labels: objective(network, params, x, labels, loss), has_aux=True
-    )
+    network: Network, method: Method, loss: SIDLoss, execution: str = "auto"
+) -> Callable[[NetParams, chex.Array, chex.Array], tuple[tuple[chex.Array, Any], NetParams]]:
+    """``grad_fn(params, x, labels) -> ((objective, (unit_losses [K], logits)), grads)``.
+
+    Not available for ``"sequential"`` execution (which never forms one global
+    gradient).
+    """
+    loss = resolve_method(network, method, loss)
+    execution = resolve_execution(network, method, execution)
+    if execution == "sequential":
+        raise ValueError("'sequential' execution has no single gradient function; use make_train_step")
+
+    def objective(params, x, labels):
+        if method in ("bp", "bp_remat"):
+            return _bp_objective(network, params, x, labels, loss, remat=method == "bp_remat")
+        losses, logits = local_losses(network, params, x, labels, loss, execution=execution)
+        return losses.sum(), (losses, logits)
+
+    return jax.value_and_grad(objective, has_aux=True)
+
+
+def _metrics(objective, unit_losses, logits, labels) -> dict[str, chex.Array]:
+    last = logits[-1]
+    return {
+        "loss": objective,
+        "ce": optax.softmax_cross_entropy_with_integer_labels(last, labels).mean(),
+        "accuracy": (last.argmax(-1) == labels).mean(),
+        "module_loss": unit_losses,
+    }
 
 
 def make_train_step(
-    network: SIDNetwork,
+    network: Network,
     tx: optax.GradientTransformation,
     method: Method = "sid",
     loss: SIDLoss = SIDLoss(),
     *,
+    execution: Execution = "auto",
     augment: Augment | None = None,
     donate: bool = False,
-) -> Callable[[TrainState, tuple[chex.Array, chex.Array], chex.PRNGKey], tuple[TrainState, dict]]:
-    """Builds the jitted ``step(state, (x, labels), key) -> (state, metrics)``.
+) -> StepFn:
+    """Builds ``step(state, (x, labels), key) -> (state, metrics)``.
 
-    Gradient, optimizer update and state replacement happen in one jit.
+    For ``"vmap"``/``"fused"`` execution and BP, gradient, optimizer update
+    and state replacement happen in one jit. ``"sequential"`` runs one jit per
+    unit, in order.
 
     Args:
-      network: the static network.
-      tx: optax optimizer, applied per part (extractor, each module).
-      method: ``"sid"`` (two-phase), ``"sid_fused"`` (single-pass reference)
-        or ``"bp"`` (cross-entropy on the last module, end to end).
+      network: the static network (shared-trunk or blockwise).
+      tx: optax optimizer, applied per part (stem, each unit).
+      method: ``"sid"``, ``"dgl"``, ``"bp"`` or ``"bp_remat"``.
       loss: local-loss hyperparameters (BP uses only ``label_smoothing``).
-      augment: optional ``augment(key, x) -> x`` run on device each step with
+      execution: ``"auto"``, ``"vmap"``, ``"fused"`` or ``"sequential"``.
+      augment: optional ``augment(key, x) -> x`` run on device with
         ``fold_in(key, step)``.
-      donate: donate the input state's buffers (for training loops; tests that
-        reuse a state keep the default ``False``).
+      donate: donate the input state's buffers (training loops; the state
+        shares buffers with the params it was built from).
 
     Returns:
-      The jitted step. ``metrics``: ``loss`` (the objective), ``ce`` and
-      ``accuracy`` of the last module on the batch, ``module_loss [L]``.
+      The step. ``metrics``: ``loss`` (the objective), ``ce`` and ``accuracy``
+      of the last unit on the batch, ``module_loss [K]`` (zeros for BP).
     """
-    grad_fn = make_grad_fn(network, method, loss)
+    execution = resolve_execution(network, method, execution)
+    if execution == "sequential":
+        return _make_sequential_step(network, tx, resolve_method(network, method, loss), augment)
+    grad_fn = make_grad_fn(network, method, loss, execution)
 
     def step(state, batch, key):
         x, labels = batch
         if augment is not None:
             x = augment(jax.random.fold_in(key, state.step), x)
-        (objective, (module_losses, logits)), grads = grad_fn(state.params, x, labels)
-        last = logits[-1]
-        metrics = {
-            "loss": objective,
-            "ce": optax.softmax_cross_entropy_with_integer_labels(last, labels).mean(),
-            "accuracy": (last.argmax(-1) == labels).mean(),
-            "module_loss": module_losses,
-        }
-        return apply_gradients(state, grads, tx), metrics
+        (objective, (unit_losses, logits)), grads = grad_fn(state.params, x, labels)
+        return apply_gradients(state, grads, tx), _metrics(objective, unit_losses, logits, labels)
 
     return jax.jit(step, donate_argnums=(0,) if donate else ())
+
+
+def _make_sequential_step(
+    network: Network, tx: optax.GradientTransformation, loss: SIDLoss, augment: Augment | None
+) -> StepFn:
+    """Blockwise SID/DGL, one unit at a time (see the module docstring)."""
+    has_stem = network.stem_def is not None
+    alphas = loss.alphas(network.num_units)
+
+    def update(p, g, o):
+        updates, o = tx.update(g, o, p)
+        return optax.apply_updates(p, updates), o
+
+    def unit_update(k, with_stem, stem, stem_opt, unit, unit_opt, h, log_belief, x, labels, alpha):
+        def objective(stem, unit):
+            h_in = network.stem(stem, x) if with_stem else h
+            h_out, logits = network.unit(k, unit, h_in, log_belief)
+            return loss.per_example(logits, log_belief, labels, alpha).mean(), (h_out, logits)
+
+        (value, (h_out, logits)), (g_stem, g_unit) = jax.value_and_grad(
+            objective, argnums=(0, 1), has_aux=True
+        )(stem, unit)
+        unit, unit_opt = update(unit, g_unit, unit_opt)
+        if with_stem:
+            stem, stem_opt = update(stem, g_stem, stem_opt)
+        return stem, stem_opt, unit, unit_opt, sg(h_out), jax.nn.log_softmax(logits), value, logits
+
+    jitted = {}
+
+    def unit_fn(k: int, with_stem: bool):
+        key = (0 if network.stacked else k, with_stem)  # stacked units share one compile
+        if key not in jitted:
+            jitted[key] = jax.jit(unit_update, static_argnums=(0, 1))
+        return lambda *args: jitted[key](key[0], with_stem, *args)
+
+    augment_fn = jax.jit(augment) if augment is not None else None
+
+    def step(state, batch, key):
+        x, labels = batch
+        if augment_fn is not None:
+            x = augment_fn(jax.random.fold_in(key, state.step), x)
+        params, opt = state.params, state.opt_state
+        stem, stem_opt = params.stem, opt.stem
+        h, log_belief = x, uniform_log_belief(x.shape[0], network.num_classes)
+        units, unit_opts, values, logits = [], [], [], []
+        for k in range(network.num_units):
+            with_stem = has_stem and k == 0
+            stem, stem_opt, unit, unit_opt, h, log_belief, value, lg = unit_fn(k, with_stem)(
+                stem,
+                stem_opt,
+                network.unit_params(params.units, k),
+                network.unit_params(opt.units, k),
+                h,
+                log_belief,
+                x,
+                labels,
+                alphas[k],
+            )
+            units.append(unit)
+            unit_opts.append(unit_opt)
+            values.append(value)
+            logits.append(lg)
+        if network.stacked:
+            units = jax.tree.map(lambda *a: jnp.stack(a), *units)
+            unit_opts = jax.tree.map(lambda *a: jnp.stack(a), *unit_opts)
+        else:
+            units, unit_opts = tuple(units), tuple(unit_opts)
+        unit_losses = jnp.stack(values)
+        new_state = TrainState(NetParams(stem, units), NetParams(stem_opt, unit_opts), state.step + 1)
+        return new_state, _metrics(unit_losses.sum(), unit_losses, jnp.stack(logits), labels)
+
+    step.unit_jits = jitted  # exposed for memory analysis (bench_memory.py)
+    return step

@@ -26,6 +26,7 @@ def tiny_network(model: str = "mlp", num_modules: int = NUM_MODULES, seed: int =
         jax.random.key(seed),
         feature_dim=8,
         module_hidden=16,
+        tiny=True,
         **kwargs,
     )
 

@@ -49,6 +49,18 @@ def test_cli_end_to_end_on_mock_tfds_data(tmp_path, method):
     assert written["method"] == method
 
 
+@pytest.mark.parametrize("method", ["sid", "dgl", "bp_remat"])
+def test_cli_blockwise_on_mock_tfds_data(tmp_path, method):
+    with tfds.testing.mock_data(num_examples=64):
+        summary = train.main(
+            ["--method", method, "--mode", "blockwise", "--model", "simplecnn", "--num-blocks", "2",
+             "--dataset", "mnist", "--epochs", "1", "--batch-size", "32", "--data-dir", str(tmp_path / "tfds"),
+             "--no-progress"]
+        )  # fmt: skip
+    assert summary["mode"] == "blockwise" and len(summary["per_module_accuracy"]) == 2
+    assert summary["execution"] == "auto"
+
+
 def test_compare_runs_both_methods_on_the_same_data(tmp_path):
     with tfds.testing.mock_data(num_examples=64):
         summaries = compare.main(
@@ -72,6 +84,19 @@ BAD_FLAGS = [
     (["--divergence", "reverse"], "--divergence reverse needs --label-smoothing > 0"),
     (["--epochs", "0"], "--epochs must be >= 1"),
     (["--lr", "0"], "--lr must be > 0"),
+    (["--mode", "sideways"], "--mode must be one of"),
+    (["--method", "dgl"], "--method dgl is greedy blockwise learning: it needs --mode blockwise"),
+    (
+        ["--mode", "blockwise", "--model", "resnet18", "--num-blocks", "3"],
+        "can be cut into K in [1, 2, 4, 8]",
+    ),
+    (
+        ["--mode", "blockwise", "--model", "simplecnn", "--num-blocks", "5"],
+        "can be cut into K in [1, 2, 3, 4]",
+    ),
+    (["--mode", "blockwise", "--num-blocks", "0"], "--num-blocks must be >= 1"),
+    (["--mode", "blockwise", "--execution", "vmap", "--num-blocks", "2"], "execution 'vmap' needs identical"),
+    (["--execution", "sequential"], "execution 'sequential' needs a blockwise network"),
 ]
 
 

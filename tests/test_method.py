@@ -10,10 +10,10 @@ from conftest import NUM_MODULES, tiny_batch, tiny_network, tree_max_abs
 from sidjax import (
     SIDLoss,
     init_train_state,
+    local_losses,
     make_grad_fn,
     make_train_step,
     sid_local_loss,
-    sid_local_losses,
     uniform_log_belief,
     unstack_modules,
 )
@@ -33,9 +33,9 @@ def test_gradient_isolation_between_modules(model, batch):
 
     @jax.jit
     def jac(params):
-        return jax.jacrev(lambda p: sid_local_losses(network, p, x, y, LOSS)[0])(params)
+        return jax.jacrev(lambda p: local_losses(network, p, x, y, LOSS)[0])(params)
 
-    jac_modules = jac(params).modules  # leaves [L (loss i), L (module j), ...]
+    jac_modules = jac(params).units  # leaves [L (loss i), L (module j), ...]
     for i in range(NUM_MODULES):
         for j in range(NUM_MODULES):
             block = _module_block(_module_block(jac_modules, i), j)
@@ -49,9 +49,9 @@ def test_extractor_gets_the_sum_of_local_gradients(mlp_net, batch):
     network, params = mlp_net
     x, y = batch
     (_, _), grads = jax.jit(make_grad_fn(network, "sid", LOSS))(params, x, y)
-    per_loss = jax.jit(jax.jacrev(lambda p: sid_local_losses(network, p, x, y, LOSS)[0]))(params).extractor
+    per_loss = jax.jit(jax.jacrev(lambda p: local_losses(network, p, x, y, LOSS)[0]))(params).stem
     summed = jax.tree.map(lambda a: a.sum(0), per_loss)
-    chex.assert_trees_all_close(grads.extractor, summed, atol=1e-6)
+    chex.assert_trees_all_close(grads.stem, summed, atol=1e-6)
     assert all(tree_max_abs(jax.tree.map(lambda a, i=i: a[i], per_loss)) > 0 for i in range(NUM_MODULES))
 
 
@@ -61,7 +61,7 @@ def test_two_phase_step_equals_fused_step(model, loss, batch):
     network, params = tiny_network(model)
     x, y = batch
     (_, (l1, _)), g1 = jax.jit(make_grad_fn(network, "sid", loss))(params, x, y)
-    (_, (l2, _)), g2 = jax.jit(make_grad_fn(network, "sid_fused", loss))(params, x, y)
+    (_, (l2, _)), g2 = jax.jit(make_grad_fn(network, "sid", loss, "fused"))(params, x, y)
     chex.assert_trees_all_close(l1, l2, atol=1e-6)
     chex.assert_trees_all_close(g1, g2, atol=1e-6)
     # Params after one update. SGD, because Adam's first step ~ lr * sign(g) turns
@@ -70,7 +70,7 @@ def test_two_phase_step_equals_fused_step(model, loss, batch):
     state = init_train_state(params, tx)
     key = jax.random.key(0)
     s1, m1 = make_train_step(network, tx, "sid", loss)(state, batch, key)
-    s2, m2 = make_train_step(network, tx, "sid_fused", loss)(state, batch, key)
+    s2, m2 = make_train_step(network, tx, "sid", loss, execution="fused")(state, batch, key)
     chex.assert_trees_all_close(m1, m2, atol=1e-6)
     chex.assert_trees_all_close(s1.params, s2.params, atol=1e-6)
     # the update really moved the params
@@ -84,16 +84,16 @@ def test_vmapped_modules_equal_a_python_loop(mlp_net, batch):
     loss = SIDLoss((0.2, 0.5, 0.8))
 
     def looped(params):
-        z = network.extract(params.extractor, x)
+        z = network.stem(params.stem, x)
         prev = uniform_log_belief(x.shape[0], network.num_classes)
         losses = []
-        for i, module_params in enumerate(unstack_modules(params.modules)):
-            logits = network.module_logits(module_params, jax.lax.stop_gradient(prev), z)
+        for i, module_params in enumerate(unstack_modules(params.units)):
+            _, logits = network.unit(i, module_params, z, jax.lax.stop_gradient(prev))
             losses.append(sid_local_loss(logits, prev, y, loss.alphas(NUM_MODULES)[i]).mean())
             prev = jax.nn.log_softmax(logits)
         return jnp.stack(losses)
 
-    vmapped = jax.jit(lambda p: sid_local_losses(network, p, x, y, loss)[0])
+    vmapped = jax.jit(lambda p: local_losses(network, p, x, y, loss)[0])
     chex.assert_trees_all_close(vmapped(params), jax.jit(looped)(params), atol=1e-6)
     g_vmapped = jax.jit(jax.grad(lambda p: vmapped(p).sum()))(params)
     g_looped = jax.jit(jax.grad(lambda p: looped(p).sum()))(params)
@@ -105,11 +105,11 @@ def test_bp_gradients_cross_modules(mlp_net, batch):
     network, params = mlp_net
     x, y = batch
     (_, _), bp_grads = jax.jit(make_grad_fn(network, "bp", LOSS))(params, x, y)
-    assert tree_max_abs(_module_block(bp_grads.modules, 0)) > 1e-6
-    sid_last = jax.jit(jax.grad(lambda p: sid_local_losses(network, p, x, y, LOSS)[0][-1]))(params)
-    assert tree_max_abs(_module_block(sid_last.modules, 0)) == 0.0
+    assert tree_max_abs(_module_block(bp_grads.units, 0)) > 1e-6
+    sid_last = jax.jit(jax.grad(lambda p: local_losses(network, p, x, y, LOSS)[0][-1]))(params)
+    assert tree_max_abs(_module_block(sid_last.units, 0)) == 0.0
     (_, _), sid_grads = jax.jit(make_grad_fn(network, "sid", LOSS))(params, x, y)
-    assert tree_max_abs(jax.tree.map(jnp.subtract, bp_grads.modules, sid_grads.modules)) > 1e-4
+    assert tree_max_abs(jax.tree.map(jnp.subtract, bp_grads.units, sid_grads.units)) > 1e-4
 
 
 def _train(seed, steps=3, method="sid", fixed_batch=False):
@@ -143,7 +143,7 @@ def test_step_compiles_once_and_keeps_per_module_optimizer_state(mlp_net):
         state, _ = step(state, tiny_batch(seed=t), jax.random.key(0))
     assert step._cache_size() == 1  # no retrace across steps
     assert int(state.step) == 4
-    counts = state.opt_state.modules[0].count  # Adam's step count, one per module
+    counts = state.opt_state.units[0].count  # Adam's step count, one per module
     chex.assert_trees_all_equal(counts, jnp.full((NUM_MODULES,), 4, jnp.int32))
 
 
