@@ -259,9 +259,14 @@ def make_blockwise_network(
     ]
     stem_def, stem_params = _split_params(backbone.stem)
     defs, states = zip(*(nnx.split(u) for u in units), strict=True)
-    # Graphdefs ignore array shapes: blocks stack only if their param shapes match too.
+    # Blocks stack (for scan/vmap) only if they have one structure -- graphdefs ignore
+    # array shapes, so param shapes must match too -- and keep the feature shape.
     signature = [jax.tree.map(lambda a: (a.shape, a.dtype), st) for st in states]
-    stacked = all(d == defs[0] for d in defs) and all(sig == signature[0] for sig in signature)
+    stacked = (
+        all(d == defs[0] for d in defs)
+        and all(sig == signature[0] for sig in signature)
+        and _preserves_feature_shape(units, backbone.stem, input_shape, num_classes)
+    )
     if stacked:
         unit_params = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
         defs = defs[:1]
@@ -271,6 +276,19 @@ def make_blockwise_network(
         stem_def, tuple(defs), stacked, num_blocks, num_classes, True, belief_input, name=f"{model}/blockwise"
     )
     return network, NetParams(stem_params, unit_params)
+
+
+def _preserves_feature_shape(units, stem, input_shape, num_classes) -> bool:
+    h = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+    if stem is not None:
+        h = jax.eval_shape(stem, h)
+    belief = jax.ShapeDtypeStruct((1, num_classes), jnp.float32)
+    for unit in units:
+        out = jax.eval_shape(lambda h, b, unit=unit: unit(h, b)[0], h, belief)
+        if out.shape != h.shape:
+            return False
+        h = out
+    return True
 
 
 def _check_model(model: str) -> None:

@@ -325,27 +325,23 @@ def _make_sequential_step(
             stem, stem_opt = update(stem, g_stem, stem_opt)
         return stem, stem_opt, unit, unit_opt, sg(h_out), jax.nn.log_softmax(logits), value, logits
 
-    jitted = {}
-
-    def unit_fn(k: int, with_stem: bool):
-        key = (0 if network.stacked else k, with_stem)  # stacked units share one compile
-        if key not in jitted:
-            jitted[key] = jax.jit(unit_update, static_argnums=(0, 1))
-        return lambda *args: jitted[key](key[0], with_stem, *args)
+    # One compile per distinct (unit structure, trains the stem); stacked units share one.
+    unit_jit = jax.jit(unit_update, static_argnums=(0, 1))
 
     augment_fn = jax.jit(augment) if augment is not None else None
 
-    def step(state, batch, key):
+    def walk(state, batch, key, analyze):
         x, labels = batch
         if augment_fn is not None:
             x = augment_fn(jax.random.fold_in(key, state.step), x)
         params, opt = state.params, state.opt_state
         stem, stem_opt = params.stem, opt.stem
         h, log_belief = x, uniform_log_belief(x.shape[0], network.num_classes)
-        units, unit_opts, values, logits = [], [], [], []
+        units, unit_opts, values, logits, report = [], [], [], [], []
         for k in range(network.num_units):
-            with_stem = has_stem and k == 0
-            stem, stem_opt, unit, unit_opt, h, log_belief, value, lg = unit_fn(k, with_stem)(
+            args = (
+                0 if network.stacked else k,
+                has_stem and k == 0,
                 stem,
                 stem_opt,
                 network.unit_params(params.units, k),
@@ -356,6 +352,13 @@ def _make_sequential_step(
                 labels,
                 alphas[k],
             )
+            if analyze:
+                report.append(
+                    {"unit": k, "compiled": unit_jit.lower(*args).compile(), "input_bytes": h.nbytes}
+                )
+            stem, stem_opt, unit, unit_opt, h, log_belief, value, lg = unit_jit(*args)
+            if analyze:
+                report[-1]["output_bytes"] = h.nbytes
             units.append(unit)
             unit_opts.append(unit_opt)
             values.append(value)
@@ -367,7 +370,14 @@ def _make_sequential_step(
             units, unit_opts = tuple(units), tuple(unit_opts)
         unit_losses = jnp.stack(values)
         new_state = TrainState(NetParams(stem, units), NetParams(stem_opt, unit_opts), state.step + 1)
-        return new_state, _metrics(unit_losses.sum(), unit_losses, jnp.stack(logits), labels)
+        return new_state, _metrics(unit_losses.sum(), unit_losses, jnp.stack(logits), labels), report
 
-    step.unit_jits = jitted  # exposed for memory analysis (bench_memory.py)
+    def step(state, batch, key):
+        return walk(state, batch, key, analyze=False)[:2]
+
+    def analyze(state, batch, key) -> list[dict]:
+        """Per unit, in order: its compiled jit and the bytes of its input and output activations."""
+        return walk(state, batch, key, analyze=True)[2]
+
+    step.analyze = analyze  # used by experiments/bench_memory.py
     return step
