@@ -10,7 +10,9 @@ the blockwise network and measures, in one process:
   input and output activations);
 * the median step time over --steps steps after compilation, methods timed in
   interleaved rounds so load drift hits all alike;
-* on accelerators, the device's peak bytes in use after each method's run.
+* on accelerators, the device's peak bytes in use. That is a high-water mark
+  of the whole process, so for a per-method device peak run one method per
+  process (``--variants bp``, ``--variants sid_sequential``, ...).
 
 Prints a table with ratios to BP and writes JSON (--json).
 
@@ -24,19 +26,17 @@ K in {1, 2, 4, 8}, 5 steps each.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import time
 
+sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 import optax  # noqa: E402
+from benchlib import environment, measure, write_json  # noqa: E402
 
-from sidjax import ARCHITECTURES, SIDLoss, init_train_state, make_blockwise_network, make_train_step  # noqa: E402
+from sidjax import ARCHITECTURES, SIDLoss, make_blockwise_network, make_train_step  # noqa: E402
 
 # (label, method, execution)
 VARIANTS = [
@@ -48,53 +48,27 @@ VARIANTS = [
 ]
 
 
-def temp_bytes(step, state, batch, key) -> int:
-    """Compiled temp memory of one step (see the module docstring)."""
-    if hasattr(step, "analyze"):  # sequential: one jit per block, run one after another
-        return max(
-            u["compiled"].memory_analysis().temp_size_in_bytes + u["input_bytes"] + u["output_bytes"]
-            for u in step.analyze(state, batch, key)
-        )
-    return step.lower(state, batch, key).compile().memory_analysis().temp_size_in_bytes
-
-
 def peak_device_bytes() -> int | None:
     stats = jax.devices()[0].memory_stats()
     return None if not stats else stats.get("peak_bytes_in_use")
 
 
 def bench_k(args, k: int, shape, x, labels) -> dict:
-    network, params = make_blockwise_network(args.model, shape, args.num_classes, k, jax.random.key(0))
+    network, params = make_blockwise_network(
+        args.model, shape, args.num_classes, k, jax.random.key(0), tiny=args.tiny
+    )
     tx = optax.adam(1e-3)
-    key = jax.random.key(1)
-    runs = {}
-    for label, method, execution in VARIANTS:
-        if execution == "vmap" and not network.stacked:
-            continue  # blocks of different structure cannot be vmapped
-        step = make_train_step(network, tx, method, SIDLoss(), execution=execution)
-        state = init_train_state(jax.tree.map(jnp.copy, params), tx)
-        runs[label] = {"step": step, "state": state, "temp_bytes": temp_bytes(step, state, (x, labels), key)}
-        for _ in range(2):  # compile and warm up
-            runs[label]["state"], _ = step(runs[label]["state"], (x, labels), key)
-        jax.block_until_ready(runs[label]["state"])
-    times = {label: [] for label in runs}
-    for _ in range(args.steps):
-        for label, run in runs.items():
-            start = time.perf_counter()
-            run["state"], _ = run["step"](run["state"], (x, labels), key)
-            jax.block_until_ready(run["state"])
-            times[label].append(time.perf_counter() - start)
-    out = {}
-    for label, run in runs.items():
-        out[label] = {
-            "temp_bytes": run["temp_bytes"],
-            "median_step_s": float(np.median(times[label])),
-            "peak_device_bytes": peak_device_bytes(),
-        }
-    bp = out["bp"]
+    steps = {
+        label: make_train_step(network, tx, method, SIDLoss(), execution=execution)
+        for label, method, execution in VARIANTS
+        if label in args.variants.split(",") and (execution != "vmap" or network.stacked)
+    }  # blocks of different structure cannot be vmapped
+    out = measure(steps, params, tx, (x, labels), jax.random.key(1), args.steps)
+    bp = out.get("bp")
     for v in out.values():
-        v["temp_vs_bp"] = v["temp_bytes"] / bp["temp_bytes"]
-        v["time_vs_bp"] = v["median_step_s"] / bp["median_step_s"]
+        v["process_peak_device_bytes"] = peak_device_bytes()
+        v["temp_vs_bp"] = v["temp_bytes"] / bp["temp_bytes"] if bp else float("nan")
+        v["time_vs_bp"] = v["median_step_s"] / bp["median_step_s"] if bp else float("nan")
     return {"num_blocks": k, "stacked": network.stacked, "methods": out}
 
 
@@ -105,22 +79,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--num-classes", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--ks", default="1,2,4,8", help="comma-separated K values")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per method")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per method (0: memory only)")
+    parser.add_argument("--variants", default=",".join(v[0] for v in VARIANTS), help="subset to run")
+    parser.add_argument("--tiny", action="store_true", help="the model's tiny variant (smoke tests)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     shape = tuple(int(s) for s in args.input_shape.split(","))
     x = jax.random.normal(jax.random.key(2), (args.batch_size, *shape))
     labels = jax.random.randint(jax.random.key(3), (args.batch_size,), 0, args.num_classes)
-    header = {
-        "model": args.model,
-        "input_shape": shape,
-        "batch_size": args.batch_size,
-        "backend": jax.default_backend(),
-        "device": str(jax.devices()[0].device_kind),
-        "xla_flags": os.environ.get("XLA_FLAGS", "(none)"),
-        "jax_version": jax.__version__,
-        "steps": args.steps,
-    }
+    header = {"model": args.model, "input_shape": shape, "batch_size": args.batch_size, "steps": args.steps}
+    header.update(environment())
     print(
         f"{args.model}, input {shape}, batch {args.batch_size}, {header['backend']} ({header['device']}), "
         f"jax {jax.__version__}, XLA_FLAGS={header['xla_flags']}, median of {args.steps} steps"
@@ -141,9 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
                 flush=True,
             )
     report = {**header, "results": results}
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+    write_json(args.json, report)
     return report
 
 
