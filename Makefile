@@ -21,7 +21,7 @@ data:
 	fi
 
 demo: $(VENV)/.installed data
-	$(PY) experiments/compare.py
+	$(PY) experiments/compare.py --out runs/compare --overwrite
 
 test: $(VENV)/.installed data
 	$(PY) -m pytest -q
