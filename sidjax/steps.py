@@ -202,16 +202,19 @@ def resolve_method(network: Network, method: str, loss: SIDLoss) -> SIDLoss:
 
 
 def resolve_execution(network: Network, method: str, execution: str) -> str:
-    """``"auto"``: ``"vmap"`` for the shared trunk; for blockwise, ``"sequential"`` on
-    CPU (least memory, measured no slower there) and ``"fused"`` on accelerators."""
+    """``"auto"``: ``"vmap"`` for the shared trunk, ``"sequential"`` for blockwise.
+
+    Sequential is the only blockwise mode whose memory saving was measured
+    (``experiments/bench_memory.py``: ViT-Tiny, K = 8, 0.18x BP's temp memory at
+    1.05x its step time on XLA:CPU, where ``fused`` saved nothing). Accelerator
+    runs may prefer ``fused`` or ``vmap`` for throughput; that is unmeasured.
+    """
     if execution not in EXECUTIONS:
         raise ValueError(f"execution must be one of {EXECUTIONS}, got {execution!r}")
     if method in ("bp", "bp_remat"):
         return "fused"  # backprop has a single global loss
     if execution == "auto":
-        if not network.cut_features:
-            return "vmap"
-        return "sequential" if jax.default_backend() == "cpu" else "fused"
+        return "sequential" if network.cut_features else "vmap"
     if execution == "vmap":
         _check_vmap(network)
     if execution == "sequential" and not network.cut_features:
