@@ -84,10 +84,6 @@ class Network:
     belief_input: bool = True
     name: str = ""
 
-    @property
-    def num_modules(self) -> int:
-        return self.num_units
-
     def stem(self, stem_params: Any, x: chex.Array) -> chex.Array:
         """``x [B, H, W, C] -> h_0``."""
         return x if self.stem_def is None else nnx.merge(self.stem_def, stem_params)(x)
