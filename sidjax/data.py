@@ -11,7 +11,6 @@ given the same way (``manual_dir`` holding the upstream files).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 import struct
@@ -279,8 +278,3 @@ def random_crop_flip(key: chex.PRNGKey, images: chex.Array, padding: int = 4) ->
         return jnp.where(flip, crop[:, ::-1, :], crop)
 
     return jax.vmap(one)(padded, offsets, flips)
-
-
-def checksum(array: np.ndarray) -> str:
-    """Short content hash of an array (for logs that prove which data was used)."""
-    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()[:12]
