@@ -26,6 +26,7 @@ an independent learner.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple
 
@@ -115,14 +116,17 @@ def init_train_state(params: NetParams, tx: optax.GradientTransformation) -> Tra
     return TrainState(params, opt_state, jnp.zeros((), jnp.int32))
 
 
+def _update(tx: optax.GradientTransformation, params: Any, grads: Any, opt_state: Any) -> tuple[Any, Any]:
+    """One optimizer step of one part (the stem or a unit) on its own state."""
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+
 def apply_gradients(state: TrainState, grads: NetParams, tx: optax.GradientTransformation) -> TrainState:
     """The stem and every unit step on their own optimizer state."""
     params, opt = state.params, state.opt_state
 
-    def update(p, g, o):
-        updates, o = tx.update(g, o, p)
-        return optax.apply_updates(p, updates), o
-
+    update = functools.partial(_update, tx)
     stem, stem_opt = update(params.stem, grads.stem, opt.stem)
     units_and_opts = _map_units(params.units, update, grads.units, opt.units)
     if isinstance(params.units, tuple):
@@ -310,10 +314,6 @@ def _make_sequential_step(
     has_stem = network.stem_def is not None
     alphas = loss.alphas(network.num_units)
 
-    def update(p, g, o):
-        updates, o = tx.update(g, o, p)
-        return optax.apply_updates(p, updates), o
-
     def unit_update(k, with_stem, stem, stem_opt, unit, unit_opt, h, log_belief, x, labels, alpha):
         def objective(stem, unit):
             h_in = network.stem(stem, x) if with_stem else h
@@ -323,9 +323,9 @@ def _make_sequential_step(
         (value, (h_out, logits)), (g_stem, g_unit) = jax.value_and_grad(
             objective, argnums=(0, 1), has_aux=True
         )(stem, unit)
-        unit, unit_opt = update(unit, g_unit, unit_opt)
+        unit, unit_opt = _update(tx, unit, g_unit, unit_opt)
         if with_stem:
-            stem, stem_opt = update(stem, g_stem, stem_opt)
+            stem, stem_opt = _update(tx, stem, g_stem, stem_opt)
         return stem, stem_opt, unit, unit_opt, sg(h_out), jax.nn.log_softmax(logits), value, logits
 
     # One compile per distinct (unit structure, trains the stem); stacked units share one.
