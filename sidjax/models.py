@@ -39,18 +39,6 @@ class Conv3x3(nnx.Module):
         return conv2d(x, self.kernel[...], self.conv_impl) + self.bias[...]
 
 
-class BeliefModule(nnx.Module):
-    """Shared-trunk unit ``f_i(p_{i-1}, z)``: ``Linear(N + d -> hidden) - ReLU - Linear(hidden -> N)``."""
-
-    def __init__(self, feature_dim: int, num_classes: int, hidden: int = 256, *, rngs: nnx.Rngs):
-        self.hidden = nnx.Linear(num_classes + feature_dim, hidden, rngs=rngs)
-        self.out = nnx.Linear(hidden, num_classes, rngs=rngs)
-
-    def __call__(self, z: jax.Array, belief: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """``z: [B, d]``, ``belief: [B, N]`` -> ``(z, logits [B, N])``."""
-        return z, self.out(jax.nn.relu(self.hidden(jnp.concatenate([belief, z], axis=-1))))
-
-
 class BeliefHead(nnx.Module):
     """Blockwise head ``h_k``: MLP on ``[p_{k-1}, pool(z_k)]`` (``pool(z_k)`` alone for DGL)."""
 
@@ -66,6 +54,17 @@ class BeliefHead(nnx.Module):
         """``pooled: [B, C]``, ``belief: [B, N]`` -> logits ``[B, N]``."""
         inputs = jnp.concatenate([belief, pooled], axis=-1) if self.belief_input else pooled
         return self.out(jax.nn.relu(self.hidden(inputs)))
+
+
+class BeliefModule(nnx.Module):
+    """Shared-trunk unit ``f_i(p_{i-1}, z)``: a ``BeliefHead`` on ``[p_{i-1}, z]`` that passes ``z`` on."""
+
+    def __init__(self, feature_dim: int, num_classes: int, hidden: int = 256, *, rngs: nnx.Rngs):
+        self.head = BeliefHead(feature_dim, num_classes, hidden, belief_input=True, rngs=rngs)
+
+    def __call__(self, z: jax.Array, belief: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``z: [B, d]``, ``belief: [B, N]`` -> ``(z, logits [B, N])``."""
+        return z, self.head(z, belief)
 
 
 class BlockUnit(nnx.Module):
