@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
                 dataset=dataset,
                 progress=not args.no_progress,
                 overwrite=args.overwrite,
+                resume=args.resume,
             )
     except (ConfigError, DatasetUnavailableError) as err:
         parser.exit(2, f"error: {err}\n")

@@ -20,6 +20,15 @@ from sidjax.data import DatasetUnavailableError  # noqa: E402
 from sidjax.experiment import ConfigError, TrainConfig, run  # noqa: E402
 
 
+def parse_alpha(text: str) -> float | tuple[float, ...]:
+    """``"0.5"`` -> 0.5; ``"0.9,0.5,0.1"`` -> a per-unit schedule."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+    return values[0] if len(values) == 1 else values
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -32,7 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-modules", type=int, default=d.num_modules, help="L belief modules (trunk mode)")
     p.add_argument("--num-blocks", type=int, default=d.num_blocks, help="K blocks (blockwise mode)")
     p.add_argument("--execution", default=d.execution, help="auto | vmap | fused | sequential")
-    p.add_argument("--alpha", type=float, default=d.alpha)
+    p.add_argument(
+        "--alpha",
+        type=parse_alpha,
+        default=d.alpha,
+        help="fidelity weight: one value, or one per unit comma-separated (e.g. 0.9,0.7,0.5,0.3)",
+    )
     p.add_argument("--divergence", default=d.divergence, help="forward (authors' code) | reverse (paper)")
     p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
     p.add_argument(
@@ -41,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--optimizer", default=d.optimizer, help="adam | sgd (momentum)")
+    p.add_argument("--momentum", type=float, default=d.momentum, help="sgd momentum")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW decay, or L2 for sgd")
+    p.add_argument("--schedule", default=d.schedule, help="constant | cosine learning rate")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--limit-train", type=int, default=None, help="use only the first N training examples")
     p.add_argument("--limit-test", type=int, default=None, help="evaluate on the first N test examples")
@@ -48,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--augment", action=argparse.BooleanOptionalAction, default=None, help="default: on for CIFAR"
     )
     p.add_argument("--conv-impl", default=d.conv_impl, help="xla | shifted")
+    p.add_argument("--tiny", action="store_true", help="narrow architecture variants (smoke runs)")
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=d.checkpoint_every,
+        help="epochs between orbax checkpoints in --out/checkpoints (0: none)",
+    )
     p.add_argument(
         "--data-dir", default=None, help="TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)"
     )
@@ -56,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default=None, help="write metrics.jsonl and summary.json here")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run's files in --out")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -78,6 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
             manual_dir=args.manual_dir,
             progress=not args.no_progress,
             overwrite=args.overwrite,
+            resume=args.resume,
         )
     except (ConfigError, DatasetUnavailableError) as err:
         parser.exit(2, f"error: {err}\n")

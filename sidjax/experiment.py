@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
 from sidjax.architectures import ARCHITECTURES
@@ -35,9 +37,11 @@ from sidjax.evaluation import evaluate, make_eval_step
 from sidjax.losses import DIVERGENCES
 from sidjax.network import NetParams, Network, make_blockwise_network, make_network
 from sidjax.ops import CONV_IMPLS
-from sidjax.steps import EXECUTIONS, METHODS, SIDLoss, init_train_state, make_train_step
+from sidjax.steps import EXECUTIONS, METHODS, SIDLoss, TrainState, init_train_state, make_train_step
 
 MODES: tuple[str, ...] = ("trunk", "blockwise")
+OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
+SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 
 
 class ConfigError(ValueError):
@@ -55,19 +59,25 @@ class TrainConfig:
     num_modules: int = 10  # L, belief modules of the shared trunk
     num_blocks: int = 4  # K, blocks of the blockwise mode
     execution: str = "auto"
-    alpha: float = 0.5
+    alpha: float | tuple[float, ...] = 0.5  # one value, or one per unit (a schedule)
     divergence: str = "forward"
     label_smoothing: float = 0.0
     label_noise: float = 0.0
     epochs: int = 20
     batch_size: int = 128
     lr: float = 1e-3
+    optimizer: str = "adam"  # adam | sgd (with momentum)
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = 0.0  # decoupled for adam (AdamW), L2 added to the gradient for sgd
+    schedule: str = "constant"  # constant | cosine (decays lr to 0 over all steps)
     seed: int = 0
     limit_train: int | None = None
     limit_test: int | None = None
     augment: bool | None = None  # None: on for CIFAR, off otherwise
     conv_impl: str = "xla"
     eval_batch_size: int = 1000
+    tiny: bool = False  # narrow variants of the architectures (smoke runs)
+    checkpoint_every: int = 1  # epochs between checkpoints when writing to a directory; 0: none
 
     def validate(self) -> None:
         """Raises ``ConfigError`` with one line naming the bad setting."""
@@ -97,7 +107,26 @@ class TrainConfig:
                 self.method != "dgl" or self.mode == "blockwise",
                 "--method dgl is greedy blockwise learning: it needs --mode blockwise",
             ),
-            (0.0 <= self.alpha <= 1.0, f"--alpha must lie in [0, 1], got {self.alpha}"),
+            (
+                all(0.0 <= a <= 1.0 for a in self.alpha_values),
+                f"--alpha must lie in [0, 1], got {self.alpha}",
+            ),
+            (
+                len(self.alpha_values) in (1, self.depth),
+                f"--alpha has {len(self.alpha_values)} values but the network has {self.depth} "
+                "units; give one value or one per unit",
+            ),
+            (
+                self.optimizer in OPTIMIZERS,
+                f"--optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}",
+            ),
+            (self.schedule in SCHEDULES, f"--schedule must be one of {SCHEDULES}, got {self.schedule!r}"),
+            (0.0 <= self.momentum < 1.0, f"--momentum must lie in [0, 1), got {self.momentum}"),
+            (self.weight_decay >= 0.0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
+            (
+                self.checkpoint_every >= 0,
+                f"--checkpoint-every must be >= 0 (0: no checkpoints), got {self.checkpoint_every}",
+            ),
             (
                 0.0 <= self.label_smoothing < 1.0,
                 f"--label-smoothing must lie in [0, 1), got {self.label_smoothing}",
@@ -124,8 +153,21 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(message)
 
+    @property
+    def alpha_values(self) -> tuple[float, ...]:
+        return tuple(self.alpha) if isinstance(self.alpha, tuple | list) else (self.alpha,)
+
     def loss(self) -> SIDLoss:
-        return SIDLoss(self.alpha, self.divergence, self.label_smoothing)
+        alpha = self.alpha_values if len(self.alpha_values) > 1 else self.alpha_values[0]
+        return SIDLoss(alpha, self.divergence, self.label_smoothing)
+
+    def optimizer_tx(self, total_steps: int) -> optax.GradientTransformation:
+        """The optimizer of every part (stem and units), for a run of ``total_steps`` steps."""
+        lr = optax.cosine_decay_schedule(self.lr, total_steps) if self.schedule == "cosine" else self.lr
+        if self.optimizer == "adam":
+            return optax.adamw(lr, weight_decay=self.weight_decay) if self.weight_decay else optax.adam(lr)
+        sgd = optax.sgd(lr, momentum=self.momentum or None)
+        return optax.chain(optax.add_decayed_weights(self.weight_decay), sgd) if self.weight_decay else sgd
 
     @property
     def depth(self) -> int:
@@ -137,7 +179,13 @@ class TrainConfig:
         try:
             if self.mode == "trunk":
                 return make_network(
-                    self.model, input_shape, num_classes, self.num_modules, key, conv_impl=self.conv_impl
+                    self.model,
+                    input_shape,
+                    num_classes,
+                    self.num_modules,
+                    key,
+                    conv_impl=self.conv_impl,
+                    tiny=self.tiny,
                 )
             return make_blockwise_network(
                 self.model,
@@ -147,6 +195,7 @@ class TrainConfig:
                 key,
                 belief_input=self.method != "dgl",
                 conv_impl=self.conv_impl,
+                tiny=self.tiny,
             )
         except ValueError as err:
             raise ConfigError(f"--model {self.model} --mode {self.mode}: {err}") from err
@@ -175,15 +224,85 @@ def _prepare_data(config: TrainConfig, dataset: Dataset) -> tuple[Dataset, float
     return data, realised
 
 
-def _check_out_dir(out_dir: str, overwrite: bool) -> None:
-    existing = [f for f in ("metrics.jsonl", "summary.json") if os.path.exists(os.path.join(out_dir, f))]
+RESULT_FILES = ("metrics.jsonl", "summary.json", "config.json", "checkpoints")
+
+
+def _config_record(config: TrainConfig) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(config)))  # tuples as lists, as read back
+
+
+def _prepare_out_dir(out_dir: str, config: TrainConfig, overwrite: bool, resume: bool) -> None:
+    """Creates ``out_dir``; refuses to mix this run with another one's files."""
+    existing = [f for f in RESULT_FILES if os.path.exists(os.path.join(out_dir, f))]
+    if existing and resume:
+        if not os.path.exists(os.path.join(out_dir, "config.json")):
+            raise ConfigError(f"--resume: {out_dir} has no config.json (not written by this version)")
+        with open(os.path.join(out_dir, "config.json")) as f:
+            saved = json.load(f)
+        now = _config_record(config)
+        # Only the number of epochs may grow, and not under a schedule that depends on it.
+        fixed = [k for k in now if k != "epochs" or config.schedule != "constant"]
+        changed = [k for k in fixed if saved.get(k) != now[k]]
+        if changed:
+            raise ConfigError(
+                f"--resume: {out_dir} holds a run with other settings "
+                f"({', '.join(f'{k}={saved.get(k)!r}' for k in changed)}); use the same flags or another --out"
+            )
+        return
     if existing and not overwrite:
         raise ConfigError(
-            f"{out_dir} already holds a run ({', '.join(existing)}); pass --overwrite or another --out"
+            f"{out_dir} already holds a run ({', '.join(existing)}); pass --resume to continue it, "
+            "--overwrite to replace it, or another --out"
         )
     os.makedirs(out_dir, exist_ok=True)
     for f in existing:
-        os.remove(os.path.join(out_dir, f))
+        path = os.path.join(out_dir, f)
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(_config_record(config), f, indent=2)
+
+
+def read_metrics(path: str) -> list[dict[str, Any]]:
+    """The epoch records of a ``metrics.jsonl`` file (a torn last line, from a kill, is dropped)."""
+    records = []
+    with open(path) as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return records
+
+
+def _checkpoint_manager(out_dir: str) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False)
+    return ocp.CheckpointManager(os.path.abspath(os.path.join(out_dir, "checkpoints")), options=options)
+
+
+def _resume(
+    out_dir: str, manager: ocp.CheckpointManager | None, state: TrainState
+) -> tuple[TrainState, list[dict[str, Any]]]:
+    """The state and metrics history of the last checkpointed epoch (fresh ones if there is none).
+
+    ``metrics.jsonl`` keeps its lines up to that epoch; lines of later epochs,
+    written before the run was stopped, are dropped since they will be redone.
+    """
+    epoch = manager.latest_step() if manager is not None else None
+    metrics_path = os.path.join(out_dir, "metrics.jsonl")
+    history = read_metrics(metrics_path) if os.path.exists(metrics_path) else []
+    if epoch is None:
+        history = []
+    else:
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+        state = manager.restore(epoch, args=ocp.args.StandardRestore(abstract))
+        history = [r for r in history if r["epoch"] <= epoch]
+        if [r["epoch"] for r in history] != list(range(1, epoch + 1)):
+            raise ConfigError(f"--resume: {metrics_path} does not hold epochs 1..{epoch} of the checkpoint")
+    tmp = metrics_path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in history)
+    os.replace(tmp, metrics_path)
+    return state, history
 
 
 def run(
@@ -195,47 +314,65 @@ def run(
     manual_dir: str | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    resume: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Trains and evaluates one configuration.
 
     Args:
       config: the run.
-      out_dir: if given, ``metrics.jsonl`` (one line per epoch, flushed as it
-        is written) and ``summary.json`` go here.
+      out_dir: if given, ``config.json``, ``metrics.jsonl`` (one line per
+        epoch, flushed as it is written), orbax checkpoints every
+        ``config.checkpoint_every`` epochs under ``checkpoints/`` and, at the
+        end, ``summary.json`` go here.
       dataset: an already loaded dataset (skips loading; must match
         ``config.dataset``).
       data_dir, manual_dir: passed to ``sidjax.data.load_dataset``.
       progress: show a tqdm bar per epoch.
-      overwrite: replace the result files of an earlier run in ``out_dir``.
+      overwrite: replace the files of an earlier run in ``out_dir``.
+      resume: continue the run in ``out_dir`` from its last checkpoint (same
+        config; ``epochs`` may grow under a constant schedule). The result
+        equals an uninterrupted run's. A finished run is returned as is.
       on_epoch: called with each epoch's metrics record.
 
     Returns:
       The summary dict (also written to ``out_dir/summary.json``).
     """
     config.validate()
+    if resume and out_dir is None:
+        raise ConfigError("--resume needs --out, the directory of the run to continue")
+    if resume and os.path.exists(os.path.join(out_dir, "summary.json")):
+        with open(os.path.join(out_dir, "summary.json")) as f:
+            summary = json.load(f)
+        if summary.get("epochs") == config.epochs:
+            _prepare_out_dir(out_dir, config, overwrite, resume)  # same settings?
+            return summary
     # Build first: a config the model does not allow fails before any data is loaded.
     input_shape, num_classes = DATASET_INFO[config.dataset]
     init_key, train_key = jax.random.split(jax.random.key(config.seed))
     network, params = config.build(input_shape, num_classes, init_key)
-    tx = optax.adam(config.lr)
-    state = init_train_state(params, tx)
     augment = config.augment if config.augment is not None else config.dataset.startswith("cifar")
-    try:
-        step = make_train_step(
-            network,
-            tx,
-            config.method,
-            config.loss(),
-            execution=config.execution,
-            augment=random_crop_flip if augment else None,
-            donate=True,
-        )
-    except ValueError as err:
-        raise ConfigError(str(err)) from err
+
+    def build_step(total_steps: int) -> tuple[Callable, TrainState]:
+        tx = config.optimizer_tx(total_steps)
+        try:
+            step = make_train_step(
+                network,
+                tx,
+                config.method,
+                config.loss(),
+                execution=config.execution,
+                augment=random_crop_flip if augment else None,
+                donate=True,
+            )
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
+        return step, init_train_state(params, tx)
+
+    build_step(1)  # a method/execution the network does not allow fails here, before the data
     eval_step = make_eval_step(network, config.label_smoothing)
     if out_dir is not None:
-        _check_out_dir(out_dir, overwrite)
+        _prepare_out_dir(out_dir, config, overwrite, resume)
 
     if dataset is None:
         dataset = load_dataset(config.dataset, data_dir, manual_dir)
@@ -244,6 +381,8 @@ def run(
     if dataset.input_shape != input_shape:
         raise ConfigError(f"{config.dataset} images are {dataset.input_shape}, expected {input_shape}")
     data, realised_noise = _prepare_data(config, dataset)
+    steps_per_epoch = len(data.train_labels) // config.batch_size
+    step, state = build_step(steps_per_epoch * config.epochs)
 
     # Compile (and warm up) on a copy, so that epoch times exclude compilation.
     x0 = jnp.zeros((config.batch_size, *data.input_shape), jnp.float32)
@@ -252,11 +391,13 @@ def run(
     jax.block_until_ready(step(jax.tree.map(jnp.copy, state), (x0, y0), train_key))
     compile_time = time.perf_counter() - start
 
-    steps_per_epoch = len(data.train_labels) // config.batch_size
+    manager = _checkpoint_manager(out_dir) if out_dir and config.checkpoint_every else None
+    history: list[dict[str, Any]] = []
+    if resume:
+        state, history = _resume(out_dir, manager, state)
     metrics_file = open(os.path.join(out_dir, "metrics.jsonl"), "a") if out_dir else None
-    history, train_time = [], 0.0
     try:
-        for epoch in range(1, config.epochs + 1):
+        for epoch in range(len(history) + 1, config.epochs + 1):
             batches = epoch_batches(
                 data.train_images, data.train_labels, config.batch_size, config.seed, epoch
             )
@@ -275,7 +416,6 @@ def run(
                 step_metrics.append(metrics)
             jax.block_until_ready(state)
             epoch_time = time.perf_counter() - start
-            train_time += epoch_time
             means = jax.device_get(jax.tree.map(lambda *m: jnp.stack(m).mean(0), *step_metrics))
             start = time.perf_counter()
             test = evaluate(
@@ -300,6 +440,8 @@ def run(
             if metrics_file:
                 metrics_file.write(json.dumps(record) + "\n")
                 metrics_file.flush()
+            if manager and (epoch % config.checkpoint_every == 0 or epoch == config.epochs):
+                manager.save(epoch, args=ocp.args.StandardSave(state))
             if on_epoch:
                 on_epoch(record)
             if progress:
@@ -310,10 +452,13 @@ def run(
     finally:
         if metrics_file:
             metrics_file.close()
+        if manager:
+            manager.close()
 
+    train_time = sum(r["epoch_time_s"] for r in history)
     examples = steps_per_epoch * config.batch_size * config.epochs
     summary = {
-        **dataclasses.asdict(config),
+        **_config_record(config),
         "final_test_accuracy": history[-1]["test_accuracy"],
         "best_test_accuracy": max(r["test_accuracy"] for r in history),
         "best_epoch": max(history, key=lambda r: r["test_accuracy"])["epoch"],

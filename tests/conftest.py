@@ -48,3 +48,11 @@ def batch():
 
 def tree_max_abs(tree) -> float:
     return max(float(jnp.max(jnp.abs(leaf))) for leaf in jax.tree.leaves(tree))
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist():
+    """Real Fashion-MNIST (offline from Debian's files where TFDS has not prepared it)."""
+    from sidjax.data import load_dataset
+
+    return load_dataset("fashion_mnist")

@@ -128,13 +128,6 @@ def test_finished_run_is_not_overwritten(tmp_path, capsys):
     assert (tmp_path / "summary.json").read_text() == "{}"
 
 
-@pytest.fixture(scope="module")
-def fashion_mnist():
-    from sidjax.data import load_dataset
-
-    return load_dataset("fashion_mnist")
-
-
 def test_real_fashion_mnist_short_run_learns(fashion_mnist, tmp_path):
     """SID, MLP extractor, 10k real training examples, 2 epochs: >= 80 % test accuracy."""
     config = TrainConfig(method="sid", model="mlp", num_modules=4, epochs=2, limit_train=10_000, seed=0)
