@@ -1,0 +1,372 @@
+"""Write RESULTS.md and its plots from the result files under results/.
+
+    python experiments/report.py                       # results/ -> RESULTS.md + results/plots/*.png
+    python experiments/report.py --results R --out X.md --plots P
+
+Every number comes from a run's ``summary.json`` / ``metrics.jsonl``; runs of a
+config that have no results yet are listed as "not yet run" with the command
+that makes them. A result file with a missing or malformed field stops the
+report with one line naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import configs  # noqa: E402
+
+from sidjax.experiment import read_metrics  # noqa: E402
+
+SUMMARY_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "final_test_accuracy": float,
+    "best_test_accuracy": float,
+    "best_epoch": int,
+    "epochs": int,
+    "time_per_epoch_s": (int, float),
+    "examples_per_s": (int, float),
+    "per_module_accuracy": list,
+    "per_module_kl": list,
+    "num_train": int,
+    "host": str,
+    "backend": str,
+    "device": str,
+    "jax_version": str,
+}
+METRIC_FIELDS: dict[str, type | tuple[type, ...]] = {"epoch": int, "test_accuracy": float}
+
+Run = dict[str, Any]  # {"summary": summary.json, "metrics": [epoch records]}
+
+
+class ResultError(ValueError):
+    """A result file the report cannot use; the message names the file and the field."""
+
+
+def _check(record: dict, fields: dict, where: str) -> None:
+    for field, kind in fields.items():
+        if field not in record:
+            raise ResultError(f"{where}: missing field {field!r}")
+        if isinstance(record[field], bool) or not isinstance(record[field], kind):
+            raise ResultError(f"{where}: field {field!r} is {record[field]!r}, not a {kind}")
+
+
+def load_run(directory: str) -> Run | None:
+    """One run's result files (None if it has not finished: no summary.json)."""
+    path = os.path.join(directory, "summary.json")
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            summary = json.load(f)
+    except json.JSONDecodeError as err:
+        raise ResultError(f"{path}: not valid JSON ({err})") from None
+    _check(summary, SUMMARY_FIELDS, path)
+    metrics_path = os.path.join(directory, "metrics.jsonl")
+    if not os.path.exists(metrics_path):
+        raise ResultError(f"{metrics_path}: missing (summary.json without its metrics)")
+    metrics = read_metrics(metrics_path)
+    for i, record in enumerate(metrics):
+        _check(record, METRIC_FIELDS, f"{metrics_path} line {i + 1}")
+    if len(metrics) != summary["epochs"]:
+        raise ResultError(f"{metrics_path}: {len(metrics)} epochs, summary.json says {summary['epochs']}")
+    return {"summary": summary, "metrics": metrics}
+
+
+def load_experiment(results_dir: str, experiment: configs.Experiment) -> dict[str, dict[int, Run]]:
+    """{run name: {seed: run}} for the finished runs of the experiment."""
+    found = {}
+    for name in experiment.runs:
+        for seed in experiment.seeds:
+            run = load_run(os.path.join(results_dir, experiment.name, name, f"seed{seed}"))
+            if run is not None:
+                found.setdefault(name, {})[seed] = run
+    return found
+
+
+def mean_std(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
+    v = scale * np.asarray(values, dtype=float)
+    if len(v) == 1:
+        return f"{v[0]:.{digits}f}"
+    return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
+
+
+def _values(runs: dict[int, Run], field: str) -> list:
+    return [r["summary"][field] for r in runs.values()]
+
+
+def runs_table(experiment: configs.Experiment, found: dict[str, dict[int, Run]]) -> str:
+    """One row per run of the config: mean ± std over seeds, or the command that makes it.
+
+    A group of runs (same first path component) none of which has results yet
+    is one row.
+    """
+    lines = [
+        "| run | seeds | final test acc. % | best % | s/epoch | examples/s |",
+        "|---|---|---|---|---|---|",
+    ]
+    groups: dict[str, list[str]] = {}
+    for name in experiment.runs:
+        groups.setdefault(name.split("/")[0], []).append(name)
+    for group, names in groups.items():
+        if len(names) > 1 and not any(n in found for n in names):
+            cmd = experiment.command(f"{group}/*")
+            lines.append(
+                f"| {group}/* ({len(names)} runs) | 0/{len(experiment.seeds)} | not yet run: `{cmd}` | | | |"
+            )
+            continue
+        for name in names:
+            runs = found.get(name, {})
+            n = f"{len(runs)}/{len(experiment.seeds)}"
+            if not runs:
+                lines.append(f"| {name} | {n} | not yet run: `{experiment.command(name)}` | | | |")
+                continue
+            lines.append(
+                f"| {name} | {n} | {mean_std(_values(runs, 'final_test_accuracy'), 100)} | "
+                f"{mean_std(_values(runs, 'best_test_accuracy'), 100)} | "
+                f"{mean_std(_values(runs, 'time_per_epoch_s'), digits=1)} | "
+                f"{mean_std(_values(runs, 'examples_per_s'), digits=0)} |"
+            )
+    return "\n".join(lines)
+
+
+def describe(experiment: configs.Experiment) -> list[str]:
+    """The config's docstring: title, prose, and its Command/Hardware/Expected block verbatim."""
+    title, *paragraphs = experiment.doc.strip().split("\n\n")
+    return [f"## {title}"] + [
+        f"```text\n{p}\n```" if p.startswith("Command:") else p.replace("\n", " ") for p in paragraphs
+    ]
+
+
+def _plot(path: str, title: str, xlabel: str, ylabel: str, series: dict, xticks=None) -> None:
+    """``series``: label -> (x, y mean, y std or None)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, (x, y, err) in series.items():
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    if xticks is not None:
+        ax.set_xticks(xticks)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _stats(values: list) -> tuple[np.ndarray, np.ndarray | None]:
+    v = np.asarray(values, dtype=float)
+    return v.mean(0), (v.std(0, ddof=1) if len(v) > 1 else None)
+
+
+def _module_series(found: dict[str, dict[int, Run]], names: dict[str, str], field: str, scale: float):
+    series = {}
+    for label, name in names.items():
+        if name in found:
+            mean, std = _stats([scale * np.asarray(v) for v in _values(found[name], field)])
+            series[label] = (np.arange(1, len(mean) + 1), mean, std)
+    return series
+
+
+def _final_series(found, groups: dict[str, dict[float, str]]):
+    """label -> (x, mean final accuracy %, std) over the x values that have results."""
+    series = {}
+    for label, runs in groups.items():
+        xs = [x for x, name in runs.items() if name in found]
+        if xs:
+            stats = [_stats(100 * np.asarray(_values(found[runs[x]], "final_test_accuracy"))) for x in xs]
+            std = [s[1] for s in stats]
+            series[label] = (xs, [s[0] for s in stats], None if std[0] is None else std)
+    return series
+
+
+def training_curves(found, names: dict[str, str]):
+    series = {}
+    for label, name in names.items():
+        if name in found:
+            curves = [[r["test_accuracy"] * 100 for r in run["metrics"]] for run in found[name].values()]
+            mean, std = _stats(curves)
+            series[label] = (np.arange(1, len(mean) + 1), mean, std)
+    return series
+
+
+def label_noise_section(exp, found, plots: str, rel: str) -> str:
+    groups = {m.upper(): {n: f"noise{n}/{m}" for n in (0, 20, 40)} for m in ("sid", "bp")}
+    lines = ["| noise % | SID final % | BP final % | SID − BP (points) |", "|---|---|---|---|"]
+    for n in (0, 20, 40):
+        sid, bp = found.get(f"noise{n}/sid"), found.get(f"noise{n}/bp")
+        if sid and bp:
+            s, b = (100 * np.mean(_values(r, "final_test_accuracy")) for r in (sid, bp))
+            lines.append(
+                f"| {n} | {mean_std(_values(sid, 'final_test_accuracy'), 100)} | "
+                f"{mean_std(_values(bp, 'final_test_accuracy'), 100)} | {s - b:+.2f} |"
+            )
+    out = ["\n".join(lines)]
+    if _final_series(found, groups):
+        _plot(
+            f"{plots}/label_noise_accuracy.png",
+            "Final test accuracy vs label noise",
+            "symmetric label noise (%)",
+            "test accuracy (%)",
+            _final_series(found, groups),
+            xticks=[0, 20, 40],
+        )
+        out.append(f"![accuracy vs label noise]({rel}/label_noise_accuracy.png)")
+    curves = training_curves(
+        found, {f"{m.upper()}, {n} % noise": f"noise{n}/{m}" for n in (0, 40) for m in ("sid", "bp")}
+    )
+    if curves:
+        _plot(f"{plots}/training_curves.png", "Test accuracy per epoch", "epoch", "test accuracy (%)", curves)
+        out.append(f"![training curves]({rel}/training_curves.png)")
+    return "\n\n".join(out)
+
+
+def _monotone(kls: list[list[float]]) -> str:
+    mean = np.mean(np.asarray(kls, dtype=float), axis=0)
+    falls = int(np.sum(np.diff(mean) < 0))
+    return f"{falls}/{len(mean) - 1}"
+
+
+def depth_section(exp, found, plots: str, rel: str) -> str:
+    depths = sorted({int(n.split("/")[1][1:]) for n in exp.runs if n.startswith("trunk/")})
+    lines = [
+        "| L | SID final % | BP final % | SID acc. module 1 → L % | SID KL module 1 → L | "
+        "modules where KL falls |",
+        "|---|---|---|---|---|---|",
+    ]
+    for d in depths:
+        sid, bp = found.get(f"trunk/L{d:02d}/sid"), found.get(f"trunk/L{d:02d}/bp")
+        if not sid:
+            continue
+        acc = np.mean(_values(sid, "per_module_accuracy"), axis=0) * 100
+        kl = np.mean(_values(sid, "per_module_kl"), axis=0)
+        lines.append(
+            f"| {d} | {mean_std(_values(sid, 'final_test_accuracy'), 100)} | "
+            f"{mean_std(_values(bp, 'final_test_accuracy'), 100) if bp else 'not yet run'} | "
+            f"{acc[0]:.2f} → {acc[-1]:.2f} | {kl[0]:.3f} → {kl[-1]:.3f} | "
+            f"{_monotone(_values(sid, 'per_module_kl')) if d > 1 else '—'} |"
+        )
+    out = ["\n".join(lines)]
+    names = {f"L={d}": f"trunk/L{d:02d}/sid" for d in depths}
+    if _module_series(found, names, "per_module_accuracy", 100):
+        _plot(
+            f"{plots}/depth_module_accuracy.png",
+            "SID: test accuracy of each module's belief",
+            "module i",
+            "test accuracy of p_i (%)",
+            _module_series(found, names, "per_module_accuracy", 100),
+        )
+        _plot(
+            f"{plots}/depth_module_kl.png",
+            "SID: KL(target || p_i) on the test set",
+            "module i",
+            "KL(target || p_i)",
+            _module_series(found, names, "per_module_kl", 1.0),
+        )
+        groups = {m.upper(): {d: f"trunk/L{d:02d}/{m}" for d in depths} for m in ("sid", "bp")}
+        _plot(
+            f"{plots}/depth_accuracy.png",
+            "Final test accuracy vs number of modules",
+            "L",
+            "test accuracy (%)",
+            _final_series(found, groups),
+            xticks=depths,
+        )
+        out += [
+            f"![per-module accuracy]({rel}/depth_module_accuracy.png) "
+            f"![per-module KL]({rel}/depth_module_kl.png)",
+            f"![accuracy vs depth]({rel}/depth_accuracy.png)",
+        ]
+    return "\n\n".join(out)
+
+
+def alpha_section(exp, found, plots: str, rel: str) -> str:
+    alphas = {float(n[5:]): n for n in exp.runs if n.startswith("alpha")}
+    series = _final_series(found, {"SID, constant alpha": alphas})
+    if not series:
+        return ""
+    _plot(
+        f"{plots}/alpha_accuracy.png",
+        "SID: final test accuracy vs alpha",
+        "alpha",
+        "test accuracy (%)",
+        series,
+    )
+    names = {f"alpha={a}": n for a, n in alphas.items()} | {"0.9 → 0.1": "schedule_0.9_to_0.1"}
+    _plot(
+        f"{plots}/alpha_module_kl.png",
+        "SID: KL(target || p_i) per module",
+        "module i",
+        "KL(target || p_i)",
+        _module_series(found, names, "per_module_kl", 1.0),
+    )
+    return f"![accuracy vs alpha]({rel}/alpha_accuracy.png) ![KL per module]({rel}/alpha_module_kl.png)"
+
+
+SECTIONS = {"label_noise": label_noise_section, "depth": depth_section, "alpha": alpha_section}
+
+
+def hardware(found: dict[str, dict[int, Run]]) -> str:
+    seen = sorted(
+        {
+            f"{r['summary']['host']}, {r['summary']['backend']} ({r['summary']['device']}), "
+            f"jax {r['summary']['jax_version']}"
+            for runs in found.values()
+            for r in runs.values()
+        }
+    )
+    return "; ".join(seen)
+
+
+def report(results_dir: str, out: str, plots: str) -> str:
+    """Writes ``out`` (markdown) and the PNGs under ``plots``; returns the markdown."""
+    os.makedirs(plots, exist_ok=True)
+    rel = os.path.relpath(plots, os.path.dirname(os.path.abspath(out)))
+    parts = [
+        "# Results",
+        "Generated by `python experiments/report.py` from the result files under "
+        f"`{os.path.relpath(results_dir, os.path.dirname(os.path.abspath(out)))}/`; do not edit by hand. "
+        "Accuracy is the final epoch's test accuracy, mean ± std over seeds (sample std); the best "
+        "epoch's only beside it. Times are per training epoch, without evaluation and compilation.",
+    ]
+    for name in configs.NAMES:
+        exp = configs.load(name)
+        found = load_experiment(results_dir, exp)
+        parts += describe(exp)
+        if found:
+            parts.append(f"Measured on: {hardware(found)}.")
+        parts.append(runs_table(exp, found))
+        if name in SECTIONS and found:
+            parts.append(SECTIONS[name](exp, found, plots, rel))
+    text = "\n\n".join(p for p in parts if p) + "\n"
+    with open(out, "w") as f:
+        f.write(text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--results", default="results")
+    p.add_argument("--out", default="RESULTS.md")
+    p.add_argument("--plots", default=None, help="default: <results>/plots")
+    args = p.parse_args(argv)
+    try:
+        report(args.results, args.out, args.plots or os.path.join(args.results, "plots"))
+    except ResultError as err:
+        p.exit(2, f"error: {err}\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
