@@ -307,14 +307,23 @@ def make_train_step(
     return jax.jit(step, donate_argnums=(0,) if donate else ())
 
 
-def _make_sequential_step(
-    network: Network, tx: optax.GradientTransformation, loss: SIDLoss, augment: Augment | None
-) -> StepFn:
-    """Blockwise SID/DGL, one unit at a time (see the module docstring)."""
-    has_stem = network.stem_def is not None
-    alphas = loss.alphas(network.num_units)
+def make_unit_update(network: Network, tx: optax.GradientTransformation, loss: SIDLoss) -> Callable:
+    """The jitted local update of one blockwise unit, shared by every blockwise schedule.
 
-    def unit_update(k, with_stem, stem, stem_opt, unit, unit_opt, h, log_belief, x, labels, alpha):
+    ``update(k, with_stem, stem, stem_opt, unit, unit_opt, h, log_belief, x,
+    labels, alpha, valid) -> (stem, stem_opt, unit, unit_opt, sg(h_out),
+    log_softmax(logits), loss, logits)``.
+
+    ``k`` (unit structure index) and ``with_stem`` (unit 1 of a network with a
+    stem, which then also trains the stem on ``x``) are static: one compile per
+    distinct pair, shared by stacked units. ``h [B, ...]``, ``log_belief [B,
+    N]`` and ``labels [B]`` are the unit's input; ``valid`` (bool scalar)
+    False leaves params and optimizer states unchanged (a pipeline slot not
+    yet filled). ``stem``, ``stem_opt`` and ``x`` may be None when
+    ``with_stem`` is False.
+    """
+
+    def unit_update(k, with_stem, stem, stem_opt, unit, unit_opt, h, log_belief, x, labels, alpha, valid):
         def objective(stem, unit):
             h_in = network.stem(stem, x) if with_stem else h
             h_out, logits = network.unit(k, unit, h_in, log_belief)
@@ -323,13 +332,25 @@ def _make_sequential_step(
         (value, (h_out, logits)), (g_stem, g_unit) = jax.value_and_grad(
             objective, argnums=(0, 1), has_aux=True
         )(stem, unit)
-        unit, unit_opt = _update(tx, unit, g_unit, unit_opt)
+
+        def keep_if_invalid(new, old):
+            return jax.tree.map(lambda n, o: jnp.where(valid, n, o), new, old)
+
+        unit, unit_opt = keep_if_invalid(_update(tx, unit, g_unit, unit_opt), (unit, unit_opt))
         if with_stem:
-            stem, stem_opt = _update(tx, stem, g_stem, stem_opt)
+            stem, stem_opt = keep_if_invalid(_update(tx, stem, g_stem, stem_opt), (stem, stem_opt))
         return stem, stem_opt, unit, unit_opt, sg(h_out), jax.nn.log_softmax(logits), value, logits
 
-    # One compile per distinct (unit structure, trains the stem); stacked units share one.
-    unit_jit = jax.jit(unit_update, static_argnums=(0, 1))
+    return jax.jit(unit_update, static_argnums=(0, 1))
+
+
+def _make_sequential_step(
+    network: Network, tx: optax.GradientTransformation, loss: SIDLoss, augment: Augment | None
+) -> StepFn:
+    """Blockwise SID/DGL, one unit at a time (see the module docstring)."""
+    has_stem = network.stem_def is not None
+    alphas = loss.alphas(network.num_units)
+    unit_jit = make_unit_update(network, tx, loss)
 
     augment_fn = jax.jit(augment) if augment is not None else None
 
@@ -354,6 +375,7 @@ def _make_sequential_step(
                 x,
                 labels,
                 alphas[k],
+                True,
             )
             if analyze:
                 report.append(
