@@ -11,7 +11,6 @@ report with one line naming the file and the field.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -27,6 +26,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import configs  # noqa: E402
+from train import OneLineParser  # noqa: E402
 
 from sidjax.experiment import read_metrics  # noqa: E402
 
@@ -355,7 +355,7 @@ def report(results_dir: str, out: str, plots: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineParser(description=__doc__.splitlines()[0])
     p.add_argument("--results", default="results")
     p.add_argument("--out", default="RESULTS.md")
     p.add_argument("--plots", default=None, help="default: <results>/plots")

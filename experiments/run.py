@@ -15,7 +15,6 @@ exit status is 1 if any failed.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import sys
@@ -24,6 +23,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import configs  # noqa: E402
+from train import OneLineParser  # noqa: E402
 
 from sidjax.data import Dataset, DatasetUnavailableError, load_dataset  # noqa: E402
 from sidjax.experiment import ConfigError, run  # noqa: E402
@@ -83,7 +83,7 @@ def run_experiment(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineParser(description=__doc__.splitlines()[0])
     p.add_argument("experiments", nargs="*", help=f"one or more of: {', '.join(configs.NAMES)}")
     p.add_argument("--only", default="*", help="fnmatch pattern of run names (default: all)")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the config's)")

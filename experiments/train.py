@@ -17,7 +17,15 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from sidjax.data import DatasetUnavailableError  # noqa: E402
+from sidjax.distributed import initialize  # noqa: E402
 from sidjax.experiment import ConfigError, TrainConfig, run  # noqa: E402
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Bad command lines get one line, ``error: ...``, and exit status 2 (no usage dump)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see --help)\n")
 
 
 def parse_alpha(text: str) -> float | tuple[float, ...]:
@@ -29,9 +37,18 @@ def parse_alpha(text: str) -> float | tuple[float, ...]:
     return values[0] if len(values) == 1 else values
 
 
+def parse_mesh(text: str) -> tuple[int, int]:
+    """``"2,4"`` -> (2, 4): data and module axis sizes."""
+    try:
+        data, module = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected DATA,MODULE (two integers), got {text!r}") from None
+    return data, module
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineParser(description=__doc__.splitlines()[0])
     p.add_argument("--method", default=d.method, help="sid | bp | bp_remat | dgl")
     p.add_argument(
         "--mode", default=d.mode, help="trunk (authors' shared extractor) | blockwise (no global backprop)"
@@ -41,6 +58,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-modules", type=int, default=d.num_modules, help="L belief modules (trunk mode)")
     p.add_argument("--num-blocks", type=int, default=d.num_blocks, help="K blocks (blockwise mode)")
     p.add_argument("--execution", default=d.execution, help="auto | vmap | fused | sequential")
+    p.add_argument(
+        "--pipeline",
+        default=d.pipeline,
+        help="blockwise, blocks placed on devices: off | synchronous (the exact step) | pipelined "
+        "(one-step-stale inputs, no update locking)",
+    )
+    p.add_argument(
+        "--devices", type=int, default=d.devices, help="stages for --pipeline (0: one per block if available)"
+    )
+    p.add_argument(
+        "--mesh",
+        type=parse_mesh,
+        default=None,
+        help="trunk: DATA,MODULE device mesh (batch split DATA ways, modules MODULE ways)",
+    )
+    p.add_argument("--coordinator-address", default=None, help="multi-process: host:port of process 0")
+    p.add_argument("--num-processes", type=int, default=None, help="multi-process: how many")
+    p.add_argument("--process-id", type=int, default=None, help="multi-process: this one's index")
     p.add_argument(
         "--alpha",
         type=parse_alpha,
@@ -94,6 +129,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        # Before anything touches a device: JAX_COORDINATOR_ADDRESS etc. or the flags.
+        initialize(args.coordinator_address, args.num_processes, args.process_id)
+    except ValueError as err:
+        parser.exit(2, f"error: {err}\n")
     config = config_from_args(args)
     try:
         config.validate()

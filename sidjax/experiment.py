@@ -37,9 +37,12 @@ from sidjax.evaluation import evaluate, make_eval_step
 from sidjax.losses import DIVERGENCES
 from sidjax.network import NetParams, Network, make_blockwise_network, make_network
 from sidjax.ops import CONV_IMPLS
+from sidjax.parallel import check_mesh, gather, make_mesh, shard_batch, shard_state
+from sidjax.pipeline import SCHEDULES, BlockPipeline
 from sidjax.steps import EXECUTIONS, METHODS, SIDLoss, TrainState, init_train_state, make_train_step
 
 MODES: tuple[str, ...] = ("trunk", "blockwise")
+PIPELINES: tuple[str, ...] = ("off", *SCHEDULES)
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
 SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 
@@ -59,6 +62,9 @@ class TrainConfig:
     num_modules: int = 10  # L, belief modules of the shared trunk
     num_blocks: int = 4  # K, blocks of the blockwise mode
     execution: str = "auto"
+    pipeline: str = "off"  # blockwise: off | synchronous | pipelined (blocks placed on devices)
+    devices: int = 0  # stages for --pipeline; 0: one per block if there are enough devices, else 1
+    mesh: tuple[int, int] | None = None  # trunk: (data, module) mesh over the devices of all processes
     alpha: float | tuple[float, ...] = 0.5  # one value, or one per unit (a schedule)
     divergence: str = "forward"
     label_smoothing: float = 0.0
@@ -103,6 +109,22 @@ class TrainConfig:
             ),
             (self.num_modules >= 1, f"--num-modules must be >= 1, got {self.num_modules}"),
             (self.num_blocks >= 1, f"--num-blocks must be >= 1, got {self.num_blocks}"),
+            (self.pipeline in PIPELINES, f"--pipeline must be one of {PIPELINES}, got {self.pipeline!r}"),
+            (
+                self.pipeline == "off" or (self.mode == "blockwise" and self.method in ("sid", "dgl")),
+                f"--pipeline {self.pipeline} places blocks on devices: it needs --mode blockwise and "
+                f"--method sid or dgl (got {self.mode}, {self.method})",
+            ),
+            (
+                self.mesh is None or (self.mode == "trunk" and len(self.mesh) == 2),
+                f"--mesh takes DATA,MODULE for --mode trunk (blockwise blocks go on devices with --pipeline), "
+                f"got {self.mesh} with --mode {self.mode}",
+            ),
+            (
+                0 <= self.devices <= len(jax.devices()),
+                f"--devices must lie in [0, {len(jax.devices())}] ({len(jax.devices())} devices are available), "
+                f"got {self.devices}",
+            ),
             (
                 self.method != "dgl" or self.mode == "blockwise",
                 "--method dgl is greedy blockwise learning: it needs --mode blockwise",
@@ -339,6 +361,10 @@ def run(
       The summary dict (also written to ``out_dir/summary.json``).
     """
     config.validate()
+    if jax.process_count() > 1:  # every process trains; process 0 alone writes the files
+        if resume:
+            raise ConfigError("--resume is for single-process runs; continue multi-process runs anew")
+        out_dir = out_dir if jax.process_index() == 0 else None
     if resume and out_dir is None:
         raise ConfigError("--resume needs --out, the directory of the run to continue")
     if resume and os.path.exists(os.path.join(out_dir, "summary.json")):
@@ -353,9 +379,22 @@ def run(
     network, params = config.build(input_shape, num_classes, init_key)
     augment = config.augment if config.augment is not None else config.dataset.startswith("cifar")
 
-    def build_step(total_steps: int) -> tuple[Callable, TrainState]:
+    def build_step(total_steps: int) -> tuple[Callable, Any, Callable[[Any], TrainState]]:
+        """``(step, state, to_train_state)``; the state is a ``PipelineState`` with --pipeline."""
         tx = config.optimizer_tx(total_steps)
         try:
+            if config.pipeline != "off":
+                devices = jax.devices()[: config.devices] if config.devices else None
+                pipe = BlockPipeline(
+                    network,
+                    tx,
+                    config.method,
+                    config.loss(),
+                    schedule=config.pipeline,
+                    devices=devices,
+                    augment=random_crop_flip if augment else None,
+                )
+                return pipe.step, pipe.init(params, input_shape, config.batch_size), pipe.gather
             step = make_train_step(
                 network,
                 tx,
@@ -365,9 +404,19 @@ def run(
                 augment=random_crop_flip if augment else None,
                 donate=True,
             )
+            state = init_train_state(params, tx)
+            if config.mesh is None:
+                return step, state, lambda state: state
+            mesh = make_mesh(*config.mesh)
+            state = shard_state(state, network, mesh)
+            check_mesh(network, mesh, config.batch_size)
         except ValueError as err:
             raise ConfigError(str(err)) from err
-        return step, init_train_state(params, tx)
+
+        def sharded_step(state, batch, key):
+            return step(state, shard_batch(batch, network, mesh), key)
+
+        return sharded_step, state, lambda state: jax.tree.map(jnp.asarray, gather(state))
 
     build_step(1)  # a method/execution the network does not allow fails here, before the data
     eval_step = make_eval_step(network, config.label_smoothing)
@@ -382,7 +431,7 @@ def run(
         raise ConfigError(f"{config.dataset} images are {dataset.input_shape}, expected {input_shape}")
     data, realised_noise = _prepare_data(config, dataset)
     steps_per_epoch = len(data.train_labels) // config.batch_size
-    step, state = build_step(steps_per_epoch * config.epochs)
+    step, state, to_train_state = build_step(steps_per_epoch * config.epochs)
 
     # Compile (and warm up) on a copy, so that epoch times exclude compilation.
     x0 = jnp.zeros((config.batch_size, *data.input_shape), jnp.float32)
@@ -391,7 +440,9 @@ def run(
     jax.block_until_ready(step(jax.tree.map(jnp.copy, state), (x0, y0), train_key))
     compile_time = time.perf_counter() - start
 
-    manager = _checkpoint_manager(out_dir) if out_dir and config.checkpoint_every else None
+    # Checkpoints are single-process (a multi-process run's state spans hosts).
+    checkpoints = out_dir and config.checkpoint_every and jax.process_count() == 1
+    manager = _checkpoint_manager(out_dir) if checkpoints else None
     history: list[dict[str, Any]] = []
     if resume:
         state, history = _resume(out_dir, manager, state)
@@ -419,7 +470,11 @@ def run(
             means = jax.device_get(jax.tree.map(lambda *m: jnp.stack(m).mean(0), *step_metrics))
             start = time.perf_counter()
             test = evaluate(
-                eval_step, state.params, data.test_images, data.test_labels, config.eval_batch_size
+                eval_step,
+                to_train_state(state).params,
+                data.test_images,
+                data.test_labels,
+                config.eval_batch_size,
             )
             record = {
                 "epoch": epoch,
@@ -475,6 +530,7 @@ def run(
         "device": str(jax.devices()[0].device_kind),
         "host": f"{platform.machine()}, {os.cpu_count()} cpus",
         "jax_version": jax.__version__,
+        "num_processes": jax.process_count(),
     }
     if out_dir:
         with open(os.path.join(out_dir, "summary.json"), "w") as f:

@@ -6,6 +6,10 @@ units and their optimizer states are split along ``module``; the batch along
 ``data``; the stem (the shared extractor) is replicated, so its gradient
 (``Σ_i ∂L_i/∂θ_c`` over modules and examples) is reduced over both axes.
 Callers choose the mesh, not a different API.
+
+Arrays are placed with ``jax.make_array_from_callback`` from host values that
+every process holds (same data, same seed), so the same code places them on a
+mesh that spans several processes (``sidjax.distributed``).
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from sidjax.network import Network
@@ -32,7 +38,8 @@ def make_mesh(data: int, module: int, devices: list | None = None) -> Mesh:
     return jax.make_mesh((data, module), (DATA, MODULE), (auto, auto), devices=available[: data * module])
 
 
-def _check(network: Network, mesh: Mesh, batch_size: int | None) -> None:
+def check_mesh(network: Network, mesh: Mesh, batch_size: int | None) -> None:
+    """``ValueError`` (one line) for a mesh that does not divide the modules or the batch."""
     modules, data = mesh.shape[MODULE], mesh.shape[DATA]
     if modules > 1 and not network.stacked:
         raise ValueError("sharding over 'module' needs stacked (identical) units; use a mesh with module=1")
@@ -44,30 +51,43 @@ def _check(network: Network, mesh: Mesh, batch_size: int | None) -> None:
         raise ValueError(f"the mesh's data axis ({data}) must divide the batch size ({batch_size})")
 
 
+def _place(tree: Any, sharding_of) -> Any:
+    """Global arrays from host values held by every process; ``sharding_of(array) -> sharding``."""
+
+    def place(a):
+        host = np.asarray(a)
+        return jax.make_array_from_callback(host.shape, sharding_of(host), lambda index: host[index])
+
+    return jax.tree.map(place, tree)
+
+
+def gather(tree: Any) -> Any:
+    """Host (numpy) copies of possibly multi-process sharded arrays, on every process."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
 def shard_state(state: TrainState, network: Network, mesh: Mesh) -> TrainState:
     """Puts params and optimizer state on the mesh: units split along ``module``, the rest replicated."""
-    _check(network, mesh, None)
+    check_mesh(network, mesh, None)
     replicated = NamedSharding(mesh, PartitionSpec())
 
     def units(tree: Any) -> Any:
         # A size-1 module axis is placed as replicated, which is how the step returns it
         # (otherwise the second step would see a new input sharding and recompile).
         if not network.stacked or mesh.shape[MODULE] == 1:
-            return jax.device_put(tree, replicated)
-        return jax.tree.map(
-            lambda a: jax.device_put(
-                a, NamedSharding(mesh, PartitionSpec(MODULE) if a.ndim else PartitionSpec())
-            ),
-            tree,
-        )
+            return _place(tree, lambda a: replicated)
+        split = NamedSharding(mesh, PartitionSpec(MODULE))
+        return _place(tree, lambda a: split if a.ndim else replicated)
 
     def place(params_like):
-        return type(params_like)(jax.device_put(params_like.stem, replicated), units(params_like.units))
+        return type(params_like)(_place(params_like.stem, lambda a: replicated), units(params_like.units))
 
-    return TrainState(place(state.params), place(state.opt_state), jax.device_put(state.step, replicated))
+    return TrainState(place(state.params), place(state.opt_state), _place(state.step, lambda a: replicated))
 
 
 def shard_batch(batch: tuple, network: Network, mesh: Mesh) -> tuple:
     """Splits ``(x [B, ...], labels [B])`` along ``data``."""
-    _check(network, mesh, batch[1].shape[0])
-    return jax.device_put(batch, NamedSharding(mesh, PartitionSpec(DATA)))
+    check_mesh(network, mesh, batch[1].shape[0])
+    return _place(batch, lambda a: NamedSharding(mesh, PartitionSpec(DATA)))

@@ -156,6 +156,16 @@ def test_optimizer_recipes_and_alpha_schedule():
         (["--weight-decay", "-1"], "--weight-decay must be >= 0"),
         (["--resume"], "--resume needs --out"),
         (["--alpha", "0.9,0.1"], "--alpha has 2 values but the network has 10 units"),
+        (["--mesh", "3,1"], "the mesh's data axis (3) must divide the batch size (128)"),
+        (["--mesh", "1,3"], "the mesh's module axis (3) must divide the number of modules (10)"),
+        (["--mesh", "2"], "expected DATA,MODULE"),
+        (["--mesh", "2,2", "--mode", "blockwise"], "--mesh takes DATA,MODULE for --mode trunk"),
+        (
+            ["--pipeline", "pipelined"],
+            "--pipeline pipelined places blocks on devices: it needs --mode blockwise",
+        ),
+        (["--pipeline", "pipelined", "--mode", "blockwise", "--devices", "3"], "3 devices cannot each hold"),
+        (["--num-processes", "2"], "a multi-process run needs all three settings"),
     ],
 )
 def test_bad_recipe_flags_exit_with_one_line(flags, message, capsys):

@@ -12,7 +12,7 @@ import importlib
 
 from sidjax.experiment import TrainConfig
 
-NAMES: tuple[str, ...] = ("main_table", "label_noise", "depth", "alpha", "strong_baseline")
+NAMES: tuple[str, ...] = ("main_table", "label_noise", "depth", "alpha", "strong_baseline", "pipeline")
 
 
 @dataclasses.dataclass(frozen=True)
