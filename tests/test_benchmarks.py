@@ -8,6 +8,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"))
 
 import bench_memory  # noqa: E402
+import bench_parallel  # noqa: E402
 import bench_step  # noqa: E402
 
 
@@ -34,3 +35,17 @@ def test_bench_memory_covers_every_k_and_execution(tmp_path):
     assert "sid_vmap" not in uneven["methods"]  # 4 blocks in 3 groups are not identical
     assert stacked["methods"]["bp"]["temp_vs_bp"] == 1.0
     assert json.loads(out.read_text())["results"][0]["num_blocks"] == 2
+
+
+def test_bench_parallel_runs_one_process_per_device_count(tmp_path):
+    out = tmp_path / "parallel.json"
+    report = bench_parallel.main(
+        ["--tiny", "--num-blocks", "2", "--devices", "1,2", "--input-shape", "8,8,1", "--batch-size", "8",
+         "--steps", "1", "--json", str(out)]
+    )  # fmt: skip
+    assert [r["devices"] for r in report["results"]] == [1, 2]
+    assert "--xla_force_host_platform_device_count=2" in report["results"][1]["xla_flags"]
+    for r in report["results"]:
+        assert set(r["examples_per_s"]) == {"bp", "sid_sync", "sid_pipelined"}
+        assert all(v > 0 for v in r["examples_per_s"].values())
+    assert json.loads(out.read_text())["note"].startswith("simulated CPU devices")

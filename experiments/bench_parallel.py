@@ -1,0 +1,163 @@
+"""Parallel throughput: BP (data-parallel) vs synchronous vs pipelined blockwise SID on 1..8 devices.
+
+One blockwise network (default ViT-Tiny cut into K = 8 equal blocks, 32x32x3,
+batch 128) is trained on D devices for each D, one process per D:
+- ``bp``: end-to-end backprop, batch split D ways (``sidjax.parallel``);
+- ``sid_sync``: the exact blockwise step, blocks in D contiguous stages;
+- ``sid_pipelined``: one-step-stale inputs, all stages update at once.
+Each process compiles and warms up every method, then times interleaved
+steps; examples/s come from the median step. The table gives each method's
+scaling ratio (examples/s on D devices / on 1). Goal on accelerators:
+pipelined SID >= 0.8 * K x one device at D = K.
+
+    python experiments/bench_parallel.py --tiny --num-blocks 4 --devices 1,2,4   # CPU, simulated: ~1 min
+    python experiments/bench_parallel.py --json out.json                         # GPU/TPU: real devices
+
+On a CPU the D devices are simulated (``--xla_force_host_platform_device_count``)
+and share the same cores: this proves the code runs, not that it scales.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import jax  # noqa: E402
+from train import OneLineParser  # noqa: E402
+
+METHODS = ("bp", "sid_sync", "sid_pipelined")
+
+
+def worker(args) -> dict:
+    """Runs in a process that sees >= ``args.worker`` devices; returns examples/s per method."""
+    import numpy as np
+    import optax
+    from benchlib import environment
+
+    from sidjax import SIDLoss, init_train_state, make_blockwise_network, make_train_step
+    from sidjax.parallel import make_mesh, shard_batch, shard_state
+    from sidjax.pipeline import BlockPipeline
+
+    d = args.worker
+    devices = jax.devices()[:d]
+    shape = tuple(int(v) for v in args.input_shape.split(","))
+    network, params = make_blockwise_network(
+        args.model, shape, 10, args.num_blocks, jax.random.key(0), tiny=args.tiny
+    )
+    tx = optax.adam(1e-3)
+    key = jax.random.key(1)
+    x = np.asarray(jax.random.normal(key, (args.batch_size, *shape)))
+    y = np.asarray(jax.random.randint(key, (args.batch_size,), 0, 10))
+
+    mesh = make_mesh(d, 1, devices)
+    bp_step = make_train_step(network, tx, "bp")
+    runs = {"bp": (lambda s, b, k: bp_step(s, shard_batch(b, network, mesh), k),
+                   shard_state(init_train_state(params, tx), network, mesh))}  # fmt: skip
+    for label, schedule in (("sid_sync", "synchronous"), ("sid_pipelined", "pipelined")):
+        pipe = BlockPipeline(network, tx, "sid", SIDLoss(0.5), schedule=schedule, devices=devices)
+        runs[label] = (pipe.step, pipe.init(params, shape, args.batch_size))
+    states = {}
+    for label, (step, state) in runs.items():
+        for _ in range(2):
+            state, _ = step(state, (x, y), key)
+        states[label] = jax.block_until_ready(state)
+    times = {label: [] for label in runs}
+    for _ in range(args.steps):
+        for label, (step, _) in runs.items():
+            start = time.perf_counter()
+            states[label], metrics = step(states[label], (x, y), key)
+            jax.block_until_ready((states[label], metrics))
+            times[label].append(time.perf_counter() - start)
+    return {
+        "devices": d,
+        "median_step_s": {m: float(np.median(t)) for m, t in times.items()},
+        "examples_per_s": {m: args.batch_size / float(np.median(t)) for m, t in times.items()},
+        **environment(),
+    }
+
+
+def table(results: list[dict], k: int) -> str:
+    base = {m: results[0]["examples_per_s"][m] for m in METHODS} if results[0]["devices"] == 1 else None
+    lines = [
+        "| devices | "
+        + " | ".join(f"{m} ex/s" for m in METHODS)
+        + " | "
+        + " | ".join(f"{m} ×1-dev" for m in METHODS)
+        + " |",
+        "|---" * (1 + 2 * len(METHODS)) + "|",
+    ]
+    for r in results:
+        ratios = [f"{r['examples_per_s'][m] / base[m]:.2f}" if base else "—" for m in METHODS]
+        lines.append(
+            f"| {r['devices']} | " + " | ".join(f"{r['examples_per_s'][m]:.0f}" for m in METHODS) + " | "
+            + " | ".join(ratios) + " |"
+        )  # fmt: skip
+    lines.append(f"\nGoal on accelerators: sid_pipelined ×1-dev >= {0.8 * k:.1f} at {k} devices (0.8·K).")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = OneLineParser(description=__doc__.splitlines()[0])
+    p.add_argument("--devices", default="1,2,4,8", help="device counts, one process each")
+    p.add_argument("--model", default="vit_tiny")
+    p.add_argument("--num-blocks", type=int, default=8)
+    p.add_argument("--input-shape", default="32,32,3")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=10, help="timed steps per method")
+    p.add_argument("--tiny", action="store_true", help="narrow architecture (CPU smoke)")
+    p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker is not None:
+        print("RESULT " + json.dumps(worker(args)), flush=True)
+        return {}
+    try:
+        counts = [int(v) for v in args.devices.split(",")]
+    except ValueError:
+        p.error(f"--devices takes integers separated by commas, got {args.devices!r}")
+    bad = [c for c in counts if c < 1 or args.num_blocks % c or args.batch_size % c]
+    if bad:
+        p.error(f"--devices {bad}: each count must divide --num-blocks ({args.num_blocks}) and --batch-size")
+    forwarded = list(argv if argv is not None else sys.argv[1:])
+    results, skipped = [], []
+    for count in counts:
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+        if jax.default_backend() == "cpu":  # simulate the devices; they share the same cores
+            env["XLA_FLAGS"] = (
+                f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={count}".strip()
+            )
+        elif count > jax.device_count():
+            skipped.append(count)
+            continue
+        proc = subprocess.run([sys.executable, __file__, *forwarded, "--worker", str(count)], env=env,
+                              capture_output=True, text=True)  # fmt: skip
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+        if proc.returncode or not lines:
+            p.exit(1, f"error: the {count}-device process failed:\n{proc.stderr[-3000:]}\n")
+        results.append(json.loads(lines[-1][len("RESULT ") :]))
+        print(f"{count} device(s): " + ", ".join(f"{m} {v:.0f} ex/s" for m, v in results[-1]["examples_per_s"].items()), flush=True)  # fmt: skip
+    report = {
+        "config": {k: v for k, v in vars(args).items() if k not in ("worker", "json")},
+        "results": results,
+        "skipped_device_counts": skipped,
+        "note": "simulated CPU devices share the host's cores: ratios show overhead, not speed-up"
+        if jax.default_backend() == "cpu" else "real devices",
+    }  # fmt: skip
+    print("\n" + table(results, args.num_blocks) + "\n" + report["note"])
+    if skipped:
+        print(f"skipped (not enough devices): {skipped}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+    return report
+
+
+if __name__ == "__main__":
+    main()
