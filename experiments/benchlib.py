@@ -14,22 +14,7 @@ import numpy as np
 import optax
 
 from sidjax import init_train_state
-
-
-def temp_bytes(step: Callable, state: Any, batch: tuple, key: jax.Array) -> int:
-    """XLA's compiled temp memory of one step.
-
-    Params, optimizer state and the batch are arguments (common to all
-    methods) and not counted. A ``sequential`` step runs one jit per block,
-    one after another: it is charged its largest (block temp + that block's
-    input and output activations).
-    """
-    if hasattr(step, "analyze"):
-        return max(
-            u["compiled"].memory_analysis().temp_size_in_bytes + u["input_bytes"] + u["output_bytes"]
-            for u in step.analyze(state, batch, key)
-        )
-    return step.lower(state, batch, key).compile().memory_analysis().temp_size_in_bytes
+from sidjax.steps import step_temp_bytes as temp_bytes
 
 
 def measure(

@@ -1,7 +1,9 @@
 """sidjax: Synergistic Information Distillation (SID) in JAX and Flax NNX."""
 
 from sidjax.architectures import ARCHITECTURES, Backbone
+from sidjax.data import load_dataset
 from sidjax.evaluation import evaluate, make_eval_step
+from sidjax.experiment import TrainConfig, run
 from sidjax.losses import (
     forward_minimiser,
     kl_to_target,
@@ -13,6 +15,7 @@ from sidjax.losses import (
 from sidjax.models import BeliefHead, BeliefModule, BlockUnit
 from sidjax.network import NetParams, Network, make_blockwise_network, make_network, unstack_modules
 from sidjax.ops import conv2d, max_pool
+from sidjax.pipeline import BlockPipeline
 from sidjax.steps import (
     EXECUTIONS,
     METHODS,
@@ -23,6 +26,7 @@ from sidjax.steps import (
     local_losses,
     make_grad_fn,
     make_train_step,
+    step_temp_bytes,
 )
 
 __all__ = [
@@ -31,11 +35,13 @@ __all__ = [
     "METHODS",
     "Backbone",
     "BeliefHead",
+    "BlockPipeline",
     "BeliefModule",
     "BlockUnit",
     "NetParams",
     "Network",
     "SIDLoss",
+    "TrainConfig",
     "TrainState",
     "apply_gradients",
     "conv2d",
@@ -44,6 +50,7 @@ __all__ = [
     "init_train_state",
     "kl_to_target",
     "label_distribution",
+    "load_dataset",
     "local_losses",
     "make_blockwise_network",
     "make_eval_step",
@@ -52,7 +59,9 @@ __all__ = [
     "make_train_step",
     "max_pool",
     "reverse_minimiser",
+    "run",
     "sid_local_loss",
+    "step_temp_bytes",
     "uniform_log_belief",
     "unstack_modules",
 ]

@@ -41,7 +41,7 @@ from sidjax.steps import (
     Augment,
     SIDLoss,
     TrainState,
-    _metrics,
+    batch_metrics,
     init_train_state,
     make_unit_update,
     resolve_method,
@@ -243,7 +243,7 @@ class BlockPipeline:
         new = TrainState(NetParams(stem, tuple(units)), NetParams(stem_opt, tuple(opts)), train.step + 1)
         unit_losses = jnp.stack(values)
         last_labels = jax.device_put(unit_labels, dev0)
-        return PipelineState(new, slots), _metrics(
+        return PipelineState(new, slots), batch_metrics(
             unit_losses.sum(), unit_losses, jnp.stack(logits), last_labels
         )
 

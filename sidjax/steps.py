@@ -251,7 +251,7 @@ def make_grad_fn(
     return jax.value_and_grad(objective, has_aux=True)
 
 
-def _metrics(objective, unit_losses, logits, labels) -> dict[str, chex.Array]:
+def batch_metrics(objective, unit_losses, logits, labels) -> dict[str, chex.Array]:
     last = logits[-1]
     return {
         "loss": objective,
@@ -302,9 +302,25 @@ def make_train_step(
         if augment is not None:
             x = augment(jax.random.fold_in(key, state.step), x)
         (objective, (unit_losses, logits)), grads = grad_fn(state.params, x, labels)
-        return apply_gradients(state, grads, tx), _metrics(objective, unit_losses, logits, labels)
+        return apply_gradients(state, grads, tx), batch_metrics(objective, unit_losses, logits, labels)
 
     return jax.jit(step, donate_argnums=(0,) if donate else ())
+
+
+def step_temp_bytes(step: StepFn, state: TrainState, batch: tuple, key: chex.PRNGKey) -> int:
+    """XLA's compiled temp memory of one training step, in bytes.
+
+    Params, optimizer state and the batch are arguments (common to all
+    methods) and not counted. A ``sequential`` step runs one jit per block,
+    one after another: it is charged its largest (block temp + that block's
+    input and output activations).
+    """
+    if hasattr(step, "analyze"):
+        return max(
+            u["compiled"].memory_analysis().temp_size_in_bytes + u["input_bytes"] + u["output_bytes"]
+            for u in step.analyze(state, batch, key)
+        )
+    return step.lower(state, batch, key).compile().memory_analysis().temp_size_in_bytes
 
 
 def make_unit_update(network: Network, tx: optax.GradientTransformation, loss: SIDLoss) -> Callable:
@@ -395,7 +411,7 @@ def _make_sequential_step(
             units, unit_opts = tuple(units), tuple(unit_opts)
         unit_losses = jnp.stack(values)
         new_state = TrainState(NetParams(stem, units), NetParams(stem_opt, unit_opts), state.step + 1)
-        return new_state, _metrics(unit_losses.sum(), unit_losses, jnp.stack(logits), labels), report
+        return new_state, batch_metrics(unit_losses.sum(), unit_losses, jnp.stack(logits), labels), report
 
     def step(state, batch, key):
         return walk(state, batch, key, analyze=False)[:2]
