@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     try:
         for method in args.methods.split(","):
             dataclasses.replace(base, method=method).validate()
-        dataset = load_dataset(base.dataset, args.data_dir, args.manual_dir)
+        dataset = load_dataset(base.dataset, args.data_dir, args.manual_dir, image_size=base.image_size)
         for method in args.methods.split(","):
             config = dataclasses.replace(base, method=method)
             print(f"== {method.upper()}: {config}", flush=True)

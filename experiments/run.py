@@ -61,7 +61,9 @@ def run_experiment(
             label = f"{experiment.name}/{name}/seed{seed}"
             try:
                 if config.dataset not in datasets:
-                    datasets[config.dataset] = load_dataset(config.dataset, data_dir, manual_dir)
+                    datasets[config.dataset] = load_dataset(
+                        config.dataset, data_dir, manual_dir, image_size=config.image_size
+                    )
                 print(f"== {label}", flush=True)
                 summaries[(name, seed)] = s = run(
                     dataclasses.replace(config, seed=seed),

@@ -53,7 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--mode", default=d.mode, help="trunk (authors' shared extractor) | blockwise (no global backprop)"
     )
-    p.add_argument("--dataset", default=d.dataset, help="fashion_mnist | mnist | cifar10 | cifar100")
+    p.add_argument(
+        "--dataset",
+        default=d.dataset,
+        help="fashion_mnist | mnist | cifar10 | cifar100 | folder:/path (train/ and test/, one sub-directory "
+        "per class, e.g. Tiny-ImageNet)",
+    )
+    p.add_argument("--image-size", type=int, default=d.image_size, help="image folders are resized to this")
     p.add_argument("--model", default=d.model, help="mlp | simplecnn | vgg11 | resnet18 | vit_tiny")
     p.add_argument("--num-modules", type=int, default=d.num_modules, help="L belief modules (trunk mode)")
     p.add_argument("--num-blocks", type=int, default=d.num_blocks, help="K blocks (blockwise mode)")

@@ -39,6 +39,61 @@ class DatasetUnavailableError(RuntimeError):
     """The dataset can neither be loaded from disk nor downloaded."""
 
 
+FOLDER_PREFIX = "folder:"  # dataset "folder:/path": root/{train,test}/<class>/<image files>
+
+
+def is_image_folder(name: str) -> bool:
+    return name.startswith(FOLDER_PREFIX)
+
+
+def dataset_info(name: str, image_size: int = 64) -> tuple[tuple[int, int, int], int]:
+    """``(input_shape, num_classes)`` of a named dataset or of an image folder.
+
+    An image folder (``"folder:/path"``, e.g. Tiny-ImageNet) holds ``train/``
+    and ``test/``, each with one sub-directory of images per class; its images
+    are resized to ``image_size`` x ``image_size`` x 3.
+
+    Raises:
+      ValueError: an unknown name.
+      DatasetUnavailableError: a folder without that layout.
+    """
+    if not is_image_folder(name):
+        if name not in DATASET_INFO:
+            raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS} or folder:/path")
+        return DATASET_INFO[name]
+    root = name[len(FOLDER_PREFIX) :]
+    splits = [os.path.join(root, split) for split in ("train", "test")]
+    classes = [
+        sorted(d for d in os.listdir(s) if os.path.isdir(os.path.join(s, d))) if os.path.isdir(s) else []
+        for s in splits
+    ]
+    if not classes[0] or not classes[1]:
+        raise DatasetUnavailableError(
+            f"{root}: an image folder needs train/ and test/, each with one sub-directory of images per class"
+        )
+    return (image_size, image_size, 3), len(set(classes[0]) | set(classes[1]))
+
+
+def _load_image_folder(root: str, image_size: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """uint8 arrays of an image folder (``tfds.ImageFolder``), resized to ``image_size``."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    builder = tfds.ImageFolder(root, shape=(None, None, 3))
+
+    def resize(image, label):
+        image = tf.image.resize(image, (image_size, image_size), antialias=True)
+        return tf.cast(tf.round(image), tf.uint8), label
+
+    arrays = {}
+    for split in ("train", "test"):
+        ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False).map(resize)
+        chunks = list(tfds.as_numpy(ds.batch(8192)))
+        arrays[split] = (np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks]))
+    return arrays
+
+
 @dataclasses.dataclass(frozen=True)
 class Dataset:
     """A classification dataset as host arrays.
@@ -187,20 +242,25 @@ def load_dataset(
     data_dir: str | None = None,
     manual_dir: str | None = None,
     download_retries: int = 0,
+    image_size: int = 64,
 ) -> Dataset:
-    """Loads a dataset (see ``load_tfds_arrays``) and normalises it per channel.
+    """Loads a dataset (see ``load_tfds_arrays``, or an image folder: see
+    ``dataset_info``) and normalises it per channel.
 
     Returns:
       A ``Dataset`` with float32 images normalised by the training set's
       per-channel mean and std.
     """
-    arrays = load_tfds_arrays(name, data_dir, manual_dir, download_retries)
+    input_shape, num_classes = dataset_info(name, image_size)
+    if is_image_folder(name):
+        arrays = _load_image_folder(name[len(FOLDER_PREFIX) :], image_size)
+    else:
+        arrays = load_tfds_arrays(name, data_dir, manual_dir, download_retries)
     (train_x, train_y), (test_x, test_y) = arrays["train"], arrays["test"]
     train_x = train_x.astype(np.float32) / 255.0
     test_x = test_x.astype(np.float32) / 255.0
     mean = train_x.mean(axis=(0, 1, 2))
     std = train_x.std(axis=(0, 1, 2)) + 1e-8
-    num_classes = DATASET_INFO[name][1]
     return Dataset(
         name,
         (train_x - mean) / std,

@@ -25,10 +25,12 @@ from tqdm.auto import tqdm
 
 from sidjax.architectures import ARCHITECTURES
 from sidjax.data import (
-    DATASET_INFO,
     DATASETS,
     Dataset,
+    DatasetUnavailableError,
+    dataset_info,
     epoch_batches,
+    is_image_folder,
     load_dataset,
     random_crop_flip,
     symmetric_label_noise,
@@ -57,7 +59,8 @@ class TrainConfig:
 
     method: str = "sid"
     mode: str = "trunk"
-    dataset: str = "fashion_mnist"
+    dataset: str = "fashion_mnist"  # a TFDS name, or folder:/path (root/{train,test}/<class>/images)
+    image_size: int = 64  # image folders are resized to image_size x image_size x 3
     model: str = "simplecnn"
     num_modules: int = 10  # L, belief modules of the shared trunk
     num_blocks: int = 4  # K, blocks of the blockwise mode
@@ -94,7 +97,11 @@ class TrainConfig:
                 self.execution in EXECUTIONS,
                 f"--execution must be one of {EXECUTIONS}, got {self.execution!r}",
             ),
-            (self.dataset in DATASETS, f"--dataset must be one of {DATASETS}, got {self.dataset!r}"),
+            (
+                self.dataset in DATASETS or is_image_folder(self.dataset),
+                f"--dataset must be one of {DATASETS} or folder:/path/to/images, got {self.dataset!r}",
+            ),
+            (self.image_size >= 1, f"--image-size must be >= 1, got {self.image_size}"),
             (
                 self.model in ARCHITECTURES,
                 f"--model must be one of {tuple(ARCHITECTURES)}, got {self.model!r}",
@@ -374,10 +381,17 @@ def run(
             _prepare_out_dir(out_dir, config, overwrite, resume)  # same settings?
             return summary
     # Build first: a config the model does not allow fails before any data is loaded.
-    input_shape, num_classes = DATASET_INFO[config.dataset]
+    try:
+        input_shape, num_classes = dataset_info(config.dataset, config.image_size)
+    except DatasetUnavailableError as err:
+        raise ConfigError(str(err)) from err
     init_key, train_key = jax.random.split(jax.random.key(config.seed))
     network, params = config.build(input_shape, num_classes, init_key)
-    augment = config.augment if config.augment is not None else config.dataset.startswith("cifar")
+    augment = (
+        config.augment
+        if config.augment is not None
+        else config.dataset.startswith("cifar") or is_image_folder(config.dataset)
+    )
 
     def build_step(total_steps: int) -> tuple[Callable, Any, Callable[[Any], TrainState]]:
         """``(step, state, to_train_state)``; the state is a ``PipelineState`` with --pipeline."""
@@ -424,7 +438,7 @@ def run(
         _prepare_out_dir(out_dir, config, overwrite, resume)
 
     if dataset is None:
-        dataset = load_dataset(config.dataset, data_dir, manual_dir)
+        dataset = load_dataset(config.dataset, data_dir, manual_dir, image_size=config.image_size)
     elif dataset.name != config.dataset:
         raise ConfigError(f"the given dataset is {dataset.name!r} but the config says {config.dataset!r}")
     if dataset.input_shape != input_shape:

@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import sys
 import time
 
 import chex
@@ -102,3 +103,47 @@ def test_offline_download_fails_fast_with_a_clear_message(tmp_path, monkeypatch)
     assert time.perf_counter() - start < 10
     message = str(err.value)
     assert "cifar10" in message and "--manual-dir" in message and "\n" not in message
+
+
+def _image_folder(root, sizes=((10, 12), (7, 9), (16, 16))):
+    """root/{train,test}/<class>/*.png with images of several sizes; class k is brightness 80k."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 4), ("test", 2)):
+        for k, name in enumerate(("ant", "bee", "cat")):
+            os.makedirs(root / split / name)
+            for i in range(n):
+                h, w = sizes[i % len(sizes)]
+                pixels = np.clip(80 * k + rng.integers(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
+    return f"folder:{root}"
+
+
+def test_image_folder_dataset_is_resized_and_labelled(tmp_path):
+    from sidjax.data import dataset_info, load_dataset
+
+    name = _image_folder(tmp_path / "imgs")
+    assert dataset_info(name, image_size=8) == ((8, 8, 3), 3)
+    data = load_dataset(name, image_size=8)
+    assert data.train_images.shape == (12, 8, 8, 3) and data.test_images.shape == (6, 8, 8, 3)
+    assert sorted(np.bincount(data.train_labels).tolist()) == [4, 4, 4]
+    # Brightness grows with the class index (folders in sorted order): labels follow folders.
+    means = [data.train_images[data.train_labels == k].mean() for k in range(3)]
+    assert means == sorted(means)
+
+
+def test_image_folder_trains_from_the_cli_and_bad_folders_fail_clearly(tmp_path, capsys):
+    sys.path.insert(
+        0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
+    )
+    import train
+
+    name = _image_folder(tmp_path / "imgs")
+    summary = train.main(["--dataset", name, "--image-size", "8", "--model", "mlp", "--num-modules", "2",
+                          "--epochs", "1", "--batch-size", "4", "--no-progress"])  # fmt: skip
+    assert summary["num_train"] == 12 and summary["augment"] is None
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--dataset", f"folder:{tmp_path / 'nowhere'}", "--no-progress"])
+    assert exit_info.value.code == 2
+    assert "an image folder needs train/ and test/" in capsys.readouterr().err
