@@ -246,6 +246,3 @@ class BlockPipeline:
         return PipelineState(new, slots), batch_metrics(
             unit_losses.sum(), unit_losses, jnp.stack(logits), last_labels
         )
-
-    def __call__(self, pstate, batch, key):
-        return self.step(pstate, batch, key)
