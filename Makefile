@@ -23,8 +23,9 @@ data:
 demo: $(VENV)/.installed data
 	$(PY) experiments/compare.py --out runs/compare --overwrite
 
+# Two workers (pytest-xdist): most tests are compile-bound and single-threaded.
 test: $(VENV)/.installed data
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 test-slow: $(VENV)/.installed data
 	$(PY) -m pytest -q -m slow

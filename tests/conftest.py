@@ -1,6 +1,8 @@
 """Test set-up: 8 simulated CPU devices (set before jax is imported) and tiny models."""
 
+import fcntl
 import os
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -52,7 +54,12 @@ def tree_max_abs(tree) -> float:
 
 @pytest.fixture(scope="session")
 def fashion_mnist():
-    """Real Fashion-MNIST (offline from Debian's files where TFDS has not prepared it)."""
+    """Real Fashion-MNIST (offline from Debian's files where TFDS has not prepared it).
+
+    A file lock keeps parallel test workers (pytest -n) from preparing it at the same time.
+    """
     from sidjax.data import load_dataset
 
-    return load_dataset("fashion_mnist")
+    with open(os.path.join(tempfile.gettempdir(), "sidjax-fashion-mnist.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return load_dataset("fashion_mnist")
