@@ -82,7 +82,7 @@ class TrainConfig:
     seed: int = 0
     limit_train: int | None = None
     limit_test: int | None = None
-    augment: bool | None = None  # None: on for CIFAR, off otherwise
+    augment: bool | None = None  # None: on for CIFAR and image folders, off otherwise
     conv_impl: str = "xla"
     eval_batch_size: int = 1000
     tiny: bool = False  # narrow variants of the architectures (smoke runs)
@@ -387,11 +387,12 @@ def run(
         raise ConfigError(str(err)) from err
     init_key, train_key = jax.random.split(jax.random.key(config.seed))
     network, params = config.build(input_shape, num_classes, init_key)
-    augment = (
+    augment_on = (
         config.augment
         if config.augment is not None
         else config.dataset.startswith("cifar") or is_image_folder(config.dataset)
     )
+    augment = random_crop_flip if augment_on else None
 
     def build_step(total_steps: int) -> tuple[Callable, Any, Callable[[Any], TrainState]]:
         """``(step, state, to_train_state)``; the state is a ``PipelineState`` with --pipeline."""
@@ -406,7 +407,7 @@ def run(
                     config.loss(),
                     schedule=config.pipeline,
                     devices=devices,
-                    augment=random_crop_flip if augment else None,
+                    augment=augment,
                 )
                 return pipe.step, pipe.init(params, input_shape, config.batch_size), pipe.gather
             step = make_train_step(
@@ -415,7 +416,7 @@ def run(
                 config.method,
                 config.loss(),
                 execution=config.execution,
-                augment=random_crop_flip if augment else None,
+                augment=augment,
                 donate=True,
             )
             state = init_train_state(params, tx)
