@@ -313,7 +313,21 @@ def alpha_section(exp, found, plots: str, rel: str) -> str:
     return f"![accuracy vs alpha]({rel}/alpha_accuracy.png) ![KL per module]({rel}/alpha_module_kl.png)"
 
 
-SECTIONS = {"label_noise": label_noise_section, "depth": depth_section, "alpha": alpha_section}
+def pipeline_section(exp, found, plots: str, rel: str) -> str:
+    lines = ["| schedule | test accuracy of each block's belief, block 1 → K (%) |", "|---|---|"]
+    for name in exp.runs:
+        if name in found:
+            acc = np.mean(_values(found[name], "per_module_accuracy"), axis=0) * 100
+            lines.append(f"| {name} | {' / '.join(f'{a:.2f}' for a in acc)} |")
+    return "\n".join(lines)
+
+
+SECTIONS = {
+    "label_noise": label_noise_section,
+    "depth": depth_section,
+    "alpha": alpha_section,
+    "pipeline": pipeline_section,
+}
 
 
 def hardware(found: dict[str, dict[int, Run]]) -> str:

@@ -195,6 +195,7 @@ def test_report_tables_come_from_the_result_files(tmp_path):
         _write_run(results / "label_noise" / "noise40" / "sid" / f"seed{seed}", sid)
         _write_run(results / "label_noise" / "noise40" / "bp" / f"seed{seed}", bp)
     _write_run(results / "depth" / "trunk" / "L02" / "sid" / "seed0", 0.8)
+    _write_run(results / "pipeline" / "pipelined" / "seed0", 0.8)
     text = report.report(str(results), str(tmp_path / "RESULTS.md"), str(results / "plots"))
     assert "| noise40/sid | 3/3 | 82.00 ± 2.00 | 82.00 ± 2.00 | 2.0 ± 0.0 | 100 ± 0 |" in text
     assert "| noise40/bp | 3/3 | 72.00 ± 2.00 |" in text
@@ -205,6 +206,7 @@ def test_report_tables_come_from_the_result_files(tmp_path):
     )
     assert "| cifar10/* (16 runs) | 0/1 | not yet run:" in text
     assert "| 2 | 80.00 | not yet run | 50.00 → 80.00 | 0.900 → 0.400 | 1/1 |" in text
+    assert "| pipelined | 50.00 / 80.00 |" in text
     for png in ("label_noise_accuracy", "training_curves", "depth_module_kl", "depth_accuracy"):
         assert (results / "plots" / f"{png}.png").stat().st_size > 1000
     assert "](results/plots/label_noise_accuracy.png)" in text
