@@ -394,8 +394,9 @@ def run(
     )
     augment = random_crop_flip if augment_on else None
 
-    def build_step(total_steps: int) -> tuple[Callable, Any, Callable[[Any], TrainState]]:
-        """``(step, state, to_train_state)``; the state is a ``PipelineState`` with --pipeline."""
+    def build_step(total_steps: int) -> tuple[Callable, Callable[[], Any], Callable[[Any], TrainState]]:
+        """``(step, init_state, to_train_state)``: ``init_state()`` places a fresh state (a
+        ``PipelineState`` with --pipeline), so checking a config places nothing."""
         tx = config.optimizer_tx(total_steps)
         try:
             if config.pipeline != "off":
@@ -409,7 +410,7 @@ def run(
                     devices=devices,
                     augment=augment,
                 )
-                return pipe.step, pipe.init(params, input_shape, config.batch_size), pipe.gather
+                return pipe.step, lambda: pipe.init(params, input_shape, config.batch_size), pipe.gather
             step = make_train_step(
                 network,
                 tx,
@@ -419,11 +420,9 @@ def run(
                 augment=augment,
                 donate=True,
             )
-            state = init_train_state(params, tx)
             if config.mesh is None:
-                return step, state, lambda state: state
+                return step, lambda: init_train_state(params, tx), lambda state: state
             mesh = make_mesh(*config.mesh)
-            state = shard_state(state, network, mesh)
             check_mesh(network, mesh, config.batch_size)
         except ValueError as err:
             raise ConfigError(str(err)) from err
@@ -431,7 +430,11 @@ def run(
         def sharded_step(state, batch, key):
             return step(state, shard_batch(batch, network, mesh), key)
 
-        return sharded_step, state, lambda state: jax.tree.map(jnp.asarray, gather(state))
+        return (
+            sharded_step,
+            lambda: shard_state(init_train_state(params, tx), network, mesh),
+            lambda state: jax.tree.map(jnp.asarray, gather(state)),
+        )
 
     build_step(1)  # a method/execution the network does not allow fails here, before the data
     eval_step = make_eval_step(network, config.label_smoothing)
@@ -446,7 +449,8 @@ def run(
         raise ConfigError(f"{config.dataset} images are {dataset.input_shape}, expected {input_shape}")
     data, realised_noise = _prepare_data(config, dataset)
     steps_per_epoch = len(data.train_labels) // config.batch_size
-    step, state, to_train_state = build_step(steps_per_epoch * config.epochs)
+    step, init_state, to_train_state = build_step(steps_per_epoch * config.epochs)
+    state = init_state()
 
     # Compile (and warm up) on a copy, so that epoch times exclude compilation.
     x0 = jnp.zeros((config.batch_size, *data.input_shape), jnp.float32)
