@@ -18,12 +18,16 @@ has underflowed to 0 in float32 still has a finite logarithm.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from typing import Literal
 
 import chex
 import jax
 import jax.numpy as jnp
 import optax
+
+from sidjax.errors import ConfigError
 
 Divergence = Literal["forward", "reverse"]
 DIVERGENCES: tuple[str, ...] = ("forward", "reverse")
@@ -58,7 +62,7 @@ def sid_local_loss(
     divergence: Divergence = "forward",
     label_smoothing: float = 0.0,
 ) -> chex.Array:
-    """Per-example local SID loss of one module (SID_METHOD §1 and §2).
+    """Per-example local SID loss of one unit (``docs/method.md``, equations 1 and 2).
 
     Args:
       logits: this module's logits, ``[batch, N]``.
@@ -134,3 +138,65 @@ def reverse_minimiser(alpha: chex.Numeric, target: chex.Array, prev: chex.Array)
       ``[..., N]``.
     """
     return jax.nn.softmax(alpha * jnp.log(target) + (1.0 - alpha) * jnp.log(prev), axis=-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class SIDLoss:
+    """Hyperparameters of the local loss; validates itself on construction.
+
+    Attributes:
+      alpha: fidelity weight in [0, 1]; one float for all units or one per
+        unit (a schedule).
+      divergence: ``"forward"`` (authors' code) or ``"reverse"`` (paper).
+      label_smoothing: epsilon of the target distribution, in [0, 1).
+
+    Raises:
+      ConfigError: a value out of range, naming the attribute.
+    """
+
+    alpha: float | Sequence[float] = 0.5
+    divergence: Divergence = "forward"
+    label_smoothing: float = 0.0
+
+    def __post_init__(self):
+        alphas = self.alpha if isinstance(self.alpha, Sequence) else [self.alpha]
+        if not alphas or not all(0.0 <= float(a) <= 1.0 for a in alphas):
+            raise ConfigError(f"alpha must lie in [0, 1], got {self.alpha}", "alpha")
+        if self.divergence not in DIVERGENCES:
+            raise ConfigError(
+                f"divergence must be one of {DIVERGENCES}, got {self.divergence!r}", "divergence"
+            )
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(
+                f"label_smoothing must lie in [0, 1), got {self.label_smoothing}", "label_smoothing"
+            )
+        if self.divergence == "reverse" and self.label_smoothing == 0.0:
+            raise ConfigError(
+                "divergence 'reverse' needs label_smoothing > 0 (KL(p || one-hot) is infinite); try 0.1",
+                "divergence",
+            )
+
+    def alphas(self, num_units: int) -> jax.Array:
+        """Per-unit alpha, ``[num_units]``."""
+        if isinstance(self.alpha, Sequence):
+            if len(self.alpha) != num_units:
+                raise ConfigError(
+                    f"alpha has {len(self.alpha)} values but the network has {num_units} units; "
+                    "give one value or one per unit",
+                    "alpha",
+                )
+            return jnp.asarray(self.alpha, jnp.float32)
+        return jnp.full((num_units,), self.alpha, jnp.float32)
+
+    def per_example(
+        self, logits: chex.Array, prev_log_belief: chex.Array, labels: chex.Array, alpha: chex.Numeric
+    ) -> chex.Array:
+        """``sid_local_loss`` with these hyperparameters, ``[B]``."""
+        return sid_local_loss(
+            logits,
+            prev_log_belief,
+            labels,
+            alpha,
+            divergence=self.divergence,
+            label_smoothing=self.label_smoothing,
+        )

@@ -3,15 +3,18 @@
 Both kinds are one object, a ``Network``: a *stem* followed by K *units*,
 each ``unit(h, belief) -> (h_out, logits)`` (``sidjax.models``).
 
-* shared trunk (SID_METHOD §1): stem = feature extractor, units = identical
+* shared trunk (``docs/method.md``, "Shared trunk"): stem = feature extractor, units = identical
   belief modules that pass ``z`` through; the stem gets every unit's gradient.
-* blockwise (SID_METHOD §3): stem = nothing (or ViT's patch embedding),
+* blockwise (``docs/method.md``, "Blockwise"): stem = nothing (or ViT's patch embedding),
   units = backbone block + belief head; each unit's feature output is cut
   (``cut_features``), so no gradient crosses any block boundary and the stem
   trains with block 1 only.
 
 Units with equal structure are **stacked** along a leading axis (one vmapped
 init, applied with ``lax.scan``/``vmap``); otherwise they are a tuple.
+``stack_units``/``unstack_units`` convert between a list of per-unit pytrees
+and the stacked form; ``Network.unit_list``/``Network.join_units`` between a
+list and whichever form the network uses.
 """
 
 from __future__ import annotations
@@ -96,8 +99,16 @@ class Network:
         return nnx.merge(unit_def, unit_params)(h, jnp.exp(log_belief))
 
     def unit_params(self, units: Any, k: int) -> Any:
-        """Unit k's params, from stacked or tuple units."""
+        """Unit k's params (or any per-unit pytree), from stacked or tuple units."""
         return jax.tree.map(lambda a: a[k], units) if self.stacked else units[k]
+
+    def unit_list(self, units: Any) -> list[Any]:
+        """Stacked or tuple per-unit pytrees -> a list of K pytrees."""
+        return unstack_units(units, self.num_units) if self.stacked else list(units)
+
+    def join_units(self, trees: list[Any]) -> Any:
+        """A list of K per-unit pytrees -> the network's form (stacked or a tuple)."""
+        return stack_units(trees) if self.stacked else tuple(trees)
 
     def run_units(self, units: Any, h0: chex.Array, *, cut: bool, remat: bool = False) -> Chain:
         """Runs the chain from ``h_0`` and the uniform prior.
@@ -171,7 +182,7 @@ def make_network(
     conv_impl: ConvImpl = "xla",
     tiny: bool = False,
 ) -> tuple[Network, NetParams]:
-    """Shared-trunk SID (SID_METHOD §1): extractor + L stacked belief modules.
+    """Shared-trunk SID: extractor + L stacked belief modules.
 
     Args:
       model: backbone name, a key of ``sidjax.architectures.ARCHITECTURES``.
@@ -220,7 +231,7 @@ def make_blockwise_network(
     conv_impl: ConvImpl = "xla",
     tiny: bool = False,
 ) -> tuple[Network, NetParams]:
-    """Blockwise SID (SID_METHOD §3): K backbone blocks, each with a belief head.
+    """Blockwise SID: K backbone blocks, each with a belief head.
 
     Args:
       model: backbone name (``sidjax.architectures.ARCHITECTURES``).
@@ -264,7 +275,7 @@ def make_blockwise_network(
         and _preserves_feature_shape(units, backbone.stem, input_shape, num_classes)
     )
     if stacked:
-        unit_params = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
+        unit_params = stack_units(list(states))
         defs = defs[:1]
     else:
         unit_params = tuple(states)
@@ -292,7 +303,15 @@ def _check_model(model: str) -> None:
         raise ValueError(f"unknown model {model!r}; choose one of {sorted(ARCHITECTURES)}")
 
 
-def unstack_modules(units: Any) -> list[Any]:
-    """Stacked unit params ``[K, ...]`` -> a list of K per-unit pytrees."""
-    num = jax.tree.leaves(units)[0].shape[0]
-    return [jax.tree.map(lambda a, i=i: a[i], units) for i in range(num)]
+def stack_units(trees: list[Any]) -> Any:
+    """A list of K pytrees of equal structure -> one pytree with leaves ``[K, ...]``."""
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def unstack_units(stacked: Any, num: int | None = None) -> list[Any]:
+    """Leaves ``[K, ...]`` -> a list of K pytrees (the inverse of ``stack_units``).
+
+    ``num`` is K; it is needed only for a pytree without leaves (e.g. SGD's empty state).
+    """
+    num = jax.tree.leaves(stacked)[0].shape[0] if num is None else num
+    return [jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(num)]

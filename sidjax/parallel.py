@@ -21,8 +21,9 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from sidjax.errors import ConfigError
 from sidjax.network import Network
-from sidjax.steps import TrainState
+from sidjax.state import TrainState
 
 DATA, MODULE = "data", "module"
 
@@ -31,24 +32,32 @@ def make_mesh(data: int, module: int, devices: list | None = None) -> Mesh:
     """A ``(data, module)`` mesh over ``data * module`` devices (default: the first ones)."""
     available = devices if devices is not None else jax.devices()
     if data < 1 or module < 1 or data * module > len(available):
-        raise ValueError(
-            f"a ({data}, {module}) mesh needs {data * module} devices; {len(available)} are available"
+        raise ConfigError(
+            f"placement: a ({data}, {module}) mesh needs {data * module} devices; {len(available)} are available",
+            "placement",
         )
     auto = jax.sharding.AxisType.Auto
     return jax.make_mesh((data, module), (DATA, MODULE), (auto, auto), devices=available[: data * module])
 
 
 def check_mesh(network: Network, mesh: Mesh, batch_size: int | None) -> None:
-    """``ValueError`` (one line) for a mesh that does not divide the modules or the batch."""
+    """``ConfigError`` (one line) for a mesh that does not divide the units or the batch."""
     modules, data = mesh.shape[MODULE], mesh.shape[DATA]
     if modules > 1 and not network.stacked:
-        raise ValueError("sharding over 'module' needs stacked (identical) units; use a mesh with module=1")
+        raise ConfigError(
+            "placement: splitting units over the mesh's module axis needs identical (stacked) units; use module=1, "
+            "or stages for blocks of different structure",
+            "placement",
+        )
     if network.num_units % modules:
-        raise ValueError(
-            f"the mesh's module axis ({modules}) must divide the number of modules ({network.num_units})"
+        raise ConfigError(
+            f"placement: the mesh's module axis ({modules}) must divide the number of units ({network.num_units})",
+            "placement",
         )
     if batch_size is not None and batch_size % data:
-        raise ValueError(f"the mesh's data axis ({data}) must divide the batch size ({batch_size})")
+        raise ConfigError(
+            f"the mesh's data axis ({data}) must divide the batch size ({batch_size})", "placement"
+        )
 
 
 def _place(tree: Any, sharding_of) -> Any:
@@ -59,6 +68,12 @@ def _place(tree: Any, sharding_of) -> Any:
         return jax.make_array_from_callback(host.shape, sharding_of(host), lambda index: host[index])
 
     return jax.tree.map(place, tree)
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Host arrays (the same on every process) -> global arrays held whole by every device of ``mesh``."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return _place(tree, lambda a: replicated)
 
 
 def gather(tree: Any) -> Any:
@@ -84,7 +99,12 @@ def shard_state(state: TrainState, network: Network, mesh: Mesh) -> TrainState:
     def place(params_like):
         return type(params_like)(_place(params_like.stem, lambda a: replicated), units(params_like.units))
 
-    return TrainState(place(state.params), place(state.opt_state), _place(state.step, lambda a: replicated))
+    return TrainState(
+        place(state.params),
+        place(state.opt_state),
+        _place(state.step, lambda a: replicated),
+        units(state.slots),
+    )
 
 
 def shard_batch(batch: tuple, network: Network, mesh: Mesh) -> tuple:

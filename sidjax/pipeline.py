@@ -1,86 +1,56 @@
-"""Blockwise SID with its blocks placed on devices: synchronous and pipelined schedules.
+"""Blockwise units in stages, each stage one program on its device.
 
 Blockwise units never exchange gradients, only forward activations, so each
-unit (block + belief head) and its optimizer state can live on its own
-device. Units are placed in contiguous stages over ``devices`` (one unit per
-device when there are K devices); each unit's local update is one jit that
-runs where its inputs live, and activations move to the next stage with
-``jax.device_put``. Dispatch is asynchronous, so devices whose inputs are
-ready compute at the same time. This placement works for heterogeneous blocks
-(VGG, ResNet) and identical ones (ViT) alike.
+unit and its optimizer state can live on its own device. ``BlockPipeline``
+cuts the K units into ``num_stages`` contiguous stages; stage s is one jitted
+walk over its units (``sidjax.units.walk``) on ``devices[s * D // num_stages]``,
+and activations move to the next stage with one ``jax.device_put`` per stage
+boundary. Dispatch is asynchronous, so stages whose inputs are ready compute
+at the same time. This works for blocks of any structure (VGG, ResNet) as
+for identical ones (ViT). For stacked units the same placement is also
+available as one program over a mesh (``placement="mesh:1,D"`` in
+``TrainConfig``: the stacked units and slots are split along ``module``).
 
-Schedules (SID_METHOD §3):
-
-* ``"synchronous"``: the exact blockwise step (``execution="sequential"``),
-  distributed: unit k trains on unit k-1's output of the same step. Results
-  equal the single-device step. Unit k waits for units 1..k-1 (forward and
-  update), so on K devices at most one device is busy at a time.
-* ``"pipelined"``: at step t unit k trains on unit k-1's output from step
-  t-1 (with the labels of the batch it came from), kept in the carry. All K
-  updates of a step are independent, so all devices compute and update at
-  once and no unit waits for another: no update locking. Unit k first trains
-  at step k (0-based): the fill takes K-1 steps, after which nothing idles
-  (bubble fraction (K-1)/T over T steps; no microbatches are needed because
-  no backward pass crosses a unit boundary). Unit k sees batch t-k at step t
-  and inputs computed with unit k-1's params of one step earlier.
+With the synchronous schedule stage s waits for stages 1..s-1, so on S
+devices at most one is busy at a time (the exact blockwise step, tested equal
+to the single-device step). With the pipelined schedule (``sidjax.pipelined``)
+every stage trains on its slots of the previous step, so all stages compute
+at once. On one device, ``num_stages=K`` runs one program per unit, which
+holds the least memory (one unit's activations and temp at a time).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, NamedTuple
 
 import chex
 import jax
 import jax.numpy as jnp
 import optax
 
-from sidjax.losses import uniform_log_belief
+from sidjax.errors import ConfigError
+from sidjax.losses import SIDLoss
+from sidjax.methods import get_method
 from sidjax.network import NetParams, Network
-from sidjax.steps import (
-    Augment,
-    SIDLoss,
-    TrainState,
-    batch_metrics,
-    init_train_state,
-    make_unit_update,
-    resolve_method,
-)
-
-Schedule = Literal["synchronous", "pipelined"]
-SCHEDULES: tuple[str, ...] = ("synchronous", "pipelined")
-
-
-class Slot(NamedTuple):
-    """A unit's pending input in the pipelined schedule (on that unit's device)."""
-
-    h: chex.Array  # [B, ...] the previous unit's (stopped) output
-    log_belief: chex.Array  # [B, N] the previous unit's log-belief
-    labels: chex.Array  # [B] the labels of the batch these came from
-    valid: chex.Array  # bool scalar: False until the pipeline has filled this slot
-
-
-class PipelineState(NamedTuple):
-    """``train``: params and optimizer states, units as a tuple, each on its device.
-    ``slots``: the pipelined schedule's carry, one per unit after the first (empty if synchronous)."""
-
-    train: TrainState
-    slots: tuple[Slot, ...]
+from sidjax.pipelined import init_slots
+from sidjax.state import TrainState, init_train_state
+from sidjax.steps import Augment, batch_metrics, check_method
+from sidjax.units import Part, first_input, make_unit_update, walk
 
 
 @dataclasses.dataclass(frozen=True)
 class BlockPipeline:
-    """Trains a blockwise network with its units placed on ``devices``.
+    """Trains a blockwise network with its units in stages on ``devices``.
 
     Attributes:
       network: a blockwise network (``make_blockwise_network``).
       tx: the optimizer of every part.
-      method: ``"sid"`` or ``"dgl"`` (BP has a global backward pass and cannot
-        be placed this way; shard its batch instead, see ``sidjax.parallel``).
+      method: ``"sid"`` or ``"dgl"`` (backprop has one global backward pass
+        and cannot be cut into stages).
       loss: local-loss hyperparameters.
-      schedule: ``"synchronous"`` or ``"pipelined"``.
-      devices: the stages; their number must divide K. Default: ``K`` devices
-        if there are that many, otherwise one.
+      pipelined: the pipelined schedule (else synchronous).
+      num_stages: programs per step, 1..K (default: one per device, at most K).
+      devices: where the stages go (default: all devices).
       augment: optional ``augment(key, x) -> x`` applied to the fresh batch.
     """
 
@@ -88,161 +58,168 @@ class BlockPipeline:
     tx: optax.GradientTransformation
     method: str = "sid"
     loss: SIDLoss = SIDLoss()
-    schedule: Schedule = "synchronous"
+    pipelined: bool = False
+    num_stages: int | None = None
     devices: tuple | None = None
     augment: Augment | None = None
 
     def __post_init__(self):
-        k = self.network.num_units
-        if not self.network.cut_features:
-            raise ValueError(
-                "block placement needs a blockwise network (make_blockwise_network); the shared trunk's "
-                "modules are sharded with sidjax.parallel instead"
+        net, spec = self.network, get_method(self.method)
+        if not net.cut_features:
+            raise ConfigError(
+                "stages need a blockwise network; the shared trunk is placed on a mesh", "placement"
             )
-        if self.method not in ("sid", "dgl"):
-            raise ValueError(
-                f"method {self.method!r} cannot be placed block by block (one global backward pass); "
-                "use 'sid' or 'dgl', or shard BP's batch with sidjax.parallel"
+        if not spec.local:
+            raise ConfigError(
+                f"placement: method {self.method!r} cannot be cut into stages (one global backward pass); "
+                "use 'sid' or 'dgl', or a data mesh for backprop",
+                "placement",
             )
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        devices = self.devices
-        if devices is None:
-            devices = jax.devices()[:k] if len(jax.devices()) >= k else jax.devices()[:1]
-        devices = tuple(devices)
-        if not devices or k % len(devices):
-            raise ValueError(
-                f"{len(devices)} devices cannot each hold the same number of the {k} blocks; "
-                f"pass a number of devices that divides {k}"
+        check_method(net, spec)
+        devices = tuple(self.devices or jax.devices())
+        stages = self.num_stages or min(len(devices), net.num_units)
+        if not 1 <= stages <= net.num_units:
+            raise ConfigError(
+                f"placement: stages must lie in [1, {net.num_units}] (one unit at least each), got {stages}",
+                "placement",
             )
-        object.__setattr__(self, "devices", devices)
-        object.__setattr__(self, "loss", resolve_method(self.network, self.method, self.loss))
-        object.__setattr__(self, "_update", make_unit_update(self.network, self.tx, self.loss))
-        object.__setattr__(self, "_augment", jax.jit(self.augment) if self.augment is not None else None)
+        sizes = [net.num_units // stages + (s < net.num_units % stages) for s in range(stages)]
+        bounds = tuple((sum(sizes[:s]), sum(sizes[: s + 1])) for s in range(stages))
+        update = make_unit_update(net, self.tx, spec.loss(self.loss))
+        set_ = object.__setattr__
+        set_(self, "devices", devices)
+        set_(self, "num_stages", stages)
+        set_(self, "bounds", bounds)
+        set_(self, "_alphas", spec.loss(self.loss).alphas(net.num_units))
+        set_(self, "_update", update)
+        set_(self, "_stage", jax.jit(self._stage_program, static_argnums=0))
+        set_(self, "_metrics", jax.jit(lambda losses, logits, labels: batch_metrics(
+            jnp.stack(losses).sum(), jnp.stack(losses), jnp.stack(logits), labels)))  # fmt: skip
+
+    def stage_device(self, s: int):
+        return self.devices[s * len(self.devices) // self.num_stages]
 
     def device_of(self, k: int):
-        """The device of unit k (contiguous stages)."""
-        return self.devices[k * len(self.devices) // self.network.num_units]
+        """The device of unit k."""
+        return self.stage_device(next(s for s, (a, b) in enumerate(self.bounds) if a <= k < b))
 
-    # --- state ---------------------------------------------------------------------------
-    def init(self, params: NetParams, input_shape: tuple[int, ...], batch_size: int) -> PipelineState:
-        """Places ``params`` and fresh optimizer states on the devices; empty pipeline slots."""
-        return self.place(init_train_state(params, self.tx), input_shape, batch_size)
+    def init(self, params: NetParams, x_shape: tuple[int, ...]) -> TrainState:
+        """Fresh optimizer states (and empty slots if pipelined), placed; ``x_shape = (B, H, W, C)``."""
+        slots = init_slots(self.network, params, x_shape) if self.pipelined else ()
+        return self.place(init_train_state(params, self.tx, slots))
 
-    def place(self, state: TrainState, input_shape: tuple[int, ...], batch_size: int) -> PipelineState:
-        """An existing single-device ``TrainState`` (e.g. from a checkpoint), placed; empty slots."""
+    def place(self, state: TrainState) -> TrainState:
+        """A ``TrainState`` in the network's layout (e.g. from a checkpoint) with units on their devices."""
         net = self.network
-        units = tuple(net.unit_params(state.params.units, k) for k in range(net.num_units))
-        opts = tuple(net.unit_params(state.opt_state.units, k) for k in range(net.num_units))
-        dev0 = self.device_of(0)
-        train = TrainState(
-            NetParams(jax.device_put(state.params.stem, dev0), self._per_unit(units)),
-            NetParams(jax.device_put(state.opt_state.stem, dev0), self._per_unit(opts)),
-            jax.device_put(state.step, dev0),
-        )
-        slots = ()
-        if self.schedule == "pipelined":
-            shapes = self._activation_shapes(state.params, (batch_size, *input_shape))
-            slots = tuple(
-                jax.device_put(
-                    Slot(
-                        jnp.zeros(shapes[k - 1].shape, shapes[k - 1].dtype),
-                        uniform_log_belief(batch_size, net.num_classes),
-                        jnp.zeros((batch_size,), jnp.int32),
-                        jnp.asarray(False),
-                    ),
-                    self.device_of(k),
-                )
-                for k in range(1, net.num_units)
-            )
-        return PipelineState(train, slots)
-
-    def gather(self, pstate: PipelineState, device=None) -> TrainState:
-        """The ``TrainState`` on one device, in the network's layout (for evaluation, checkpoints)."""
-        device = device or self.devices[0]
-        train = jax.device_put(pstate.train, device)
-        units, opts = train.params.units, train.opt_state.units
-        if self.network.stacked:
-            units = jax.tree.map(lambda *a: jnp.stack(a), *units)
-            opts = jax.tree.map(lambda *a: jnp.stack(a), *opts)
+        per_unit = [net.unit_list(t) for t in (state.params.units, state.opt_state.units)]
+        slots = tuple(net.unit_list(state.slots)) if self.pipelined else ()
+        place = self._place_units
+        dev0 = self.stage_device(0)
         return TrainState(
-            NetParams(train.params.stem, units), NetParams(train.opt_state.stem, opts), train.step
+            NetParams(jax.device_put(state.params.stem, dev0), place(per_unit[0])),
+            NetParams(jax.device_put(state.opt_state.stem, dev0), place(per_unit[1])),
+            jax.device_put(state.step, dev0),
+            place(list(slots)),
         )
 
-    def _per_unit(self, trees: tuple) -> tuple:
+    def _place_units(self, trees: list) -> tuple:
         return tuple(jax.device_put(t, self.device_of(k)) for k, t in enumerate(trees))
 
-    def _activation_shapes(self, params: NetParams, x_shape: tuple[int, ...]) -> list:
-        net = self.network
-        h = jax.ShapeDtypeStruct(x_shape, jnp.float32)
-        h = jax.eval_shape(net.stem, params.stem, h)
-        log_belief = jax.ShapeDtypeStruct((x_shape[0], net.num_classes), jnp.float32)
-        shapes = []
-        for k in range(net.num_units):
-            h, _ = jax.eval_shape(
-                lambda u, h, b, k=k: net.unit(k, u, h, b), net.unit_params(params.units, k), h, log_belief
-            )
-            shapes.append(h)
-        return shapes
-
-    # --- step ----------------------------------------------------------------------------
-    def step(
-        self, pstate: PipelineState, batch: tuple[chex.Array, chex.Array], key: chex.PRNGKey
-    ) -> tuple[PipelineState, dict[str, chex.Array]]:
-        """One step of the schedule on ``batch = (x [B, ...], labels [B])``.
-
-        Metrics as ``make_train_step``'s; in the pipelined schedule the last
-        unit's accuracy is on the batch it saw (K-1 steps old) and a unit
-        whose slot is not filled yet reports its loss on placeholder input.
-        """
-        net, train = self.network, pstate.train
-        x, labels = batch
-        dev0 = self.device_of(0)
-        x, labels = jax.device_put(x, dev0), jax.device_put(labels, dev0)
-        if self._augment is not None:
-            x = self._augment(jax.random.fold_in(key, train.step), x)
-        alphas = self.loss.alphas(net.num_units)
-        has_stem = net.stem_def is not None
-        stem, stem_opt = train.params.stem, train.opt_state.stem
-        h, log_belief, unit_labels, valid = x, uniform_log_belief(x.shape[0], net.num_classes), labels, True
-        units, opts, values, logits, outputs = [], [], [], [], []
-        for k in range(net.num_units):
-            device = self.device_of(k)
-            if self.schedule == "pipelined" and k > 0:
-                h, log_belief, unit_labels, valid = pstate.slots[k - 1]
-            else:
-                h, log_belief, unit_labels = jax.device_put((h, log_belief, unit_labels), device)
-            first = has_stem and k == 0
-            out = self._update(
-                0 if net.stacked else k,
-                first,
-                stem if first else None,
-                stem_opt if first else None,
-                train.params.units[k],
-                train.opt_state.units[k],
-                h,
-                log_belief,
-                x if first else None,
-                unit_labels,
-                jax.device_put(alphas[k], device),
-                jax.device_put(valid, device),
-            )
-            if first:
-                stem, stem_opt = out[0], out[1]
-            units.append(out[2])
-            opts.append(out[3])
-            h, log_belief = out[4], out[5]
-            values.append(jax.device_put(out[6], dev0))
-            logits.append(jax.device_put(out[7], dev0))
-            outputs.append((h, log_belief, unit_labels, valid))
-        slots = ()
-        if self.schedule == "pipelined":  # unit k's output waits one step for unit k+1
-            slots = tuple(
-                jax.device_put(Slot(*outputs[k - 1]), self.device_of(k)) for k in range(1, net.num_units)
-            )
-        new = TrainState(NetParams(stem, tuple(units)), NetParams(stem_opt, tuple(opts)), train.step + 1)
-        unit_losses = jnp.stack(values)
-        last_labels = jax.device_put(unit_labels, dev0)
-        return PipelineState(new, slots), batch_metrics(
-            unit_losses.sum(), unit_losses, jnp.stack(logits), last_labels
+    def gather(self, state: TrainState, device=None) -> TrainState:
+        """The state on one device, in the network's layout (for evaluation and checkpoints)."""
+        state = jax.device_put(state, device or self.devices[0])
+        join = self.network.join_units
+        return TrainState(
+            NetParams(state.params.stem, join(list(state.params.units))),
+            NetParams(state.opt_state.stem, join(list(state.opt_state.units))),
+            state.step,
+            join(list(state.slots)) if self.pipelined else (),
         )
+
+    def _stage_program(self, s, units, inputs, stem, batch):
+        """Stage s's walk; stage 0 also augments the batch, builds the first input and counts the step."""
+        a, b = self.bounds[s]
+        x, step = None, None
+        if s == 0:
+            x, labels, key, step = batch
+            if self.augment is not None:
+                x = self.augment(jax.random.fold_in(key, step), x)
+            fresh = first_input(self.network, x, labels)
+            inputs = [fresh._replace(valid=jnp.asarray(True)), *inputs] if self.pipelined else fresh
+            step = step + 1
+        elif not self.pipelined:
+            inputs = inputs._replace(valid=True)  # every synchronous input is valid: no masking traced
+        units, stem, outputs = walk(
+            self._update, self.network, list(units), range(a, b), inputs, self._alphas, stem, x
+        )
+        return units, stem, outputs, step
+
+    def step(
+        self, state: TrainState, batch: tuple[chex.Array, chex.Array], key: chex.PRNGKey
+    ) -> tuple[TrainState, dict[str, chex.Array]]:
+        """One step on ``batch = (x [B, ...], labels [B])``, metrics as ``make_train_step``'s."""
+        net, dev0 = self.network, self.stage_device(0)
+        unit_params, unit_opts = (
+            state.params.units,
+            state.opt_state.units,
+        )  # placed: tuples, whatever the network
+        stem = Part(state.params.stem, state.opt_state.stem) if net.stem_def is not None else None
+        slots = list(state.slots)
+        carry, units, outputs, step = None, [], [], None
+        for s, (a, b) in enumerate(self.bounds):
+            if self.pipelined:
+                inputs = [slots[k] for k in range(max(a, 1), b)]
+            else:
+                inputs = None if s == 0 else jax.device_put(carry, self.stage_device(s))
+            first = jax.device_put((*batch, key), dev0) + (state.step,) if s == 0 else None
+            parts = tuple(Part(unit_params[k], unit_opts[k]) for k in range(a, b))
+            parts, new_stem, outs, new_step = self._stage(s, parts, inputs, stem if s == 0 else None, first)
+            if s == 0:
+                stem, step = new_stem if stem is not None else None, new_step
+            units += parts
+            outputs += outs
+            carry = outs[-1].next
+        stem = stem or Part(state.params.stem, state.opt_state.stem)
+        new = TrainState(
+            NetParams(stem.params, tuple(u.params for u in units)),
+            NetParams(stem.opt_state, tuple(u.opt_state for u in units)),
+            step,
+            self._next_slots(slots, outputs) if self.pipelined else (),
+        )
+        losses, logits = jax.device_put(([o.loss for o in outputs], [o.logits for o in outputs]), dev0)
+        return new, self._metrics(losses, logits, jax.device_put(outputs[-1].next.labels, dev0))
+
+    def _next_slots(self, slots: list, outputs: list) -> tuple:
+        """Unit k's output waits one step in unit k+1's slot, moved only where k+1 is on another stage."""
+        moved = [
+            out.next
+            if self.device_of(k) == self.device_of(k + 1)
+            else jax.device_put(out.next, self.device_of(k + 1))
+            for k, out in enumerate(outputs[:-1])
+        ]
+        return (slots[0], *moved)
+
+    def temp_bytes(self, state: TrainState, batch: tuple, key: chex.PRNGKey) -> int:
+        """Compiled memory of one step: the largest over stages of (its temp + its input and output activations).
+
+        Stages run one after another (synchronous) or on different devices,
+        so a device holds at most one stage's memory at a time.
+        """
+        calls, program = [], self._stage
+
+        def record(s, *args):
+            out = program(s, *args)
+            calls.append((s, args, out))
+            return out
+
+        object.__setattr__(self, "_stage", record)
+        try:
+            self.step(state, batch, key)
+        finally:
+            object.__setattr__(self, "_stage", program)
+        peak = 0
+        for s, args, out in calls:
+            temp = program.lower(s, *args).compile().memory_analysis().temp_size_in_bytes
+            activations = [args[1], args[3], [o.next.h for o in out[2]]]
+            peak = max(peak, temp + sum(a.nbytes for a in jax.tree.leaves(activations)))
+        return peak

@@ -1,156 +1,67 @@
-"""Training steps for every network and method, with one contract.
+"""Training steps for every network, method and schedule, with one contract.
 
 ``step(state, batch, key) -> (state, metrics)`` where ``batch = (x [B, H, W,
 C], labels [B])`` and ``key`` is the run's train key (the step folds in
-``state.step`` itself, for augmentation).
+``state.step`` itself, for augmentation). Every step is one ``jax.jit``
+program: gradient, optimizer update and state replacement together.
 
-Methods: ``"sid"``; ``"dgl"`` (alpha = 1, heads without belief input,
-Belilovsky et al. 2020); ``"bp"`` (cross-entropy on the last unit, end to
-end); ``"bp_remat"`` (BP with ``jax.checkpoint`` at every block boundary).
+How a local (SID/DGL) step groups its K unit updates into computation, all
+numerically equal (tested):
 
-Execution of a local (SID/DGL) step, all numerically equal (tested):
-
-* ``"vmap"``: two-phase. Phase 1 runs the chain with the current params and
-  no gradient (the teacher); phase 2 evaluates every unit's loss at once with
-  ``jax.vmap`` over the stacked units. Needs identical (stacked) units.
+* ``"vmap"``: two-phase. A gradient-free teacher pass runs the chain; then
+  every unit's loss is evaluated at once with ``jax.vmap`` over the stacked
+  units. Needs identical (stacked) units.
 * ``"fused"``: one pass with stop-gradients at the cuts, one ``grad``.
-* ``"sequential"``: blockwise only; one jit per unit, run one after another,
-  each updating its unit and handing its (stopped) output on, so only one
-  block's activations are alive at a time.
+* ``"sequential"``: blockwise only; the units are walked one after another
+  inside the program (``sidjax.units.walk``), each updating itself and
+  handing its stopped output on, so a unit's activations die before the next
+  unit runs.
 
-Optimizer state is kept per unit (``jax.vmap(tx.init)`` over stacked units,
-one ``tx.init`` per unit otherwise) plus one for the stem, so every unit is
-an independent learner.
+Schedules (blockwise): synchronous (unit k reads unit k-1's output of this
+step) or pipelined (unit k reads unit k-1's output of the previous step, kept
+in ``TrainState.slots``; no unit waits for another).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-from collections.abc import Callable, Sequence
-from typing import Any, Literal, NamedTuple
+from collections.abc import Callable
+from typing import Any
 
 import chex
 import jax
 import jax.numpy as jnp
 import optax
 
-from sidjax.losses import DIVERGENCES, Divergence, label_distribution, sid_local_loss, uniform_log_belief
+from sidjax.errors import ConfigError
+from sidjax.losses import SIDLoss, label_distribution
+from sidjax.methods import MethodSpec, get_method
 from sidjax.network import NetParams, Network
+from sidjax.pipelined import next_slots, pipelined_losses, unit_inputs
+from sidjax.state import TrainState, apply_gradients, state_units
+from sidjax.units import Part, UnitInput, first_input, make_unit_update, vmapped_losses, walk
 
-Method = Literal["sid", "dgl", "bp", "bp_remat"]
-METHODS: tuple[str, ...] = ("sid", "dgl", "bp", "bp_remat")
-Execution = Literal["auto", "vmap", "fused", "sequential"]
 EXECUTIONS: tuple[str, ...] = ("auto", "vmap", "fused", "sequential")
 Augment = Callable[[chex.PRNGKey, chex.Array], chex.Array]
-StepFn = Callable[[Any, tuple[chex.Array, chex.Array], chex.PRNGKey], tuple[Any, dict]]
+StepFn = Callable[[TrainState, tuple[chex.Array, chex.Array], chex.PRNGKey], tuple[TrainState, dict]]
 sg = jax.lax.stop_gradient
 
-
-class TrainState(NamedTuple):
-    """Everything that changes during training; a pytree of arrays."""
-
-    params: NetParams
-    opt_state: NetParams  # the stem's and each unit's optimizer state
-    step: chex.Array  # int32 scalar
-
-
-@dataclasses.dataclass(frozen=True)
-class SIDLoss:
-    """Hyperparameters of the local loss.
-
-    Attributes:
-      alpha: fidelity weight in [0, 1]; one float for all units or one per
-        unit (a schedule).
-      divergence: ``"forward"`` (authors' code) or ``"reverse"`` (paper).
-      label_smoothing: epsilon of the target distribution.
-    """
-
-    alpha: float | Sequence[float] = 0.5
-    divergence: Divergence = "forward"
-    label_smoothing: float = 0.0
-
-    def __post_init__(self):
-        alphas = self.alpha if isinstance(self.alpha, Sequence) else [self.alpha]
-        if not all(0.0 <= float(a) <= 1.0 for a in alphas):
-            raise ValueError(f"alpha must lie in [0, 1], got {self.alpha}")
-        if self.divergence not in DIVERGENCES:
-            raise ValueError(f"divergence must be one of {DIVERGENCES}, got {self.divergence!r}")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}")
-        if self.divergence == "reverse" and self.label_smoothing == 0.0:
-            raise ValueError("divergence='reverse' needs label_smoothing > 0 (KL(p || one-hot) is infinite)")
-
-    def alphas(self, num_units: int) -> jax.Array:
-        """Per-unit alpha, ``[num_units]``."""
-        if isinstance(self.alpha, Sequence):
-            if len(self.alpha) != num_units:
-                raise ValueError(f"alpha has {len(self.alpha)} values but the network has {num_units} units")
-            return jnp.asarray(self.alpha, jnp.float32)
-        return jnp.full((num_units,), self.alpha, jnp.float32)
-
-    def per_example(
-        self, logits: chex.Array, prev_log_belief: chex.Array, labels: chex.Array, alpha
-    ) -> chex.Array:
-        """``sid_local_loss`` with these hyperparameters, ``[B]``."""
-        return sid_local_loss(
-            logits,
-            prev_log_belief,
-            labels,
-            alpha,
-            divergence=self.divergence,
-            label_smoothing=self.label_smoothing,
-        )
-
-
-def _map_units(units: Any, fn: Callable, *rest: Any) -> Any:
-    """Applies ``fn`` per unit: vmapped over stacked units, mapped over a tuple."""
-    if isinstance(units, tuple):
-        return tuple(fn(u, *(r[k] for r in rest)) for k, u in enumerate(units))
-    return jax.vmap(fn)(units, *rest)
-
-
-def init_train_state(params: NetParams, tx: optax.GradientTransformation) -> TrainState:
-    """One optimizer state for the stem and one per unit."""
-    opt_state = NetParams(tx.init(params.stem), _map_units(params.units, tx.init))
-    return TrainState(params, opt_state, jnp.zeros((), jnp.int32))
-
-
-def _update(tx: optax.GradientTransformation, params: Any, grads: Any, opt_state: Any) -> tuple[Any, Any]:
-    """One optimizer step of one part (the stem or a unit) on its own state."""
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state
-
-
-def apply_gradients(state: TrainState, grads: NetParams, tx: optax.GradientTransformation) -> TrainState:
-    """The stem and every unit step on their own optimizer state."""
-    params, opt = state.params, state.opt_state
-
-    update = functools.partial(_update, tx)
-    stem, stem_opt = update(params.stem, grads.stem, opt.stem)
-    units_and_opts = _map_units(params.units, update, grads.units, opt.units)
-    if isinstance(params.units, tuple):
-        units, unit_opts = tuple(u for u, _ in units_and_opts), tuple(o for _, o in units_and_opts)
-    else:
-        units, unit_opts = units_and_opts
-    return TrainState(NetParams(stem, units), NetParams(stem_opt, unit_opts), state.step + 1)
+# "auto" execution of a local method, chosen from measurements (experiments/bench_memory.py,
+# experiments/bench_step.py): the shared trunk vmaps its stacked modules (SID/BP step time 1.015 on
+# a 2-core CPU); blockwise networks walk their units in one program, the mode with a memory saving
+# (README.md, "Memory and time against K"). Same choice on every backend until an accelerator
+# measurement says otherwise (experiments/device_check.sh measures all three there).
+AUTO_EXECUTION: dict[str, str] = {"trunk": "vmap", "blockwise": "sequential"}
 
 
 def local_losses(
-    network: Network,
-    params: NetParams,
-    x: chex.Array,
-    labels: chex.Array,
-    loss: SIDLoss,
-    *,
-    execution: Literal["vmap", "fused"] = "vmap",
+    network: Network, params: NetParams, x: chex.Array, labels: chex.Array, loss: SIDLoss, *, execution="vmap"
 ) -> tuple[chex.Array, chex.Array]:
-    """All K local losses (SID_METHOD §1 and §3) in one differentiable function.
+    """All K local losses of the synchronous schedule in one differentiable function.
 
     Args:
       network, params: the model.
       x: ``[B, H, W, C]``; labels: ``[B]``.
-      loss: local-loss hyperparameters.
+      loss: local-loss hyperparameters (``docs/method.md``, equation 1).
       execution: ``"vmap"`` (two-phase; stacked units) or ``"fused"``.
 
     Returns:
@@ -160,32 +71,64 @@ def local_losses(
     if execution == "fused":
         chain = network.chain(params, x, cut=True)
         logits, prev = chain.logits, chain.prev_log_beliefs
-    elif execution == "vmap":
-        _check_vmap(network)
-        h0 = network.stem(params.stem, x)
-        teacher = network.run_units(sg(params.units), sg(h0), cut=True)  # phase 1: no gradient
-        prev = teacher.prev_log_beliefs
-        if network.cut_features:  # unit 1 reads the stem's output, so the stem trains with it
-            inputs, h_axis = teacher.inputs.at[0].set(h0), 0
-        else:  # shared trunk: every unit reads z, the extractor gets the sum
-            inputs, h_axis = h0, None
-
-        def unit_logits(unit_params, h, log_belief):
-            return network.unit(0, unit_params, h, log_belief)[1]
-
-        logits = jax.vmap(unit_logits, in_axes=(0, h_axis, 0))(params.units, inputs, prev)  # phase 2
-    else:
+        losses = jax.vmap(lambda lg, pv, a: loss.per_example(lg, pv, labels, a).mean())(logits, prev, alphas)
+        return losses, logits
+    if execution != "vmap":
         raise ValueError(f"execution must be 'vmap' or 'fused' here, got {execution!r}")
-    losses = jax.vmap(lambda lg, pv, a: loss.per_example(lg, pv, labels, a).mean())(logits, prev, alphas)
+    _check_vmap(network)
+    h0 = network.stem(params.stem, x)
+    teacher = network.run_units(sg(params.units), sg(h0), cut=True)  # phase 1: no gradient
+    if network.cut_features:  # unit 1 reads the stem's output, so the stem trains with it
+        feats, h_axis = teacher.inputs.at[0].set(h0), 0
+    else:  # shared trunk: every unit reads z, the extractor gets the sum
+        feats, h_axis = h0, None
+    inputs = UnitInput(feats, teacher.prev_log_beliefs, labels, True)
+    losses, logits, _ = vmapped_losses(network, loss, params.units, inputs, alphas, h_axis, None)
     return losses, logits
 
 
 def _check_vmap(network: Network) -> None:
     if not network.stacked:
-        raise ValueError(
+        raise ConfigError(
             f"execution 'vmap' needs identical (stacked) units; {network.name} with K={network.num_units} "
-            "has blocks of different structure: use 'fused' or 'sequential'"
+            "has blocks of different structure: use 'fused' or 'sequential'",
+            "execution",
         )
+
+
+def check_method(network: Network, spec: MethodSpec) -> None:
+    """``ConfigError`` where ``network`` was not built for ``spec`` (DGL's heads read no belief)."""
+    spec.check_mode("blockwise" if network.cut_features else "trunk")
+    if spec.local and not spec.belief_input and network.belief_input:
+        raise ConfigError(
+            f"method {spec.name!r} needs heads without belief input (build the network with belief_input=False)",
+            "method",
+        )
+
+
+def resolve_execution(network: Network, spec: MethodSpec, execution: str, pipelined: bool = False) -> str:
+    """The execution a step uses: ``"auto"`` from ``AUTO_EXECUTION``; ``ConfigError`` where one cannot apply."""
+    if execution not in EXECUTIONS:
+        raise ConfigError(f"execution must be one of {EXECUTIONS}, got {execution!r}", "execution")
+    if pipelined and not (spec.local and network.cut_features):
+        raise ConfigError(
+            "the pipelined schedule needs a blockwise network and a local method (sid or dgl): "
+            "a shared trunk or backprop has a backward pass across units",
+            "pipelined",
+        )
+    if not spec.local:
+        return "fused"  # backprop has a single global loss
+    if execution == "auto":
+        return AUTO_EXECUTION["blockwise" if network.cut_features else "trunk"]
+    if execution == "vmap":
+        _check_vmap(network)
+    if execution == "sequential" and not network.cut_features:
+        raise ConfigError(
+            "execution 'sequential' needs a blockwise network: in the shared trunk every module's "
+            "gradient reaches the extractor; use 'vmap' or 'fused'",
+            "execution",
+        )
+    return execution
 
 
 def _bp_objective(network, params, x, labels, loss, remat):
@@ -194,57 +137,24 @@ def _bp_objective(network, params, x, labels, loss, remat):
     return optax.softmax_cross_entropy(logits[-1], target).mean(), (jnp.zeros((network.num_units,)), logits)
 
 
-def resolve_method(network: Network, method: str, loss: SIDLoss) -> SIDLoss:
-    """Checks ``method`` against the network; returns the loss it trains with."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
-    if method == "dgl":
-        if network.belief_input:
-            raise ValueError("method 'dgl' needs heads without belief input (belief_input=False)")
-        return SIDLoss(1.0, "forward", loss.label_smoothing)
-    return loss
-
-
-def resolve_execution(network: Network, method: str, execution: str) -> str:
-    """``"auto"``: ``"vmap"`` for the shared trunk, ``"sequential"`` for blockwise.
-
-    Sequential is the only blockwise mode whose memory saving was measured
-    (``experiments/bench_memory.py``: ViT-Tiny, K = 8, 0.18x BP's temp memory at
-    1.05x its step time on XLA:CPU, where ``fused`` saved nothing). Accelerator
-    runs may prefer ``fused`` or ``vmap`` for throughput; that is unmeasured.
-    """
-    if execution not in EXECUTIONS:
-        raise ValueError(f"execution must be one of {EXECUTIONS}, got {execution!r}")
-    if method in ("bp", "bp_remat"):
-        return "fused"  # backprop has a single global loss
-    if execution == "auto":
-        return "sequential" if network.cut_features else "vmap"
-    if execution == "vmap":
-        _check_vmap(network)
-    if execution == "sequential" and not network.cut_features:
-        raise ValueError(
-            "execution 'sequential' needs a blockwise network: in the shared trunk every module's "
-            "gradient reaches the extractor; use 'vmap' or 'fused'"
-        )
-    return execution
-
-
 def make_grad_fn(
-    network: Network, method: Method, loss: SIDLoss, execution: str = "auto"
+    network: Network, method: str, loss: SIDLoss, execution: str = "auto"
 ) -> Callable[[NetParams, chex.Array, chex.Array], tuple[tuple[chex.Array, Any], NetParams]]:
     """``grad_fn(params, x, labels) -> ((objective, (unit_losses [K], logits)), grads)``.
 
-    Not available for ``"sequential"`` execution (which never forms one global
-    gradient).
+    The synchronous schedule's one global gradient; ``"sequential"``
+    execution never forms one (use ``make_train_step``).
     """
-    loss = resolve_method(network, method, loss)
-    execution = resolve_execution(network, method, execution)
+    spec = get_method(method)
+    check_method(network, spec)
+    loss = spec.loss(loss)
+    execution = resolve_execution(network, spec, execution)
     if execution == "sequential":
-        raise ValueError("'sequential' execution has no single gradient function; use make_train_step")
+        raise ConfigError("'sequential' execution has no single gradient function; use make_train_step")
 
     def objective(params, x, labels):
-        if method in ("bp", "bp_remat"):
-            return _bp_objective(network, params, x, labels, loss, remat=method == "bp_remat")
+        if not spec.local:
+            return _bp_objective(network, params, x, labels, loss, remat=spec.remat)
         losses, logits = local_losses(network, params, x, labels, loss, execution=execution)
         return losses.sum(), (losses, logits)
 
@@ -252,6 +162,7 @@ def make_grad_fn(
 
 
 def batch_metrics(objective, unit_losses, logits, labels) -> dict[str, chex.Array]:
+    """``loss`` (the objective), ``ce`` and ``accuracy`` of the last unit, ``module_loss [K]``."""
     last = logits[-1]
     return {
         "loss": objective,
@@ -264,161 +175,104 @@ def batch_metrics(objective, unit_losses, logits, labels) -> dict[str, chex.Arra
 def make_train_step(
     network: Network,
     tx: optax.GradientTransformation,
-    method: Method = "sid",
+    method: str = "sid",
     loss: SIDLoss = SIDLoss(),
     *,
-    execution: Execution = "auto",
+    execution: str = "auto",
+    pipelined: bool = False,
     augment: Augment | None = None,
     donate: bool = False,
 ) -> StepFn:
-    """Builds ``step(state, (x, labels), key) -> (state, metrics)``.
-
-    For ``"vmap"``/``"fused"`` execution and BP, gradient, optimizer update
-    and state replacement happen in one jit. ``"sequential"`` runs one jit per
-    unit, in order.
+    """Builds ``step(state, (x, labels), key) -> (state, metrics)``, one jitted program.
 
     Args:
       network: the static network (shared-trunk or blockwise).
       tx: optax optimizer, applied per part (stem, each unit).
-      method: ``"sid"``, ``"dgl"``, ``"bp"`` or ``"bp_remat"``.
+      method: a key of ``sidjax.METHODS``.
       loss: local-loss hyperparameters (BP uses only ``label_smoothing``).
-      execution: ``"auto"``, ``"vmap"``, ``"fused"`` or ``"sequential"``.
-      augment: optional ``augment(key, x) -> x`` run on device with
-        ``fold_in(key, step)``.
-      donate: donate the input state's buffers (training loops; the state
-        shares buffers with the params it was built from).
+      execution: a key of ``EXECUTIONS`` (see the module docstring).
+      pipelined: the pipelined schedule (blockwise, local methods); the
+        state needs ``slots`` (``sidjax.pipelined.init_slots``).
+      augment: optional ``augment(key, x) -> x``, run with ``fold_in(key, step)``.
+      donate: donate the input state's buffers (training loops).
 
     Returns:
       The step. ``metrics``: ``loss`` (the objective), ``ce`` and ``accuracy``
-      of the last unit on the batch, ``module_loss [K]`` (zeros for BP).
+      of the last unit on the batch it saw, ``module_loss [K]`` (zeros for BP).
     """
-    execution = resolve_execution(network, method, execution)
+    spec = get_method(method)
+    check_method(network, spec)
+    loss = spec.loss(loss)
+    execution = resolve_execution(network, spec, execution, pipelined)
     if execution == "sequential":
-        return _make_sequential_step(network, tx, resolve_method(network, method, loss), augment)
-    grad_fn = make_grad_fn(network, method, loss, execution)
+        inner = _walk_step(network, tx, loss, pipelined)
+    elif pipelined:
+        inner = _pipelined_grad_step(network, tx, loss, vmap=execution == "vmap")
+    else:
+        inner = _grad_step(network, tx, make_grad_fn(network, method, loss, execution))
 
     def step(state, batch, key):
         x, labels = batch
         if augment is not None:
             x = augment(jax.random.fold_in(key, state.step), x)
+        return inner(state, x, labels)
+
+    return jax.jit(step, donate_argnums=(0,) if donate else ())
+
+
+def _grad_step(network, tx, grad_fn):
+    def inner(state, x, labels):
         (objective, (unit_losses, logits)), grads = grad_fn(state.params, x, labels)
         return apply_gradients(state, grads, tx), batch_metrics(objective, unit_losses, logits, labels)
 
-    return jax.jit(step, donate_argnums=(0,) if donate else ())
+    return inner
+
+
+def _pipelined_grad_step(network, tx, loss, vmap):
+    grad_fn = jax.value_and_grad(pipelined_losses, argnums=1, has_aux=True)
+
+    def inner(state, x, labels):
+        (objective, (losses, logits, slots, valid, last_labels)), grads = grad_fn(
+            network, state.params, x, labels, state.slots, loss, vmap
+        )
+        new = apply_gradients(state, grads, tx, valid)._replace(slots=slots)
+        return new, batch_metrics(objective, losses, logits, last_labels)
+
+    return inner
+
+
+def _walk_step(network, tx, loss, pipelined):
+    """Both schedules as one walk over the units inside the program (``sidjax.units.walk``)."""
+    update = make_unit_update(network, tx, loss)
+    alphas = loss.alphas(network.num_units)
+    has_stem = network.stem_def is not None
+
+    def inner(state, x, labels):
+        unit_params, unit_opts = state_units(network, state)
+        units = [Part(p, o) for p, o in zip(unit_params, unit_opts, strict=True)]
+        stem = Part(state.params.stem, state.opt_state.stem) if has_stem else None
+        inputs = first_input(network, x, labels)
+        if pipelined:
+            inputs = unit_inputs(network, state.slots, inputs._replace(valid=jnp.asarray(True)))
+        units, stem, outputs = walk(update, network, units, range(network.num_units), inputs, alphas, stem, x)
+        stem = stem or Part(state.params.stem, state.opt_state.stem)
+        new = TrainState(
+            NetParams(stem.params, network.join_units([u.params for u in units])),
+            NetParams(stem.opt_state, network.join_units([u.opt_state for u in units])),
+            state.step + 1,
+            next_slots(network, state.slots, [o.next for o in outputs]) if pipelined else state.slots,
+        )
+        losses = jnp.stack([o.loss for o in outputs])
+        logits = jnp.stack([o.logits for o in outputs])
+        return new, batch_metrics(losses.sum(), losses, logits, outputs[-1].next.labels)
+
+    return inner
 
 
 def step_temp_bytes(step: StepFn, state: TrainState, batch: tuple, key: chex.PRNGKey) -> int:
     """XLA's compiled temp memory of one training step, in bytes.
 
     Params, optimizer state and the batch are arguments (common to all
-    methods) and not counted. A ``sequential`` step runs one jit per block,
-    one after another: it is charged its largest (block temp + that block's
-    input and output activations).
+    methods) and not counted.
     """
-    if hasattr(step, "analyze"):
-        return max(
-            u["compiled"].memory_analysis().temp_size_in_bytes + u["input_bytes"] + u["output_bytes"]
-            for u in step.analyze(state, batch, key)
-        )
     return step.lower(state, batch, key).compile().memory_analysis().temp_size_in_bytes
-
-
-def make_unit_update(network: Network, tx: optax.GradientTransformation, loss: SIDLoss) -> Callable:
-    """The jitted local update of one blockwise unit, shared by every blockwise schedule.
-
-    ``update(k, with_stem, stem, stem_opt, unit, unit_opt, h, log_belief, x,
-    labels, alpha, valid) -> (stem, stem_opt, unit, unit_opt, sg(h_out),
-    log_softmax(logits), loss, logits)``.
-
-    ``k`` (unit structure index) and ``with_stem`` (unit 1 of a network with a
-    stem, which then also trains the stem on ``x``) are static: one compile per
-    distinct pair, shared by stacked units. ``h [B, ...]``, ``log_belief [B,
-    N]`` and ``labels [B]`` are the unit's input; ``valid`` (bool scalar)
-    False leaves params and optimizer states unchanged (a pipeline slot not
-    yet filled). ``stem``, ``stem_opt`` and ``x`` may be None when
-    ``with_stem`` is False.
-    """
-
-    def unit_update(k, with_stem, stem, stem_opt, unit, unit_opt, h, log_belief, x, labels, alpha, valid):
-        def objective(stem, unit):
-            h_in = network.stem(stem, x) if with_stem else h
-            h_out, logits = network.unit(k, unit, h_in, log_belief)
-            return loss.per_example(logits, log_belief, labels, alpha).mean(), (h_out, logits)
-
-        (value, (h_out, logits)), (g_stem, g_unit) = jax.value_and_grad(
-            objective, argnums=(0, 1), has_aux=True
-        )(stem, unit)
-
-        def keep_if_invalid(new, old):
-            return jax.tree.map(lambda n, o: jnp.where(valid, n, o), new, old)
-
-        unit, unit_opt = keep_if_invalid(_update(tx, unit, g_unit, unit_opt), (unit, unit_opt))
-        if with_stem:
-            stem, stem_opt = keep_if_invalid(_update(tx, stem, g_stem, stem_opt), (stem, stem_opt))
-        return stem, stem_opt, unit, unit_opt, sg(h_out), jax.nn.log_softmax(logits), value, logits
-
-    return jax.jit(unit_update, static_argnums=(0, 1))
-
-
-def _make_sequential_step(
-    network: Network, tx: optax.GradientTransformation, loss: SIDLoss, augment: Augment | None
-) -> StepFn:
-    """Blockwise SID/DGL, one unit at a time (see the module docstring)."""
-    has_stem = network.stem_def is not None
-    alphas = loss.alphas(network.num_units)
-    unit_jit = make_unit_update(network, tx, loss)
-
-    augment_fn = jax.jit(augment) if augment is not None else None
-
-    def walk(state, batch, key, analyze):
-        x, labels = batch
-        if augment_fn is not None:
-            x = augment_fn(jax.random.fold_in(key, state.step), x)
-        params, opt = state.params, state.opt_state
-        stem, stem_opt = params.stem, opt.stem
-        h, log_belief = x, uniform_log_belief(x.shape[0], network.num_classes)
-        units, unit_opts, values, logits, report = [], [], [], [], []
-        for k in range(network.num_units):
-            args = (
-                0 if network.stacked else k,
-                has_stem and k == 0,
-                stem,
-                stem_opt,
-                network.unit_params(params.units, k),
-                network.unit_params(opt.units, k),
-                h,
-                log_belief,
-                x,
-                labels,
-                alphas[k],
-                True,
-            )
-            if analyze:
-                report.append(
-                    {"unit": k, "compiled": unit_jit.lower(*args).compile(), "input_bytes": h.nbytes}
-                )
-            stem, stem_opt, unit, unit_opt, h, log_belief, value, lg = unit_jit(*args)
-            if analyze:
-                report[-1]["output_bytes"] = h.nbytes
-            units.append(unit)
-            unit_opts.append(unit_opt)
-            values.append(value)
-            logits.append(lg)
-        if network.stacked:
-            units = jax.tree.map(lambda *a: jnp.stack(a), *units)
-            unit_opts = jax.tree.map(lambda *a: jnp.stack(a), *unit_opts)
-        else:
-            units, unit_opts = tuple(units), tuple(unit_opts)
-        unit_losses = jnp.stack(values)
-        new_state = TrainState(NetParams(stem, units), NetParams(stem_opt, unit_opts), state.step + 1)
-        return new_state, batch_metrics(unit_losses.sum(), unit_losses, jnp.stack(logits), labels), report
-
-    def step(state, batch, key):
-        return walk(state, batch, key, analyze=False)[:2]
-
-    def analyze(state, batch, key) -> list[dict]:
-        """Per unit, in order: its compiled jit and the bytes of its input and output activations."""
-        return walk(state, batch, key, analyze=True)[2]
-
-    step.analyze = analyze  # used by experiments/bench_memory.py
-    return step

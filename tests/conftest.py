@@ -1,8 +1,9 @@
-"""Test set-up: 8 simulated CPU devices (set before jax is imported) and tiny models."""
+"""Test set-up: 8 simulated CPU devices (set before jax is imported), full f32 matmuls, tiny models."""
 
-import fcntl
+import contextlib
+import dataclasses
+import json
 import os
-import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -12,6 +13,19 @@ import jax.numpy as jnp  # noqa: E402
 import pytest  # noqa: E402
 
 from sidjax import make_network  # noqa: E402
+
+# Tests compare float32 computations; GPUs default f32 matmuls to TF32 (1e-4 relative), CPUs ignore this.
+jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def needs_devices(count: int):
+    """Skips where fewer than ``count`` devices exist (CPU runs simulate 8 through XLA_FLAGS above)."""
+    return pytest.mark.skipif(
+        jax.device_count() < count,
+        reason=f"needs {count} devices; this {jax.default_backend()} backend has {jax.device_count()} "
+        "(on CPU, XLA_FLAGS simulates 8)",
+    )
+
 
 NUM_CLASSES = 5
 NUM_MODULES = 3
@@ -48,18 +62,52 @@ def batch():
     return tiny_batch()
 
 
+@dataclasses.dataclass
+class Counter:
+    count: int = 0
+
+
+@contextlib.contextmanager
+def count_compiles():
+    """Counts XLA compilations inside the block (JAX's public monitoring events)."""
+    counter = Counter()
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            counter.count += 1
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield counter
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
 def tree_max_abs(tree) -> float:
     return max(float(jnp.max(jnp.abs(leaf))) for leaf in jax.tree.leaves(tree))
 
 
 @pytest.fixture(scope="session")
 def fashion_mnist():
-    """Real Fashion-MNIST (offline from Debian's files where TFDS has not prepared it).
-
-    A file lock keeps parallel test workers (pytest -n) from preparing it at the same time.
-    """
+    """Real Fashion-MNIST, read from its original files (Debian's dataset-fashion-mnist)."""
     from sidjax.data import load_dataset
 
-    with open(os.path.join(tempfile.gettempdir(), "sidjax-fashion-mnist.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        return load_dataset("fashion_mnist")
+    return load_dataset("fashion_mnist")
+
+
+def tiny_config(**overrides):
+    """A run that takes a second or two: MLP extractor, 3 modules, 512 real training examples."""
+    from sidjax.config import TrainConfig
+
+    settings = dict(
+        model="mlp", num_modules=3, epochs=2, limit_train=512, limit_test=256, batch_size=64, tiny=True
+    )
+    return TrainConfig(**{**settings, **overrides})
+
+
+def records(path) -> list[dict]:
+    """metrics.jsonl without the timings, which differ between runs."""
+    return [
+        {k: v for k, v in json.loads(line).items() if not k.endswith("time_s")}
+        for line in open(path).read().splitlines()
+    ]

@@ -135,7 +135,7 @@ def test_dgl_is_sid_with_alpha_one_and_no_belief_input():
     losses, logits = local_losses(network, params, x, y, SIDLoss(1.0), execution="fused")
     ce = jax.vmap(lambda lg: optax.softmax_cross_entropy_with_integer_labels(lg, y).mean())(logits)
     chex.assert_trees_all_close(losses, ce, atol=1e-6)
-    with pytest.raises(ValueError, match="without belief input"):
+    with pytest.raises(ValueError, match="needs heads without belief input"):
         _one_update(*tiny_blockwise("simplecnn", 3), batch, "fused", method="dgl")
 
 

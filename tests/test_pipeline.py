@@ -1,19 +1,20 @@
-"""Blockwise SID with blocks on devices: synchronous == single device, pipelined == its recurrence."""
+"""Schedules and stages: synchronous stages == the single-device step; pipelined == its recurrence."""
 
 import chex
 import jax
 import jax.numpy as jnp
 import optax
 import pytest
+from conftest import count_compiles, needs_devices, tiny_network
 from test_blockwise import NUM_CLASSES, tiny_blockwise
 
-from sidjax import SIDLoss, init_train_state, make_train_step
+from sidjax import BlockPipeline, SIDLoss, init_slots, init_train_state, make_train_step
 from sidjax.losses import uniform_log_belief
-from sidjax.pipeline import BlockPipeline
+from sidjax.parallel import make_mesh, shard_state
 
 LOSS = SIDLoss(0.5)
 # eps well above float32 rounding: Adam's first steps are ~lr * sign(g), which would turn
-# rounding noise in near-zero gradients (jitted pipeline vs op-by-op reference) into lr-sized gaps.
+# rounding noise in near-zero gradients (one program vs op-by-op reference) into lr-sized gaps.
 TX = optax.adam(1e-2, eps=1e-3)
 
 
@@ -28,33 +29,44 @@ def batches(shape, n=4, size=8):
     ]
 
 
-def run_pipeline(network, params, shape, schedule, devices, data):
-    pipe = BlockPipeline(network, TX, "sid", LOSS, schedule=schedule, devices=devices)
-    pstate = pipe.init(params, shape, data[0][1].shape[0])
+def run_stages(network, params, shape, pipelined, devices, data, num_stages=None):
+    pipe = BlockPipeline(
+        network, TX, "sid", LOSS, pipelined=pipelined, devices=devices, num_stages=num_stages
+    )
+    state = pipe.init(params, (data[0][1].shape[0], *shape))
     for batch in data:
-        pstate, metrics = pipe.step(pstate, batch, jax.random.key(0))
-    return pipe, pstate, metrics
+        state, metrics = pipe.step(state, batch, jax.random.key(0))
+    return pipe, state, metrics
 
 
+def run_step(network, params, shape, data, pipelined=False, execution="sequential", mesh=None):
+    step = make_train_step(network, TX, "sid", LOSS, execution=execution, pipelined=pipelined)
+    slots = init_slots(network, params, (data[0][1].shape[0], *shape)) if pipelined else ()
+    state = init_train_state(params, TX, slots)
+    if mesh is not None:
+        state = shard_state(state, network, mesh)
+    for batch in data:
+        state, metrics = step(state, batch, jax.random.key(0))
+    return state, metrics
+
+
+@needs_devices(4)
 @pytest.mark.parametrize("model,k,shape,ndev", [("simplecnn", 4, (8, 8, 1), 4), ("vgg11", 4, (8, 8, 1), 2),
                                                 ("vit_tiny", 4, (8, 8, 1), 4)])  # fmt: skip
-def test_synchronous_on_devices_equals_single_device_step(model, k, shape, ndev):
+def test_synchronous_stages_equal_the_single_device_step(model, k, shape, ndev):
     network, params = tiny_blockwise(model, k, shape)
     data = batches(shape)
-    step = make_train_step(network, TX, "sid", LOSS, execution="sequential")
-    state = init_train_state(params, TX)
-    for batch in data:
-        state, ref_metrics = step(state, batch, jax.random.key(0))
-    pipe, pstate, metrics = run_pipeline(network, params, shape, "synchronous", jax.devices()[:ndev], data)
-    chex.assert_trees_all_close(pipe.gather(pstate).params, state.params, atol=1e-6)
+    state, ref_metrics = run_step(network, params, shape, data)
+    pipe, placed, metrics = run_stages(network, params, shape, False, jax.devices()[:ndev], data)
+    chex.assert_trees_all_close(pipe.gather(placed).params, state.params, atol=1e-6)
     chex.assert_trees_all_close(metrics, ref_metrics, atol=1e-6)
     for u in range(k):  # unit u and its optimizer state live on their stage's device
-        leaves = jax.tree.leaves((pstate.train.params.units[u], pstate.train.opt_state.units[u]))
+        leaves = jax.tree.leaves((placed.params.units[u], placed.opt_state.units[u]))
         assert {d for leaf in leaves for d in leaf.devices()} == {jax.devices()[u * ndev // k]}
 
 
 def reference_pipelined(network, params, data):
-    """The one-step-stale recurrence, by hand, on one device: unit k trains at step t on what
+    """The one-step-stale recurrence, by hand, op by op: unit k trains at step t on what
     unit k-1 output at step t-1 (with that batch's labels); an empty slot means no update."""
     k_units = network.num_units
     units = [network.unit_params(params.units, k) for k in range(k_units)]
@@ -74,7 +86,7 @@ def reference_pipelined(network, params, data):
 
             def loss_fn(stem_p, unit_p, k=k, x=x, h=h, log_belief=log_belief, y=y):
                 h_in = network.stem(stem_p, x) if k == 0 else h
-                h_out, logits = network.unit(0 if network.stacked else k, unit_p, h_in, log_belief)
+                h_out, logits = network.unit(k, unit_p, h_in, log_belief)
                 return LOSS.per_example(logits, log_belief, y, 0.5).mean(), (h_out, logits)
 
             (_, (h_out, logits)), (g_stem, g_unit) = jax.value_and_grad(loss_fn, (0, 1), has_aux=True)(
@@ -91,45 +103,86 @@ def reference_pipelined(network, params, data):
     return stem, units
 
 
+@needs_devices(4)
 @pytest.mark.parametrize(
     "model,k,shape,ndev", [("simplecnn", 3, (8, 8, 1), 3), ("vit_tiny", 4, (8, 8, 1), 2)]
 )
-def test_pipelined_equals_the_one_step_stale_recurrence(model, k, shape, ndev):
+def test_pipelined_stages_equal_the_one_step_stale_recurrence(model, k, shape, ndev):
     network, params = tiny_blockwise(model, k, shape)
     data = batches(shape, n=5)
-    pipe, pstate, _ = run_pipeline(network, params, shape, "pipelined", jax.devices()[:ndev], data)
+    pipe, placed, _ = run_stages(network, params, shape, True, jax.devices()[:ndev], data)
     stem, units = reference_pipelined(network, params, data)
-    chex.assert_trees_all_close(pstate.train.params.stem, stem, atol=1e-5)
-    chex.assert_trees_all_close(pstate.train.params.units, tuple(units), atol=1e-5)
+    chex.assert_trees_all_close(placed.params.stem, stem, atol=1e-5)
+    chex.assert_trees_all_close(placed.params.units, tuple(units), atol=1e-5)
     # ... and it differs from the synchronous schedule (the staleness is real).
-    _, sync, _ = run_pipeline(network, params, shape, "synchronous", jax.devices()[:ndev], data)
-    assert not jnp.allclose(jax.tree.leaves(sync.train.params.units[-1])[0],
-                            jax.tree.leaves(pstate.train.params.units[-1])[0])  # fmt: skip
+    _, sync, _ = run_stages(network, params, shape, False, jax.devices()[:ndev], data)
+    assert not jnp.allclose(
+        jax.tree.leaves(sync.params.units[-1])[0], jax.tree.leaves(placed.params.units[-1])[0]
+    )
 
 
-def test_pipeline_does_not_recompile_across_steps():
+@pytest.mark.parametrize(
+    "model,k,execution",
+    [
+        ("simplecnn", 3, "sequential"),
+        ("simplecnn", 3, "fused"),
+        ("vit_tiny", 4, "vmap"),
+        ("vit_tiny", 4, "sequential"),
+    ],
+)
+def test_pipelined_single_program_equals_the_recurrence(model, k, execution):
+    shape = (8, 8, 1)
+    network, params = tiny_blockwise(model, k, shape)
+    data = batches(shape, n=5)
+    state, _ = run_step(network, params, shape, data, pipelined=True, execution=execution)
+    stem, units = reference_pipelined(network, params, data)
+    chex.assert_trees_all_close(state.params.stem, stem, atol=1e-5)
+    chex.assert_trees_all_close(network.unit_list(state.params.units), units, atol=1e-5)
+
+
+@needs_devices(4)
+def test_pipelined_stacked_units_on_a_mesh_equal_one_device():
+    """Stacked units and their slots split over 4 devices along 'module': one program, same numbers."""
+    shape = (8, 8, 1)
+    network, params = tiny_blockwise("vit_tiny", 4, shape)
+    data = batches(shape, n=5)
+    one, _ = run_step(network, params, shape, data, pipelined=True, execution="vmap")
+    meshed, _ = run_step(network, params, shape, data, pipelined=True, execution="vmap", mesh=make_mesh(1, 4))
+    chex.assert_trees_all_close(meshed.params, one.params, atol=1e-6)
+    assert len(jax.tree.leaves(meshed.slots)[0].sharding.device_set) == 4
+
+
+@needs_devices(4)
+def test_stages_do_not_recompile_across_steps():
     shape = (8, 8, 1)
     network, params = tiny_blockwise("simplecnn", 2, shape)
-    pipe = BlockPipeline(network, TX, "sid", LOSS, schedule="pipelined", devices=jax.devices()[:2])
-    pstate = pipe.init(params, shape, 8)
+    pipe = BlockPipeline(network, TX, "sid", LOSS, pipelined=True, devices=jax.devices()[:2])
+    state = pipe.init(params, (8, *shape))
     data = batches(shape, n=4)
-    pstate, _ = pipe.step(pstate, data[0], jax.random.key(0))
-    compiled = pipe._update._cache_size()
-    for batch in data[1:]:
-        pstate, _ = pipe.step(pstate, batch, jax.random.key(0))
-    assert pipe._update._cache_size() == compiled
+    state, _ = pipe.step(state, data[0], jax.random.key(0))
+    with count_compiles() as compiles:
+        for batch in data[1:]:
+            state, _ = pipe.step(state, batch, jax.random.key(0))
+    assert compiles.count == 0
+
+
+def test_one_stage_per_unit_on_one_device_equals_the_single_program():
+    shape = (8, 8, 1)
+    network, params = tiny_blockwise("simplecnn", 4, shape)
+    data = batches(shape)
+    state, _ = run_step(network, params, shape, data)
+    pipe, placed, _ = run_stages(network, params, shape, False, jax.devices()[:1], data, num_stages=4)
+    chex.assert_trees_all_close(pipe.gather(placed).params, state.params, atol=1e-6)
 
 
 def test_bad_placements_fail_with_one_clear_message():
     network, params = tiny_blockwise("simplecnn", 4)
-    with pytest.raises(ValueError, match="3 devices cannot each hold the same number of the 4 blocks"):
-        BlockPipeline(network, TX, devices=jax.devices()[:3])
-    with pytest.raises(ValueError, match="method 'bp' cannot be placed block by block"):
+    with pytest.raises(ValueError, match=r"stages must lie in \[1, 4\]"):
+        BlockPipeline(network, TX, num_stages=5)
+    with pytest.raises(ValueError, match="method 'bp' cannot be cut into stages"):
         BlockPipeline(network, TX, "bp")
-    with pytest.raises(ValueError, match="schedule must be one of"):
-        BlockPipeline(network, TX, schedule="async")
-    from conftest import tiny_network
-
     trunk, _ = tiny_network("mlp")
-    with pytest.raises(ValueError, match="needs a blockwise network"):
+    with pytest.raises(ValueError, match="stages need a blockwise network"):
         BlockPipeline(trunk, TX)
+    with pytest.raises(ValueError, match="the pipelined schedule needs a blockwise network"):
+        make_train_step(trunk, TX, pipelined=True)
