@@ -1,4 +1,4 @@
-"""Evaluation with SID's depth diagnostics: accuracy and KL(target || p_i) per module."""
+"""Evaluation with SID's depth diagnostics: accuracy and KL(target || p_i) of every unit's belief."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sidjax.data import Dataset, normalised_batch
 from sidjax.losses import kl_to_target
 from sidjax.network import NetParams, Network
 
@@ -16,59 +17,73 @@ from sidjax.network import NetParams, Network
 def make_eval_step(
     network: Network, label_smoothing: float = 0.0
 ) -> Callable[[NetParams, chex.Array, chex.Array, chex.Array], dict[str, chex.Array]]:
-    """Jitted ``(params, x [B,...], labels [B], mask [B]) -> sums``.
+    """``(params, x [B, ...], labels [B], mask [B]) -> sums`` over unmasked examples, jittable.
 
-    Returns a dict of sums over unmasked examples: ``correct [L]``, ``kl [L]``
-    (``KL(p~_y || p_i)``, which is ``-log p_i(y)`` without smoothing).
+    Sums: ``correct [K]`` and ``kl [K]`` (``KL(p~_y || p_i)``, which is
+    ``-log p_i(y)`` without smoothing).
     """
 
     def eval_step(params, x, labels, mask):
-        logits = network.apply(params, x)  # [L, B, N]
+        logits = network.apply(params, x)  # [K, B, N]
         correct = (logits.argmax(-1) == labels[None]) * mask[None]
         kl = jax.vmap(lambda lg: kl_to_target(lg, labels, label_smoothing))(logits) * mask[None]
         return {"correct": correct.sum(-1), "kl": kl.sum(-1)}
 
-    return jax.jit(eval_step)
+    return eval_step
 
 
-def evaluate(
-    eval_step: Callable,
-    params: NetParams,
-    images: np.ndarray,
-    labels: np.ndarray,
-    batch_size: int = 1000,
-) -> dict[str, float | list[float]]:
-    """Evaluates on a whole split, padding the last batch (one compile).
+def make_split_evaluator(
+    network: Network, dataset: Dataset, batch_size: int, label_smoothing: float = 0.0
+) -> Callable[[NetParams, chex.Array, chex.Array], dict[str, chex.Array]]:
+    """``(params, images [N, ...], labels [N]) -> sums`` over a whole split, as one ``lax.scan``.
 
-    Args:
-      eval_step: from ``make_eval_step``.
-      params: the model params.
-      images: ``[num, H, W, C]``; labels: ``[num]``.
-      batch_size: examples per jitted call.
-
-    Returns:
-      ``accuracy`` (last module), ``per_module_accuracy [L]``,
-      ``per_module_kl [L]`` (means over the split).
+    Batches of ``batch_size`` (the last one padded and masked), gathered and
+    normalised on the device; jittable and vmappable over params.
     """
-    num = len(labels)
-    if num == 0:
-        raise ValueError("cannot evaluate on an empty split")
-    batch_size = min(batch_size, num)
-    totals = None
-    for start in range(0, num, batch_size):
-        x, y = images[start : start + batch_size], labels[start : start + batch_size]
-        mask = np.ones(len(y), np.float32)
-        pad = batch_size - len(y)
-        if pad:
-            x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
-            y = np.concatenate([y, np.zeros((pad,), y.dtype)])
-            mask = np.concatenate([mask, np.zeros((pad,), np.float32)])
-        sums = eval_step(params, jnp.asarray(x), jnp.asarray(y), jnp.asarray(mask))
-        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    totals = jax.device_get(totals)
-    per_module_accuracy = (totals["correct"] / num).tolist()
+    eval_step = make_eval_step(network, label_smoothing)
+
+    def evaluate_split(params, images, labels):
+        num = labels.shape[-1]
+        batch = min(batch_size, num)
+        starts = jnp.arange(0, num, batch)
+
+        def body(totals, start):
+            idx = start + jnp.arange(batch)
+            mask = (idx < num).astype(jnp.float32)
+            x, y = normalised_batch(dataset, images, labels, jnp.minimum(idx, num - 1))
+            sums = eval_step(params, x, y, mask)
+            return jax.tree.map(jnp.add, totals, sums), None
+
+        zeros = {"correct": jnp.zeros(network.num_units), "kl": jnp.zeros(network.num_units)}
+        totals, _ = jax.lax.scan(body, zeros, starts)
+        return totals
+
+    return evaluate_split
+
+
+def summarise_sums(sums: dict[str, np.ndarray], num: int) -> dict[str, float | list[float]]:
+    """Host sums -> ``accuracy`` (last unit), ``per_module_accuracy [K]``, ``per_module_kl [K]``."""
+    per_module_accuracy = (np.asarray(sums["correct"]) / num).tolist()
     return {
         "accuracy": per_module_accuracy[-1],
         "per_module_accuracy": per_module_accuracy,
-        "per_module_kl": (totals["kl"] / num).tolist(),
+        "per_module_kl": (np.asarray(sums["kl"]) / num).tolist(),
     }
+
+
+def evaluate(
+    network: Network,
+    params: NetParams,
+    dataset: Dataset,
+    batch_size: int = 1000,
+    label_smoothing: float = 0.0,
+) -> dict[str, float | list[float]]:
+    """Test accuracy and every unit's accuracy and ``KL(target || p_i)`` on ``dataset``'s test split.
+
+    Returns:
+      ``accuracy`` (last unit), ``per_module_accuracy [K]``,
+      ``per_module_kl [K]`` (means over the split).
+    """
+    evaluate_split = jax.jit(make_split_evaluator(network, dataset, batch_size, label_smoothing))
+    sums = evaluate_split(params, jnp.asarray(dataset.test_images), jnp.asarray(dataset.test_labels))
+    return summarise_sums(jax.device_get(sums), len(dataset.test_labels))

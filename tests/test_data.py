@@ -1,8 +1,12 @@
-"""Data: label noise, batching, augmentation, Debian Fashion-MNIST, clear failures."""
+"""Data without TensorFlow: original files verified by checksum, TFDS's data_source, folders, on-device batches."""
 
+import gzip
 import hashlib
+import io
 import os
-import sys
+import shutil
+import struct
+import tarfile
 import time
 
 import chex
@@ -11,15 +15,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from sidjax import ConfigError
 from sidjax.data import (
     DEBIAN_FASHION_MNIST_DIR,
+    SOURCES,
+    Dataset,
     DatasetUnavailableError,
-    epoch_batches,
+    dataset_info,
+    epoch_order,
     load_dataset,
+    normalised_batch,
     random_crop_flip,
-    restore_debian_fashion_mnist,
     symmetric_label_noise,
 )
+from sidjax.data.files import IDX, SourceFile
 
 
 @pytest.mark.parametrize("rate", [0.0, 0.2, 0.4])
@@ -28,31 +37,33 @@ def test_symmetric_label_noise_rate_and_targets(rate):
     noisy, realised = symmetric_label_noise(labels, rate, 10, seed=1)
     assert abs(realised - rate) < 0.01
     assert realised == pytest.approx(float((noisy != labels).mean()))
-    flipped = noisy[noisy != labels]
     if rate:  # flips land on the other classes uniformly
-        counts = np.bincount((flipped - labels[noisy != labels]) % 10, minlength=10)
-        assert counts[0] == 0
-        assert counts[1:].min() > 0.8 * counts[1:].mean()
-    again, _ = symmetric_label_noise(labels, rate, 10, seed=1)
-    np.testing.assert_array_equal(noisy, again)
+        counts = np.bincount((noisy - labels)[noisy != labels] % 10, minlength=10)
+        assert counts[0] == 0 and counts[1:].min() > 0.8 * counts[1:].mean()
+    np.testing.assert_array_equal(noisy, symmetric_label_noise(labels, rate, 10, seed=1)[0])
 
 
-def test_label_noise_rate_is_validated():
-    with pytest.raises(ValueError, match=r"lie in \[0, 1\]"):
-        symmetric_label_noise(np.zeros(3, np.int32), -0.1, 10, 0)
+def test_epoch_order_is_a_seeded_permutation_of_full_batches():
+    order = epoch_order(10, 3, seed=0, epoch=1)
+    assert order.shape == (3, 3) and order.dtype == np.int32 and len(set(order.ravel())) == 9
+    np.testing.assert_array_equal(order, epoch_order(10, 3, 0, 1))
+    assert not np.array_equal(order, epoch_order(10, 3, 0, 2)) and not np.array_equal(
+        order, epoch_order(10, 3, 1, 1)
+    )
 
 
-def test_epoch_batches_are_a_seeded_permutation():
-    x = np.arange(10)[:, None]
-    y = np.arange(10)
-    batches = list(epoch_batches(x, y, 3, seed=0, epoch=1))
-    assert len(batches) == 3 and all(b[0].shape == (3, 1) for b in batches)
-    seen = np.concatenate([b[1] for b in batches])
-    assert len(set(seen)) == 9
-    np.testing.assert_array_equal(seen, np.concatenate([b[1] for b in epoch_batches(x, y, 3, 0, 1)]))
-    assert not np.array_equal(seen, np.concatenate([b[1] for b in epoch_batches(x, y, 3, 0, 2)]))
-    for bx, by in batches:
-        np.testing.assert_array_equal(bx[:, 0], by)
+def test_batches_are_gathered_and_normalised_on_the_device_as_on_the_host():
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (20, 4, 4, 3), dtype=np.uint8), rng.integers(0, 5, 20)
+    dataset = Dataset.from_arrays(images, labels, images[:4], labels[:4])
+    expected = (images.astype(np.float32) / 255.0 - dataset.mean) / dataset.std  # the formula, on the host
+    np.testing.assert_array_equal(dataset.normalise(images), expected)
+    idx = np.array([3, 7, 1], np.int32)
+    x, y = jax.jit(lambda im, lb, i: normalised_batch(dataset, im, lb, i))(
+        jnp.asarray(images), jnp.asarray(labels), idx
+    )
+    np.testing.assert_array_equal(np.asarray(x), expected[idx])  # bit for bit
+    np.testing.assert_array_equal(np.asarray(y), labels[idx])
 
 
 def test_random_crop_flip_is_a_padded_crop_or_its_mirror():
@@ -62,34 +73,150 @@ def test_random_crop_flip_is_a_padded_crop_or_its_mirror():
     padded = jnp.pad(images, ((0, 0), (4, 4), (4, 4), (0, 0)))
     for b in range(16):
         crops = [padded[b, i : i + 8, j : j + 8] for i in range(9) for j in range(9)]
-        candidates = crops + [c[:, ::-1] for c in crops]
-        assert any(bool(jnp.array_equal(out[b], c)) for c in candidates)
+        assert any(bool(jnp.array_equal(out[b], c)) for c in crops + [c[:, ::-1] for c in crops])
     assert not bool(jnp.array_equal(out, images))
 
 
-def test_debian_fashion_mnist_restores_upstream_bytes(tmp_path):
+@pytest.fixture
+def debian_dir():
     if not os.path.isdir(DEBIAN_FASHION_MNIST_DIR):
         if os.environ.get("CI"):
             pytest.fail(
                 "CI must install Debian's dataset-fashion-mnist (apt-get install -y dataset-fashion-mnist)"
             )
         pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    return DEBIAN_FASHION_MNIST_DIR
+
+
+def test_fashion_mnist_reads_from_debian_files_without_tensorflow(debian_dir, fashion_mnist):
+    assert fashion_mnist.source == debian_dir
+    assert (
+        fashion_mnist.train_images.shape == (60_000, 28, 28, 1)
+        and fashion_mnist.train_images.dtype == np.uint8
+    )
+    assert fashion_mnist.test_images.shape == (10_000, 28, 28, 1)
+    assert np.bincount(fashion_mnist.train_labels).tolist() == [6000] * 10
+    assert fashion_mnist.mean == pytest.approx([0.2860], abs=1e-4)
+
+
+def _restore_upstream_header(raw: bytes, name: str) -> bytes:
+    """Debian rewrote the gzip header (dropped FNAME, reset MTIME); the original archives carry both."""
+    mtime = {"train": 1504176606, "t10k": 1504176627}[name.split("-")[0]]
+    header = raw[:3] + bytes([raw[3] | 0x08]) + struct.pack("<I", mtime) + raw[8:10]
+    return header + name[:-3].encode() + b"\x00" + raw[10:]
+
+
+def test_original_archives_and_debian_files_both_verify_and_damage_is_named(debian_dir, tmp_path):
+    upstream = tmp_path / "upstream"
+    upstream.mkdir()
+    for name in IDX:
+        (upstream / name).write_bytes(
+            _restore_upstream_header((open(f"{debian_dir}/{name}", "rb").read()), name)
+        )
+        assert (
+            hashlib.sha256((upstream / name).read_bytes()).hexdigest()
+            == SOURCES["fashion_mnist"][IDX.index(name)].sha256
+        )
+    assert load_dataset("fashion_mnist", manual_dir=str(upstream)).train_images.shape == (60_000, 28, 28, 1)
+    damaged = tmp_path / "damaged"
+    shutil.copytree(debian_dir, damaged)
+    raw = bytearray((damaged / IDX[2]).read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    (damaged / IDX[2]).write_bytes(bytes(raw))
+    with pytest.raises(DatasetUnavailableError, match=f"{damaged}/{IDX[2]} is (damaged|not the original)"):
+        load_dataset("fashion_mnist", manual_dir=str(damaged))
+    os.remove(damaged / IDX[3])
+    with pytest.raises(DatasetUnavailableError, match=f"{damaged} lacks {IDX[3]}"):
+        load_dataset("fashion_mnist", manual_dir=str(damaged))
+    with pytest.raises(DatasetUnavailableError, match="is not a directory"):
+        load_dataset("fashion_mnist", manual_dir=str(tmp_path / "nowhere"))
+
+
+def _idx(array: np.ndarray) -> bytes:
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
+    return gzip.compress(header + array.astype(np.uint8).tobytes())
+
+
+def _register(monkeypatch, name, directory):
+    """Registers the checksums of the small files written here (the real ones are the originals')."""
+    files = tuple(
+        SourceFile(f.name, hashlib.sha256((directory / f.name).read_bytes()).hexdigest())
+        for f in SOURCES[name]
+    )
+    monkeypatch.setitem(SOURCES, name, files)
+
+
+def test_mnist_and_cifar_read_from_their_original_formats(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    mnist = tmp_path / "mnist"
+    mnist.mkdir()
+    arrays = [rng.integers(0, 256, (6, 28, 28)), rng.integers(0, 10, 6), rng.integers(0, 256, (4, 28, 28)),
+              rng.integers(0, 10, 4)]  # fmt: skip
+    for name, array in zip(IDX, arrays, strict=True):
+        (mnist / name).write_bytes(_idx(array))
+    _register(monkeypatch, "mnist", mnist)
+    data = load_dataset("mnist", manual_dir=str(mnist))
+    np.testing.assert_array_equal(data.train_images[..., 0], arrays[0])
+    np.testing.assert_array_equal(data.test_labels, arrays[3])
+    for name, label_bytes in (("cifar10", 1), ("cifar100", 2)):
+        images = rng.integers(0, 256, (7, 32, 32, 3), dtype=np.uint8)
+        labels = rng.integers(0, 10, 7).astype(np.uint8)
+        records = [
+            bytes([9] * (label_bytes - 1) + [int(y)]) + x.transpose(2, 0, 1).tobytes()
+            for x, y in zip(images, labels, strict=True)
+        ]
+        archive = io.BytesIO()
+        with tarfile.open(fileobj=archive, mode="w:gz") as tar:
+            parts = {
+                "data_batch_1.bin": records[:3],
+                "data_batch_2.bin": records[3:5],
+                "test_batch.bin": records[5:],
+            }
+            if name == "cifar100":
+                parts = {"train.bin": records[:5], "test.bin": records[5:]}
+            for member, chunk in parts.items():
+                blob = b"".join(chunk)
+                info = tarfile.TarInfo(f"{name}-batches-bin/{member}")
+                info.size = len(blob)
+                tar.addfile(info, io.BytesIO(blob))
+        directory = tmp_path / name
+        directory.mkdir()
+        (directory / SOURCES[name][0].name).write_bytes(archive.getvalue())
+        _register(monkeypatch, name, directory)
+        data = load_dataset(name, manual_dir=str(directory))
+        np.testing.assert_array_equal(data.train_images, images[:5])  # channels last, in the archive's order
+        np.testing.assert_array_equal(data.test_labels, labels[5:])
+        assert data.num_classes == (100 if name == "cifar100" else 10)
+
+
+def test_tfds_datasets_are_read_through_data_source(tmp_path):
     import tensorflow_datasets as tfds
 
-    checksums = os.path.join(os.path.dirname(tfds.__file__), "url_checksums", "fashion_mnist.txt")
-    registered = {line.split()[3]: line.split()[2] for line in open(checksums) if line.strip()}
-    restore_debian_fashion_mnist(DEBIAN_FASHION_MNIST_DIR, str(tmp_path))
-    for name, sha in registered.items():
-        assert hashlib.sha256((tmp_path / name).read_bytes()).hexdigest() == sha, name
+    with tfds.testing.mock_data(num_examples=12):
+        data = load_dataset("mnist", data_dir=str(tmp_path))  # no original files given: TFDS
+    assert data.source.startswith("tfds:") and data.train_images.shape == (12, 28, 28, 1)
+    assert data.train_images.dtype == np.uint8
 
 
-def test_unknown_dataset_is_refused():
-    with pytest.raises(ValueError, match="unknown dataset 'imagenet5'"):
-        load_dataset("imagenet5")
+def test_without_tensorflow_the_error_names_the_extra(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name.startswith("tensorflow") else real(name, *a),
+    )
+    with pytest.raises(DatasetUnavailableError) as err:
+        load_dataset("cifar10", data_dir=str(tmp_path))
+    message = str(err.value)
+    assert (
+        "pip install 'sidjax[tf]'" in message and "cifar-10-binary.tar.gz" in message and "\n" not in message
+    )
 
 
-def test_offline_download_fails_fast_with_a_clear_message(tmp_path, monkeypatch):
-    """No network is used: the download itself is made to fail as offline machines do."""
+def test_offline_download_fails_fast_with_one_line(tmp_path, monkeypatch):
+    """No network is used: the download itself fails as it does on an offline machine."""
     import tensorflow_datasets as tfds
 
     def offline(*args, **kwargs):
@@ -102,11 +229,18 @@ def test_offline_download_fails_fast_with_a_clear_message(tmp_path, monkeypatch)
         load_dataset("cifar10", data_dir=str(tmp_path))
     assert time.perf_counter() - start < 10
     message = str(err.value)
-    assert "cifar10" in message and "--manual-dir" in message and "\n" not in message
+    assert (
+        "cifar10" in message and "no network" in message and "--manual-dir" in message and "\n" not in message
+    )
+
+
+def test_unknown_dataset_is_refused():
+    with pytest.raises(ConfigError, match="dataset must be one of"):
+        load_dataset("imagenet5")
 
 
 def _image_folder(root, sizes=((10, 12), (7, 9), (16, 16))):
-    """root/{train,test}/<class>/*.png with images of several sizes; class k is brightness 80k."""
+    """root/{train,test}/<class>/*.png with images of several sizes; class k has brightness 80k."""
     from PIL import Image
 
     rng = np.random.default_rng(0)
@@ -120,30 +254,37 @@ def _image_folder(root, sizes=((10, 12), (7, 9), (16, 16))):
     return f"folder:{root}"
 
 
-def test_image_folder_dataset_is_resized_and_labelled(tmp_path):
-    from sidjax.data import dataset_info, load_dataset
-
+def test_image_folder_is_resized_labelled_and_cached_by_its_listing(tmp_path, monkeypatch):
+    monkeypatch.setenv("SIDJAX_CACHE_DIR", str(tmp_path / "cache"))
     name = _image_folder(tmp_path / "imgs")
-    assert dataset_info(name, image_size=8) == ((8, 8, 3), 3)
+    assert dataset_info(name, image_size=8)[:4] == ((8, 8, 3), 3, 12, 6)
     data = load_dataset(name, image_size=8)
     assert data.train_images.shape == (12, 8, 8, 3) and data.test_images.shape == (6, 8, 8, 3)
     assert sorted(np.bincount(data.train_labels).tolist()) == [4, 4, 4]
-    # Brightness grows with the class index (folders in sorted order): labels follow folders.
     means = [data.train_images[data.train_labels == k].mean() for k in range(3)]
-    assert means == sorted(means)
+    assert means == sorted(means)  # labels follow the folders, in sorted order
+    assert len(os.listdir(tmp_path / "cache")) == 1
+    np.testing.assert_array_equal(load_dataset(name, image_size=8).train_images, data.train_images)
+    os.utime(tmp_path / "imgs" / "train" / "ant" / "0.png", ns=(1, 1))  # a changed file: a new cache
+    load_dataset(name, image_size=8)
+    assert len(os.listdir(tmp_path / "cache")) == 2
 
 
-def test_image_folder_trains_from_the_cli_and_bad_folders_fail_clearly(tmp_path, capsys):
-    sys.path.insert(
-        0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
-    )
-    import train
-
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        (lambda r: [os.remove(p) for p in (r / "train" / "bee").iterdir()], "bee: an empty class folder"),
+        (lambda r: shutil.rmtree(r / "train" / "cat"), "class 'cat' has a folder in test/ only"),
+        (
+            lambda r: (r / "test" / "ant" / "1.png").write_bytes(b"not a png"),
+            "ant/1.png: not a readable image",
+        ),
+        (lambda r: shutil.rmtree(r / "test"), "an image folder needs train/ and test/"),
+    ],
+)
+def test_bad_image_folders_are_named(tmp_path, damage, message, monkeypatch):
+    monkeypatch.setenv("SIDJAX_CACHE_DIR", str(tmp_path / "cache"))
     name = _image_folder(tmp_path / "imgs")
-    summary = train.main(["--dataset", name, "--image-size", "8", "--model", "mlp", "--num-modules", "2",
-                          "--epochs", "1", "--batch-size", "4", "--no-progress"])  # fmt: skip
-    assert summary["num_train"] == 12 and summary["augment"] is None
-    with pytest.raises(SystemExit) as exit_info:
-        train.main(["--dataset", f"folder:{tmp_path / 'nowhere'}", "--no-progress"])
-    assert exit_info.value.code == 2
-    assert "an image folder needs train/ and test/" in capsys.readouterr().err
+    damage(tmp_path / "imgs")
+    with pytest.raises(DatasetUnavailableError, match=message):
+        load_dataset(name, image_size=8)
