@@ -1,51 +1,49 @@
-"""The benchmarks run end to end on tiny settings and report what they claim to."""
+"""The benchmarks run end to end on small settings and report the numbers they claim to."""
 
 import json
-import math
-import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"))
+from conftest import needs_devices
 
-import bench_memory  # noqa: E402
-import bench_parallel  # noqa: E402
-import bench_step  # noqa: E402
+from experiments import bench_epoch, bench_memory, bench_parallel, bench_step
 
 
-def test_bench_step_reports_both_methods_and_their_ratio(tmp_path):
+def test_bench_step_times_sid_against_bp(tmp_path):
     out = tmp_path / "step.json"
-    report = bench_step.main(
-        ["--model", "mlp", "--num-modules", "3", "--batch-size", "8", "--steps", "2", "--json", str(out)]
+    report = bench_step.main(["--model", "mlp", "--num-modules", "3", "--batch-size", "32", "--steps", "5",
+                              "--json", str(out)])  # fmt: skip
+    assert json.loads(out.read_text())["methods"].keys() == {"sid", "bp"}
+    # the same network plus three small heads' local losses: near BP's time, not a multiple of it
+    assert 0.3 < report["sid_over_bp_time"] < 3.0, report
+
+
+def test_bench_memory_shows_blockwise_sid_holding_less_than_bp():
+    report = bench_memory.main(["--model", "vit_tiny", "--tiny", "--input-shape", "16,16,3", "--batch-size", "32",
+                                "--ks", "4,5", "--steps", "1"])  # fmt: skip
+    assert [r["num_blocks"] for r in report["results"]] == [4]  # K=5 > 4 tiny blocks: skipped, not fatal
+    methods = report["results"][0]["methods"]
+    assert set(methods) == {"bp", "bp_remat", "sid_fused", "sid_sequential", "sid_vmap", "sid_stages"}
+    # measured on a 2-core CPU: stages 0.22x, one-program sequential 0.45x, remat 0.28x BP's temp
+    assert methods["sid_stages"]["temp_vs_bp"] < 0.4
+    assert methods["sid_sequential"]["temp_vs_bp"] < 0.7
+    assert methods["bp_remat"]["temp_vs_bp"] < 0.5
+
+
+def test_bench_epoch_keeps_the_device_as_busy_as_the_isolated_step(fashion_mnist):
+    report = bench_epoch.main(
+        ["--runs", "trunk:mlp:sid,trunk:mlp:bp", "--limit-train", "2560", "--steps", "10"]
     )
-    assert json.loads(out.read_text())["sid_over_bp_time"] == report["sid_over_bp_time"]
-    sid, bp = report["methods"]["sid"], report["methods"]["bp"]
-    assert math.isclose(report["sid_over_bp_time"], sid["median_step_s"] / bp["median_step_s"])
-    assert sid["temp_bytes"] > 0 and bp["examples_per_s"] > 0
+    for result in report["results"]:
+        assert 0.5 < result["epoch_over_step_throughput"] < 2.0, result
 
 
-def test_bench_memory_covers_every_k_and_execution(tmp_path):
-    out = tmp_path / "memory.json"
-    report = bench_memory.main(
-        ["--model", "vit_tiny", "--tiny", "--input-shape", "8,8,1", "--batch-size", "2", "--ks", "2,3,5",
-         "--steps", "1", "--json", str(out)]
-    )  # fmt: skip
-    assert [r["num_blocks"] for r in report["results"]] == [2, 3]  # K=5 > 4 tiny blocks: skipped, not fatal
-    stacked, uneven = report["results"]
-    assert set(stacked["methods"]) == {"bp", "bp_remat", "sid_fused", "sid_sequential", "sid_vmap"}
-    assert "sid_vmap" not in uneven["methods"]  # 4 blocks in 3 groups are not identical
-    assert stacked["methods"]["bp"]["temp_vs_bp"] == 1.0
-    assert json.loads(out.read_text())["results"][0]["num_blocks"] == 2
-
-
+@needs_devices(2)
 def test_bench_parallel_runs_one_process_per_device_count(tmp_path):
     out = tmp_path / "parallel.json"
-    report = bench_parallel.main(
-        ["--tiny", "--num-blocks", "2", "--devices", "1,2", "--input-shape", "8,8,1", "--batch-size", "8",
-         "--steps", "1", "--json", str(out)]
-    )  # fmt: skip
+    report = bench_parallel.main(["--tiny", "--num-blocks", "2", "--devices", "1,2", "--input-shape", "8,8,1",
+                                  "--batch-size", "8", "--steps", "2", "--json", str(out)])  # fmt: skip
     assert [r["devices"] for r in report["results"]] == [1, 2]
-    assert "--xla_force_host_platform_device_count=2" in report["results"][1]["xla_flags"]
-    for r in report["results"]:
-        assert set(r["examples_per_s"]) == {"bp", "sid_sync", "sid_pipelined"}
-        assert all(v > 0 for v in r["examples_per_s"].values())
+    one, two = (r["examples_per_s"] for r in report["results"])
+    assert set(one) == {"bp", "sid_sync", "sid_pipelined", "sid_pipelined_mesh"}
+    for method in one:  # simulated devices share the cores: no speed-up, but no collapse either
+        assert 0.05 < two[method] / one[method] < 20, (method, one, two)
     assert json.loads(out.read_text())["note"].startswith("simulated CPU devices")

@@ -8,13 +8,13 @@ import subprocess
 import sys
 
 import pytest
+from conftest import needs_devices
 
+from sidjax import TrainConfig, run
 from sidjax.distributed import initialize
-from sidjax.experiment import TrainConfig, run
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = ["--model", "mlp", "--num-modules", "8", "--epochs", "1", "--limit-train", "1024", "--limit-test", "256",
-         "--batch-size", "64", "--mesh", "2,4", "--no-progress"]  # fmt: skip
+         "--batch-size", "64", "--placement", "mesh:2,4", "--no-progress"]  # fmt: skip
 
 
 def _free_port() -> int:
@@ -23,6 +23,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@needs_devices(8)
+@needs_devices(8)
 def test_two_processes_train_like_one(tmp_path, fashion_mnist):
     """Each process has 4 CPU devices; the (2, 4) mesh spans both. Process 1 gets its settings
     from the environment, process 0 from flags; only process 0 writes files."""
@@ -32,7 +34,7 @@ def test_two_processes_train_like_one(tmp_path, fashion_mnist):
         "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
-    train = [sys.executable, os.path.join(ROOT, "experiments", "train.py"), *FLAGS]
+    train = [sys.executable, "-m", "sidjax", "train", *FLAGS]
     procs = [
         subprocess.Popen([*train, "--out", str(tmp_path / "p0"), "--coordinator-address", address,
                           "--num-processes", "2", "--process-id", "0"], env=base_env,
@@ -49,7 +51,7 @@ def test_two_processes_train_like_one(tmp_path, fashion_mnist):
     assert two["num_processes"] == 2
 
     config = TrainConfig(model="mlp", num_modules=8, epochs=1, limit_train=1024, limit_test=256, batch_size=64,
-                         mesh=(2, 4))  # fmt: skip
+                         placement="mesh:2,4")  # fmt: skip
     one = run(config, str(tmp_path / "single"), dataset=fashion_mnist, progress=False)
     assert one["num_processes"] == 1
     assert two["final_test_accuracy"] == pytest.approx(one["final_test_accuracy"], abs=2 / 256)
