@@ -14,14 +14,14 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # Offline Fashion-MNIST from Debian; skipped where it is present or apt is not usable
-# (with internet TFDS downloads the dataset instead).
+# (elsewhere give the original files with --manual-dir, or let TFDS download them).
 data:
 	@if [ ! -f $(FASHION_MNIST_DIR)/train-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
 	fi
 
 demo: $(VENV)/.installed data
-	$(PY) experiments/compare.py --out runs/compare --overwrite
+	$(PY) -m sidjax compare --out runs/compare --overwrite
 
 # Two workers (pytest-xdist): most tests are compile-bound and single-threaded.
 test: $(VENV)/.installed data
@@ -30,8 +30,9 @@ test: $(VENV)/.installed data
 test-slow: $(VENV)/.installed data
 	$(PY) -m pytest -q -m slow
 
-bench: $(VENV)/.installed
-	$(PY) experiments/bench_step.py
+bench: $(VENV)/.installed data
+	$(PY) -m experiments.bench_step
+	$(PY) -m experiments.bench_epoch --runs trunk:mlp:sid,trunk:mlp:bp
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -1,50 +1,56 @@
-"""Memory and time of BP, BP+remat and blockwise SID (each execution mode) vs K.
+"""Memory and time of BP, BP+remat and blockwise SID (each execution) against K, side by side.
 
 For one model, batch size and input shape, and each K in --ks, this builds
 the blockwise network and measures, in one process:
 
 * compiled temp memory, XLA's ``memory_analysis().temp_size_in_bytes`` of the
   step (params, optimizer state and the batch are arguments, common to all
-  methods, and not counted). For ``sequential`` SID, whose K jits run one
-  after another, it is the largest over blocks of (that block's temp + its
-  input and output activations);
+  methods, and not counted). ``sid_stages`` runs one program per block on
+  one device (``BlockPipeline``); it is charged its largest block program's
+  temp plus that block's input and output activations;
 * the median step time over --steps steps after compilation, methods timed in
   interleaved rounds so load drift hits all alike;
-* on accelerators, the device's peak bytes in use. That is a high-water mark
-  of the whole process, so for a per-method device peak run one method per
-  process (``--variants bp``, ``--variants sid_sequential``, ...).
+* on accelerators, the device's peak bytes in use (a high-water mark of the
+  whole process: for a per-method device peak run one method per process,
+  ``--variants bp`` and so on).
 
-Prints a table with ratios to BP and writes JSON (--json).
+``sid_sequential`` is the whole blockwise step as one program, blocks walked
+in order (``sidjax.units.walk``); ``sid_vmap`` needs equal blocks (stacked).
 
-    python experiments/bench_memory.py --model vgg11 --input-shape 32,32,3 --batch-size 64
-    XLA_FLAGS=--xla_cpu_enable_concurrency_optimized_scheduler=false python experiments/bench_memory.py
+    python -m experiments.bench_memory --model vit_tiny --input-shape 32,32,3 --batch-size 64 --ks 4,8
 
-Expected on a 2-core x86 CPU (jax 0.10.2): ~10 minutes for VGG-11, batch 64,
-K in {1, 2, 4, 8}, 5 steps each.
+Expected on a 2-core x86 CPU (jax 0.10.2): ~5 minutes for ViT-Tiny, batch 64,
+K in {4, 8}, 5 steps each.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import jax
+import jax.numpy as jnp
+import optax
 
-import jax  # noqa: E402
-import optax  # noqa: E402
-from benchlib import environment, measure, write_json  # noqa: E402
+from experiments.benchlib import Bench, environment, measure, write_json
+from sidjax import (
+    ARCHITECTURES,
+    BlockPipeline,
+    SIDLoss,
+    init_train_state,
+    make_blockwise_network,
+    make_train_step,
+)
+from sidjax import step_temp_bytes as temp_bytes
+from sidjax.errors import ConfigError
 
-from sidjax import ARCHITECTURES, SIDLoss, make_blockwise_network, make_train_step  # noqa: E402
-
-# (label, method, execution)
+# (label, method, execution); "stages" is one program per block
 VARIANTS = [
     ("bp", "bp", "fused"),
     ("bp_remat", "bp_remat", "fused"),
     ("sid_fused", "sid", "fused"),
     ("sid_sequential", "sid", "sequential"),
     ("sid_vmap", "sid", "vmap"),
+    ("sid_stages", "sid", "stages"),
 ]
 
 
@@ -53,17 +59,29 @@ def peak_device_bytes() -> int | None:
     return None if not stats else stats.get("peak_bytes_in_use")
 
 
+def bench(network, params, tx, method: str, execution: str) -> Bench:
+    fresh = jax.tree.map(jnp.copy, params)
+    if execution == "stages":
+        pipe = BlockPipeline(
+            network, tx, method, SIDLoss(), num_stages=network.num_units, devices=jax.devices()[:1]
+        )
+        return Bench(pipe.step, pipe.place(init_train_state(fresh, tx)), pipe.temp_bytes)
+    step = make_train_step(network, tx, method, SIDLoss(), execution=execution, donate=True)
+    return Bench(step, init_train_state(fresh, tx), lambda s, b, k: temp_bytes(step, s, b, k))
+
+
 def bench_k(args, k: int, shape, x, labels) -> dict:
     network, params = make_blockwise_network(
         args.model, shape, args.num_classes, k, jax.random.key(0), tiny=args.tiny
     )
     tx = optax.adam(1e-3)
-    steps = {
-        label: make_train_step(network, tx, method, SIDLoss(), execution=execution)
+    wanted = args.variants.split(",")
+    benches = {
+        label: bench(network, params, tx, method, execution)
         for label, method, execution in VARIANTS
-        if label in args.variants.split(",") and (execution != "vmap" or network.stacked)
-    }  # blocks of different structure cannot be vmapped
-    out = measure(steps, params, tx, (x, labels), jax.random.key(1), args.steps)
+        if label in wanted and (execution != "vmap" or network.stacked)  # vmap needs equal blocks
+    }
+    out = measure(benches, (x, labels), jax.random.key(1), args.steps)
     bp = out.get("bp")
     for v in out.values():
         v["process_peak_device_bytes"] = peak_device_bytes()
@@ -73,8 +91,10 @@ def bench_k(args, k: int, shape, x, labels) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="vgg11", choices=tuple(ARCHITECTURES))
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.bench_memory", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--model", default="vit_tiny", choices=tuple(ARCHITECTURES))
     parser.add_argument("--input-shape", default="32,32,3", help="H,W,C")
     parser.add_argument("--num-classes", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -98,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
     for k_text in args.ks.split(","):
         try:
             result = bench_k(args, int(k_text), shape, x, labels)
-        except ValueError as err:  # a cut the architecture does not allow
+        except (ValueError, ConfigError) as err:  # a cut the architecture does not allow
             print(f"{k_text:>3} skipped: {err}")
             continue
         results.append(result)

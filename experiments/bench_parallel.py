@@ -1,17 +1,19 @@
 """Parallel throughput: BP (data-parallel) vs synchronous vs pipelined blockwise SID on 1..8 devices.
 
-One blockwise network (default ViT-Tiny cut into K = 8 equal blocks, 32x32x3,
+One blockwise network (default ViT-Tiny cut into K = 8 blocks, 32x32x3,
 batch 128) is trained on D devices for each D, one process per D:
-- ``bp``: end-to-end backprop, batch split D ways (``sidjax.parallel``);
-- ``sid_sync``: the exact blockwise step, blocks in D contiguous stages;
-- ``sid_pipelined``: one-step-stale inputs, all stages update at once.
+- ``bp``: end-to-end backprop, batch split D ways (a (D, 1) mesh, ``sidjax.parallel``);
+- ``sid_sync``: the exact blockwise step, blocks in D stages (``sidjax.pipeline``);
+- ``sid_pipelined``: one-step-stale inputs, all stages update at once;
+- ``sid_pipelined_mesh`` (stacked blocks only, e.g. ViT with K dividing 12):
+  the pipelined step as one program, blocks split over a (1, D) mesh.
 Each process compiles and warms up every method, then times interleaved
 steps; examples/s come from the median step. The table gives each method's
 scaling ratio (examples/s on D devices / on 1). Goal on accelerators:
 pipelined SID >= 0.8 * K x one device at D = K.
 
-    python experiments/bench_parallel.py --tiny --num-blocks 4 --devices 1,2,4   # CPU, simulated: ~1 min
-    python experiments/bench_parallel.py --json out.json                         # GPU/TPU: real devices
+    python -m experiments.bench_parallel --tiny --num-blocks 4 --devices 1,2,4   # CPU, simulated: ~1 min
+    python -m experiments.bench_parallel --json out.json                         # GPU/TPU: real devices
 
 On a CPU the D devices are simulated (``--xla_force_host_platform_device_count``)
 and share the same cores: this proves the code runs, not that it scales.
@@ -26,24 +28,28 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import jax
 
-import jax  # noqa: E402
-from train import OneLineParser  # noqa: E402
+from sidjax.cli import OneLineParser
 
-METHODS = ("bp", "sid_sync", "sid_pipelined")
+METHODS = ("bp", "sid_sync", "sid_pipelined", "sid_pipelined_mesh")
 
 
 def worker(args) -> dict:
     """Runs in a process that sees >= ``args.worker`` devices; returns examples/s per method."""
     import numpy as np
     import optax
-    from benchlib import environment
 
-    from sidjax import SIDLoss, init_train_state, make_blockwise_network, make_train_step
+    from experiments.benchlib import environment
+    from sidjax import (
+        BlockPipeline,
+        SIDLoss,
+        init_slots,
+        init_train_state,
+        make_blockwise_network,
+        make_train_step,
+    )
     from sidjax.parallel import make_mesh, shard_batch, shard_state
-    from sidjax.pipeline import BlockPipeline
 
     d = args.worker
     devices = jax.devices()[:d]
@@ -60,9 +66,17 @@ def worker(args) -> dict:
     bp_step = make_train_step(network, tx, "bp")
     runs = {"bp": (lambda s, b, k: bp_step(s, shard_batch(b, network, mesh), k),
                    shard_state(init_train_state(params, tx), network, mesh))}  # fmt: skip
-    for label, schedule in (("sid_sync", "synchronous"), ("sid_pipelined", "pipelined")):
-        pipe = BlockPipeline(network, tx, "sid", SIDLoss(0.5), schedule=schedule, devices=devices)
-        runs[label] = (pipe.step, pipe.init(params, shape, args.batch_size))
+    for label, pipelined in (("sid_sync", False), ("sid_pipelined", True)):
+        pipe = BlockPipeline(network, tx, "sid", SIDLoss(0.5), pipelined=pipelined, devices=devices)
+        runs[label] = (pipe.step, pipe.init(params, (args.batch_size, *shape)))
+    if network.stacked and args.num_blocks % d == 0:
+        module_mesh = make_mesh(1, d, devices)
+        step = make_train_step(network, tx, "sid", SIDLoss(0.5), execution="vmap", pipelined=True)
+        slots = init_slots(network, params, (args.batch_size, *shape))
+        runs["sid_pipelined_mesh"] = (
+            step,
+            shard_state(init_train_state(params, tx, slots), network, module_mesh),
+        )
     states = {}
     for label, (step, state) in runs.items():
         for _ in range(2):
@@ -84,19 +98,20 @@ def worker(args) -> dict:
 
 
 def table(results: list[dict], k: int) -> str:
-    base = {m: results[0]["examples_per_s"][m] for m in METHODS} if results[0]["devices"] == 1 else None
+    methods = [m for m in METHODS if all(m in r["examples_per_s"] for r in results)]
+    base = {m: results[0]["examples_per_s"][m] for m in methods} if results[0]["devices"] == 1 else None
     lines = [
         "| devices | "
-        + " | ".join(f"{m} ex/s" for m in METHODS)
+        + " | ".join(f"{m} ex/s" for m in methods)
         + " | "
-        + " | ".join(f"{m} ×1-dev" for m in METHODS)
+        + " | ".join(f"{m} ×1-dev" for m in methods)
         + " |",
-        "|---" * (1 + 2 * len(METHODS)) + "|",
+        "|---" * (1 + 2 * len(methods)) + "|",
     ]
     for r in results:
-        ratios = [f"{r['examples_per_s'][m] / base[m]:.2f}" if base else "—" for m in METHODS]
+        ratios = [f"{r['examples_per_s'][m] / base[m]:.2f}" if base else "—" for m in methods]
         lines.append(
-            f"| {r['devices']} | " + " | ".join(f"{r['examples_per_s'][m]:.0f}" for m in METHODS) + " | "
+            f"| {r['devices']} | " + " | ".join(f"{r['examples_per_s'][m]:.0f}" for m in methods) + " | "
             + " | ".join(ratios) + " |"
         )  # fmt: skip
     lines.append(f"\nGoal on accelerators: sid_pipelined ×1-dev >= {0.8 * k:.1f} at {k} devices (0.8·K).")
@@ -122,9 +137,11 @@ def main(argv: list[str] | None = None) -> dict:
         counts = [int(v) for v in args.devices.split(",")]
     except ValueError:
         p.error(f"--devices takes integers separated by commas, got {args.devices!r}")
-    bad = [c for c in counts if c < 1 or args.num_blocks % c or args.batch_size % c]
+    bad = [c for c in counts if c < 1 or c > args.num_blocks or args.batch_size % c]
     if bad:
-        p.error(f"--devices {bad}: each count must divide --num-blocks ({args.num_blocks}) and --batch-size")
+        p.error(
+            f"--devices {bad}: each count must lie in [1, --num-blocks ({args.num_blocks})] and divide --batch-size"
+        )
     forwarded = list(argv if argv is not None else sys.argv[1:])
     results, skipped = [], []
     for count in counts:
@@ -136,8 +153,9 @@ def main(argv: list[str] | None = None) -> dict:
         elif count > jax.device_count():
             skipped.append(count)
             continue
-        proc = subprocess.run([sys.executable, __file__, *forwarded, "--worker", str(count)], env=env,
-                              capture_output=True, text=True)  # fmt: skip
+        command = [sys.executable, "-m", "experiments.bench_parallel", *forwarded, "--worker", str(count)]
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        proc = subprocess.run(command, env=env, capture_output=True, text=True, cwd=root)
         lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
         if proc.returncode or not lines:
             p.exit(1, f"error: the {count}-device process failed:\n{proc.stderr[-3000:]}\n")

@@ -5,8 +5,8 @@ one BP step, ...) so that machine-load drift hits both alike; the medians,
 their ratio, examples/s and XLA's compiled temp memory are printed and
 optionally written as JSON.
 
-    python experiments/bench_step.py                      # SimpleCNN, L=10, batch 128
-    python experiments/bench_step.py --model mlp --steps 50 --json out.json
+    python -m experiments.bench_step                      # SimpleCNN, L=10, batch 128
+    python -m experiments.bench_step --model mlp --steps 50 --json out.json
 
 Expected on a 2-core x86 CPU (jax 0.10.2): ~0.5 s per step, SID/BP ~1.0,
 SID ~250 examples/s; takes ~1 minute.
@@ -15,22 +15,20 @@ SID ~250 examples/s; takes ~1 minute.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import jax
+import jax.numpy as jnp
+import optax
 
-import jax  # noqa: E402
-import optax  # noqa: E402
-from benchlib import environment, measure, write_json  # noqa: E402
-
-from sidjax import ARCHITECTURES, SIDLoss, make_network, make_train_step  # noqa: E402
-from sidjax.ops import CONV_IMPLS  # noqa: E402
+from experiments.benchlib import Bench, environment, measure, write_json
+from sidjax import ARCHITECTURES, SIDLoss, init_train_state, make_network, make_train_step, step_temp_bytes
+from sidjax.ops import CONV_IMPLS
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.bench_step", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--model", default="simplecnn", choices=tuple(ARCHITECTURES))
     parser.add_argument("--num-modules", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=128)
@@ -50,8 +48,12 @@ def main(argv: list[str] | None = None) -> dict:
     tx = optax.adam(1e-3)
     x = jax.random.normal(jax.random.key(1), (args.batch_size, *shape))
     labels = jax.random.randint(jax.random.key(2), (args.batch_size,), 0, args.num_classes)
-    steps = {m: make_train_step(network, tx, m, SIDLoss(), donate=True) for m in ("sid", "bp")}
-    results = measure(steps, params, tx, (x, labels), jax.random.key(3), args.steps)
+    benches = {}
+    for method in ("sid", "bp"):
+        step = make_train_step(network, tx, method, SIDLoss(), donate=True)
+        state = init_train_state(jax.tree.map(jnp.copy, params), tx)
+        benches[method] = Bench(step, state, lambda s, b, k, step=step: step_temp_bytes(step, s, b, k))
+    results = measure(benches, (x, labels), jax.random.key(3), args.steps)
     for r in results.values():
         r["examples_per_s"] = args.batch_size / r["median_step_s"]
     ratio = results["sid"]["median_step_s"] / results["bp"]["median_step_s"]

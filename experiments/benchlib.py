@@ -6,46 +6,44 @@ import json
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
-from sidjax import init_train_state
-from sidjax.steps import step_temp_bytes as temp_bytes
+
+class Bench(NamedTuple):
+    """One thing to measure: its step, a fresh state, and how its compiled temp memory is read."""
+
+    step: Callable
+    state: Any
+    temp_bytes: Callable[[Any, tuple, jax.Array], int]
 
 
 def measure(
-    steps: dict[str, Callable],
-    params: Any,
-    tx: optax.GradientTransformation,
-    batch: tuple,
-    key: jax.Array,
-    num_steps: int,
+    benches: dict[str, Bench], batch: tuple, key: jax.Array, num_steps: int
 ) -> dict[str, dict[str, float]]:
     """Temp bytes and the median of ``num_steps`` interleaved step times per labelled step.
 
-    Every step starts from its own copy of ``params``; each is compiled and
-    warmed up (2 steps) first; then rounds run one step of each in turn, so
-    machine-load drift hits all alike. ``num_steps=0`` measures memory only.
+    Each is compiled and warmed up (2 steps) first; then rounds run one step
+    of each in turn, so machine-load drift hits all alike. ``num_steps=0``
+    measures memory only.
     """
     states, results = {}, {}
-    for label, step in steps.items():
-        state = init_train_state(jax.tree.map(jnp.copy, params), tx)
-        results[label] = {"temp_bytes": temp_bytes(step, state, batch, key)}
+    for label, bench in benches.items():
+        results[label] = {"temp_bytes": bench.temp_bytes(bench.state, batch, key)}
+        state = bench.state
         for _ in range(2 if num_steps else 0):
-            state, _ = step(state, batch, key)
+            state, _ = bench.step(state, batch, key)
         states[label] = jax.block_until_ready(state)
-    times = {label: [] for label in steps}
+    times = {label: [] for label in benches}
     for _ in range(num_steps):
-        for label, step in steps.items():
+        for label, bench in benches.items():
             start = time.perf_counter()
-            states[label], _ = step(states[label], batch, key)
+            states[label], _ = bench.step(states[label], batch, key)
             jax.block_until_ready(states[label])
             times[label].append(time.perf_counter() - start)
-    for label in steps:
+    for label in benches:
         results[label]["median_step_s"] = float(np.median(times[label])) if num_steps else float("nan")
     return results
 
@@ -56,6 +54,7 @@ def environment() -> dict[str, str]:
         "backend": jax.default_backend(),
         "device": str(jax.devices()[0].device_kind),
         "xla_flags": os.environ.get("XLA_FLAGS", "(none)"),
+        "matmul_precision": str(jax.config.jax_default_matmul_precision),
         "jax_version": jax.__version__,
     }
 

@@ -1,16 +1,16 @@
-"""Run an experiment config (or several) over its seeds; results go to results/<experiment>/.
+"""Run experiment configs over their seeds; results go to results/<experiment>/<run>/seed<k>/.
 
-    python experiments/run.py label_noise                     # every run x seed of the config
-    python experiments/run.py depth --only 'trunk/*'          # the runs matching a pattern
-    python experiments/run.py label_noise depth alpha --smoke # tiny variants (what CI runs)
-    python experiments/run.py --list                          # the experiments and their runs
+    python -m experiments.run label_noise                     # every run of the config, seeds together
+    python -m experiments.run depth --only 'trunk/*'          # the runs matching a pattern
+    python -m experiments.run label_noise depth alpha --smoke # tiny variants (what CI runs)
+    python -m experiments.run --list                          # the experiments and their runs
 
-Each run writes ``<results>/<experiment>/<run>/seed<k>/`` (config.json,
-metrics.jsonl, orbax checkpoints, summary.json). Running again continues:
-finished runs are skipped, interrupted ones resume from their last checkpoint
-to the same result as an uninterrupted run. A run that fails (e.g. a dataset
-that cannot be downloaded) is reported in one line and the others go on; the
-exit status is 1 if any failed.
+The seeds of a run train together in one program (``TrainConfig.seed`` as a
+tuple) and each writes the files a separate run of that seed would write.
+Running again continues: finished seeds are skipped, interrupted ones resume
+from their last intact checkpoint to the same numbers as an uninterrupted
+run. A run that fails (e.g. a dataset that cannot be had) is reported in one
+line and the others go on; the exit status is 1 if any failed.
 """
 
 from __future__ import annotations
@@ -19,14 +19,12 @@ import dataclasses
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-import configs  # noqa: E402
-from train import OneLineParser  # noqa: E402
-
-from sidjax.data import Dataset, DatasetUnavailableError, load_dataset  # noqa: E402
-from sidjax.experiment import ConfigError, run  # noqa: E402
+from experiments import configs
+from sidjax.cli import OneLineParser, error_line
+from sidjax.data import Dataset, DatasetUnavailableError, load_dataset
+from sidjax.errors import ConfigError
+from sidjax.runner import TrainingDiverged, run
+from sidjax.trainer import make_plan
 
 
 def run_experiment(
@@ -41,60 +39,62 @@ def run_experiment(
     overwrite: bool = False,
     datasets: dict[str, Dataset] | None = None,
 ) -> tuple[dict[tuple[str, int], dict], list[str]]:
-    """Runs the selected runs x seeds; returns ({(run, seed): summary}, [failure lines]).
+    """Runs the selected runs, each over its seeds together; returns ({(run, seed): summary}, [failures]).
 
-    ``datasets`` caches loaded datasets by name (filled as they are loaded).
+    Every selected config is checked (``make_plan``) before any data is
+    loaded. ``datasets`` caches loaded datasets by name.
     """
     selected = experiment.select(only)
     if not selected:
         raise ConfigError(f"--only {only!r} matches none of {experiment.name}'s runs (see --list)")
+    seeds = tuple(seeds if seeds is not None else experiment.seeds)
     for name, config in selected.items():
         try:
-            config.validate()
+            make_plan(dataclasses.replace(config, seed=seeds if len(seeds) > 1 else seeds[0]))
         except ConfigError as err:
-            raise ConfigError(f"{experiment.name}/{name}: {err}") from err
+            raise ConfigError(f"{experiment.name}/{name}: {error_line(err)[len('error: ') :]}") from err
+        except DatasetUnavailableError:
+            pass  # reported per run below, with the others going on
     datasets = {} if datasets is None else datasets
     summaries, failures = {}, []
     for name, config in selected.items():
-        for seed in seeds if seeds is not None else experiment.seeds:
-            out = os.path.join(results_dir, experiment.name, name, f"seed{seed}")
-            label = f"{experiment.name}/{name}/seed{seed}"
-            try:
-                if config.dataset not in datasets:
-                    datasets[config.dataset] = load_dataset(
-                        config.dataset, data_dir, manual_dir, image_size=config.image_size
-                    )
-                print(f"== {label}", flush=True)
-                summaries[(name, seed)] = s = run(
-                    dataclasses.replace(config, seed=seed),
-                    out,
-                    dataset=datasets[config.dataset],
-                    progress=progress,
-                    overwrite=overwrite,
-                    resume=not overwrite,
+        label = f"{experiment.name}/{name}"
+        out = os.path.join(results_dir, experiment.name, name)
+        try:
+            if config.dataset not in datasets:
+                datasets[config.dataset] = load_dataset(
+                    config.dataset, data_dir, manual_dir, image_size=config.image_size
                 )
-                print(
-                    f"   final test accuracy {s['final_test_accuracy']:.4f} "
-                    f"(best {s['best_test_accuracy']:.4f}), {s['time_per_epoch_s']:.1f} s/epoch",
-                    flush=True,
+            print(f"== {label} (seeds {', '.join(map(str, seeds))})", flush=True)
+            together = dataclasses.replace(config, seed=seeds)
+            if len(seeds) == 1:  # the same directory layout: out/seed<k>
+                together, out = (
+                    dataclasses.replace(config, seed=seeds[0]),
+                    os.path.join(out, f"seed{seeds[0]}"),
                 )
-            except (ConfigError, DatasetUnavailableError, FloatingPointError) as err:
-                failures.append(f"{label}: {err}")
-                print(f"   failed: {err}", flush=True)
+            result = run(together, out, dataset=datasets[config.dataset], progress=progress,
+                         overwrite=overwrite, resume=not overwrite)  # fmt: skip
+            for seed, s in zip(seeds, result if isinstance(result, list) else [result], strict=True):
+                summaries[(name, seed)] = s
+                print(f"   seed {seed}: final test accuracy {s['final_test_accuracy']:.4f} "
+                      f"(best {s['best_test_accuracy']:.4f}), {s['time_per_epoch_s']:.1f} s/epoch", flush=True)  # fmt: skip
+        except (ConfigError, DatasetUnavailableError, TrainingDiverged) as err:
+            failures.append(f"{label}: {error_line(err)[len('error: ') :]}")
+            print(f"   failed: {err}", flush=True)
     return summaries, failures
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = OneLineParser(description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="python -m experiments.run", description=__doc__.splitlines()[0])
     p.add_argument("experiments", nargs="*", help=f"one or more of: {', '.join(configs.NAMES)}")
     p.add_argument("--only", default="*", help="fnmatch pattern of run names (default: all)")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the config's)")
     p.add_argument("--smoke", action="store_true", help="the tiny variants: 1 epoch, few examples")
     p.add_argument("--results", default=None, help="default: results/, or runs/smoke/ with --smoke")
     p.add_argument("--data-dir", default=None, help="TFDS data dir")
-    p.add_argument("--manual-dir", default=None, help="directory with upstream dataset archives")
+    p.add_argument("--manual-dir", default=None, help="a directory holding the dataset's original files")
     p.add_argument("--overwrite", action="store_true", help="redo runs that already have results")
-    p.add_argument("--progress", action="store_true", help="tqdm bar per epoch")
+    p.add_argument("--progress", action="store_true", help="a progress bar per epoch")
     p.add_argument("--list", action="store_true", help="list experiments and runs, then exit")
     args = p.parse_args(argv)
     names = args.experiments or (list(configs.NAMES) if args.list else [])
@@ -119,16 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     failures = []
     for e in experiments:
         try:
-            failures += run_experiment(
-                e,
-                results,
-                only=args.only,
-                seeds=seeds,
-                data_dir=args.data_dir,
-                manual_dir=args.manual_dir,
-                progress=args.progress,
-                overwrite=args.overwrite,
-            )[1]
+            failures += run_experiment(e, results, only=args.only, seeds=seeds, data_dir=args.data_dir,
+                                       manual_dir=args.manual_dir, progress=args.progress,
+                                       overwrite=args.overwrite)[1]  # fmt: skip
         except ConfigError as err:
             p.exit(2, f"error: {err}\n")
     if failures:

@@ -12,16 +12,19 @@
 # ---
 
 # %% [markdown]
-# # Parallel modules: one device, eight devices, blocks on devices
+# # Parallel modules: one device, a mesh, blocks in stages
 #
 # [![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/sidjax/sidjax/blob/main/notebooks/03_parallel_modules.ipynb)
 #
 # SID's modules never exchange gradients, so their updates can run side by
 # side. On one device the stacked modules are updated with `jax.vmap`; on
-# many, the module axis is sharded. On a CPU runtime this notebook simulates 8
-# devices: that checks the logic (same numbers as one device) but cannot show
-# a speed-up, since the simulated devices share the same cores. On a TPU
-# runtime the devices are real. `SIDJAX_NOTEBOOK_TINY=1` runs a tiny budget.
+# many, the module axis is split over a mesh; blockwise networks can be cut
+# into stages, one program each. This notebook uses the devices it finds: a
+# GPU or TPU runtime's, or, on a CPU runtime, 8 simulated devices (that checks
+# the logic, the same numbers as one device, but shows no speed-up: they share
+# the same cores; `SIDJAX_NOTEBOOK_DEVICES=1` simulates one). With one device
+# the mesh part says so and moves on. `SIDJAX_NOTEBOOK_TINY=1` runs a tiny
+# budget.
 
 # %%
 import importlib.util
@@ -30,14 +33,16 @@ import subprocess
 import sys
 import time
 
-# 8 simulated devices if this is a CPU runtime; must be set before jax starts.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 TINY = os.environ.get("SIDJAX_NOTEBOOK_TINY", "0") == "1"
 if importlib.util.find_spec("sidjax") is None:  # e.g. on Colab: install this repository
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "sidjax @ git+https://github.com/sidjax/sidjax"],
                    check=True)  # fmt: skip
 
 import jax  # noqa: E402
+
+# Simulated CPU devices (used only where the runtime is a CPU); set before JAX starts its backends.
+jax.config.update("jax_num_cpu_devices", int(os.environ.get("SIDJAX_NOTEBOOK_DEVICES", "8")))
+
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
@@ -45,7 +50,8 @@ import optax  # noqa: E402
 import sidjax  # noqa: E402
 from sidjax.parallel import make_mesh, shard_batch, shard_state  # noqa: E402
 
-print(jax.device_count(), "devices:", jax.devices()[0].device_kind, "| tiny budget:", TINY)
+n = jax.device_count()
+print(n, "device(s):", jax.devices()[0].device_kind, "| tiny budget:", TINY)
 
 # %% [markdown]
 # ## The shared trunk on one device and on a (data, module) mesh
@@ -54,15 +60,21 @@ print(jax.device_count(), "devices:", jax.devices()[0].device_kind, "| tiny budg
 # %%
 dataset = sidjax.load_dataset("fashion_mnist")
 batch_size, steps = (64, 5) if TINY else (256, 30)
-x = dataset.train_images[:batch_size]
+x = dataset.normalise(dataset.train_images[:batch_size])
 y = dataset.train_labels[:batch_size]
 network, params = sidjax.make_network("mlp", dataset.input_shape, 10, 8, jax.random.key(0))
 tx = optax.adam(1e-3)
 step = sidjax.make_train_step(network, tx, "sid", sidjax.SIDLoss(0.5))
 
+placements = [("1 device", None)]
+for data, module in ((1, min(n, 8)), (2, min(n, 8) // 2)):  # meshes that divide the 8 modules
+    if data * module > 1 and data * module <= n and 8 % module == 0:
+        placements.append((f"mesh ({data}, {module})", make_mesh(data, module)))
+if len(placements) == 1:
+    print("one device: nothing to shard here; on a multi-device runtime the same step runs on a mesh")
 results = {}
-for name, mesh in [("1 device", None), ("mesh (1, 8)", make_mesh(1, 8)), ("mesh (2, 4)", make_mesh(2, 4))]:
-    state = sidjax.init_train_state(params, tx)
+for name, mesh in placements:
+    state = sidjax.init_train_state(jax.tree.map(np.copy, params), tx)
     batch = (x, y)
     if mesh is not None:
         state, batch = shard_state(state, network, mesh), shard_batch(batch, network, mesh)
@@ -79,40 +91,41 @@ for name, (state, seconds) in results.items():
         float(np.max(np.abs(a - b)))
         for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(reference), strict=True)
     )
-    print(f"{name:12s}: {1000 * seconds:7.2f} ms/step, max |params - 1-device params| = {gap:.1e}")
+    print(f"{name:14s}: {1000 * seconds:7.2f} ms/step, max |params - 1-device params| = {gap:.1e}")
 
 # %% [markdown]
-# ## Blockwise SID with blocks on devices
-# Cut a SimpleCNN into K = 4 blocks, one per device. `synchronous` is the
-# exact blockwise step; `pipelined` feeds block k the previous step's output
-# of block k-1, so all blocks update at once (no update locking).
+# ## Blockwise SID in stages
+# Cut a SimpleCNN into K = 4 blocks and run them as 4 stages, one program
+# each, spread over the devices there are (several stages share a device when
+# there are fewer). The synchronous schedule is the exact blockwise step; the
+# pipelined one feeds block k the previous step's output of block k-1, so all
+# blocks update at once (no update locking).
 
 # %%
 shape = dataset.input_shape
 blockwise, bparams = sidjax.make_blockwise_network("simplecnn", shape, 10, 4, jax.random.key(0), tiny=TINY)
-n_train = 1_024 if TINY else 12_800
-curves = {}
-for schedule in ("synchronous", "pipelined"):
-    pipe = sidjax.BlockPipeline(
-        blockwise, tx, "sid", sidjax.SIDLoss(0.5), schedule=schedule, devices=jax.devices()[:4]
-    )
-    pstate = pipe.init(bparams, shape, 128)
+n_train = 6_400 if TINY else 12_800
+curves, test_accuracy = {}, {}
+for pipelined in (False, True):
+    name = "pipelined" if pipelined else "synchronous"
+    pipe = sidjax.BlockPipeline(blockwise, tx, "sid", sidjax.SIDLoss(0.5), pipelined=pipelined, num_stages=4,
+                                devices=jax.devices()[:4])  # fmt: skip
+    state = pipe.init(jax.tree.map(np.copy, bparams), (128, *shape))
     losses = []
     for i in range(0, n_train, 128):
-        pstate, metrics = pipe.step(pstate, (dataset.train_images[i:i + 128], dataset.train_labels[i:i + 128]),
-                                    jax.random.key(0))  # fmt: skip
+        batch = (dataset.normalise(dataset.train_images[i : i + 128]), dataset.train_labels[i : i + 128])
+        state, metrics = pipe.step(state, batch, jax.random.key(0))
         losses.append(np.asarray(metrics["module_loss"]))
-    curves[schedule] = np.stack(losses)
-    logits = blockwise.apply(pipe.gather(pstate).params, dataset.test_images[:2_000])
-    print(
-        f"{schedule:12s}: test accuracy of the last block {float((logits[-1].argmax(-1) == dataset.test_labels[:2_000]).mean()):.4f}"
-    )
+    curves[name] = np.stack(losses)
+    test = dataset.subset(None, 2_000)  # the first 2 000 test examples
+    test_accuracy[name] = sidjax.evaluate(blockwise, pipe.gather(state).params, test)["accuracy"]
+    print(f"{name:12s}: test accuracy of the last block {test_accuracy[name]:.4f}")
 
 fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-for ax, (schedule, c) in zip(axes, curves.items(), strict=True):
+for ax, (name, c) in zip(axes, curves.items(), strict=True):
     for k in range(c.shape[1]):
         ax.plot(c[:, k], label=f"block {k + 1}")
-    ax.set(title=f"{schedule}: local loss per block", xlabel="step", ylabel="local loss")
+    ax.set(title=f"{name}: local loss per block", xlabel="step", ylabel="local loss")
     ax.grid(alpha=0.3)
     ax.legend()
 fig.tight_layout()
@@ -123,9 +136,10 @@ plt.show()
 # slot is empty before), then every block trains at every step.
 #
 # ## Memory: a blockwise step holds one block's activations
-# XLA's compiled temp memory of one step (`sidjax.step_temp_bytes`), ViT-Tiny
-# cut into K blocks: BP keeps every block's activations for its backward
-# pass; sequential blockwise SID only one block's.
+# XLA's compiled temp memory of one step, ViT-Tiny cut into K blocks: BP keeps
+# every block's activations for its backward pass; blockwise SID as one
+# program walks the blocks in order; as one program per block it holds one
+# block at a time.
 
 # %%
 vit_shape, vit_batch = ((8, 8, 3), 8) if TINY else ((32, 32, 3), 64)
@@ -139,13 +153,17 @@ for k in ks:
     for method, execution in (("bp", "auto"), ("sid", "sequential")):
         s = sidjax.make_train_step(net, tx, method, sidjax.SIDLoss(0.5), execution=execution)
         mem[method] = sidjax.step_temp_bytes(s, sidjax.init_train_state(p, tx), (xb, yb), jax.random.key(0))
-    rows.append((k, mem["bp"] / 2**20, mem["sid"] / 2**20, mem["sid"] / mem["bp"]))
-print("| K | BP temp MiB | sequential SID temp MiB | SID / BP |\n|---|---|---|---|")
-for k, bp, sid, ratio in rows:
-    print(f"| {k} | {bp:.1f} | {sid:.1f} | {ratio:.2f} |")
+    stages = sidjax.BlockPipeline(net, tx, "sid", num_stages=k, devices=jax.devices()[:1])
+    mem["stages"] = stages.temp_bytes(stages.init(p, xb.shape), (xb, yb), jax.random.key(0))
+    rows.append((k, *(mem[m] / 2**20 for m in ("bp", "sid", "stages")), mem["stages"] / mem["bp"]))
+print(
+    "| K | BP MiB | SID one program MiB | SID one program per block MiB | per block / BP |\n|---|---|---|---|---|"
+)
+for k, bp, sid, stages, ratio in rows:
+    print(f"| {k} | {bp:.1f} | {sid:.1f} | {stages:.1f} | {ratio:.2f} |")
 
 # %% [markdown]
-# What simulated devices can show: that sharded and placed steps compute the
+# What simulated devices can show: that sharded and staged steps compute the
 # same numbers as one device, and where memory goes. What they cannot show:
-# speed-ups (the 8 "devices" share the same cores). For throughput on real
-# accelerators run `bash experiments/device_check.sh` (see README.md).
+# speed-ups. For throughput on real accelerators run
+# `bash experiments/device_check.sh` (see README.md).

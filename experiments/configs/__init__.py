@@ -1,6 +1,6 @@
 """Experiment configs: one module per experiment, each defining ``EXPERIMENT``.
 
-Run one with ``python experiments/run.py NAME`` (``--smoke`` for its tiny
+Run one with ``python -m experiments.run NAME`` (``--smoke`` for its tiny
 variant); ``python experiments/report.py`` turns ``results/`` into RESULTS.md.
 """
 
@@ -10,7 +10,7 @@ import dataclasses
 import fnmatch
 import importlib
 
-from sidjax.experiment import TrainConfig
+from sidjax.config import TrainConfig
 
 NAMES: tuple[str, ...] = ("main_table", "label_noise", "depth", "alpha", "strong_baseline", "pipeline")
 
@@ -41,14 +41,14 @@ class Experiment:
         return {n: c for n, c in self.runs.items() if fnmatch.fnmatch(n, pattern)}
 
     def smoke(self) -> Experiment:
-        """Every kept run for one epoch on a few examples with tiny architectures, one seed."""
+        """Every kept run for one epoch on a few examples with tiny architectures, two seeds at most."""
         kept = {n: c for pattern in self.smoke_runs for n, c in self.select(pattern).items()}
         runs = {n: smoke_config(c) for n, c in self.runs.items() if n in kept}
-        return dataclasses.replace(self, runs=runs, seeds=self.seeds[:1])
+        return dataclasses.replace(self, runs=runs, seeds=self.seeds[:2])
 
     def command(self, run: str | None = None, seed: int | None = None) -> str:
         """The command that makes ``run`` (all runs if None) for ``seed`` (all seeds if None)."""
-        cmd = f"python experiments/run.py {self.name}"
+        cmd = f"python -m experiments.run {self.name}"
         if run is not None:
             cmd += f" --only '{run}'"
         if seed is not None:
@@ -66,4 +66,4 @@ def load(name: str) -> Experiment:
     """The experiment called ``name`` (``KeyError`` listing the known ones)."""
     if name not in NAMES:
         raise KeyError(f"unknown experiment {name!r}; known: {', '.join(NAMES)}")
-    return importlib.import_module(f"configs.{name}").EXPERIMENT
+    return importlib.import_module(f"experiments.configs.{name}").EXPERIMENT

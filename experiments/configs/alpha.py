@@ -6,7 +6,7 @@ from 0.9 (module 1) to 0.1 (module 10), large early, small late; and the
 paper's reverse-KL form against the forward form at alpha 0.5, both with label
 smoothing 0.1 (the reverse form needs it).
 
-Command:  python experiments/run.py alpha
+Command:  python -m experiments.run alpha
 Hardware: 2-core x86_64 CPU, 18 runs of ~1 min, ~20 min.
 Expected: alpha = 1 (no consistency term) makes every module a separate
 classifier; the closed-form minimiser says small alpha slows how fast the
@@ -17,8 +17,8 @@ import dataclasses
 
 import numpy as np
 
-from configs import Experiment
-from sidjax.experiment import TrainConfig
+from experiments.configs import Experiment
+from sidjax.config import TrainConfig
 
 BASE = TrainConfig(model="mlp", num_modules=10, epochs=10)
 SCHEDULE = tuple(round(float(a), 4) for a in np.linspace(0.9, 0.1, BASE.num_modules))

@@ -3,12 +3,13 @@
 Trunk mode: L = 1, 2, 4, 8, 16 belief modules on the MLP extractor, SID and
 BP, 10 epochs on full Fashion-MNIST (authors' recipe otherwise). Each run
 records per-module test accuracy and KL(target || p_i) of its last epoch.
-Blockwise mode: K = 1, 2, 4, 8 blocks of VGG-11 on CIFAR-10, 50 epochs, for an
-accelerator (no architecture here allows K = 16: VGG-11 has 8 conv layers,
-ViT-Tiny 12 blocks).
+Blockwise mode: K = 1, 2, 4, 8 blocks of VGG-11, SID and DGL, on
+Fashion-MNIST (20 epochs) and CIFAR-10 (50 epochs), for an accelerator (no
+architecture here allows K = 16: VGG-11 has 8 conv layers, ViT-Tiny 12
+blocks).
 
-Command:  python experiments/run.py depth --only 'trunk/*'      (here)
-          python experiments/run.py depth --only 'blockwise/*'  (GPU/TPU)
+Command:  python -m experiments.run depth --only 'trunk/*'      (here)
+          bash experiments/gpu_sweep.sh depth 'blockwise/fashion_mnist/*'  (GPU; not run yet)
 Hardware: trunk: 2-core x86_64 CPU, 20 runs of ~1 min, ~25 min.
 Expected: the theory (closed-form minimiser iterated from uniform) says
 KL(target || p_i) falls at every module; the paper says accuracy grows
@@ -17,11 +18,14 @@ monotonically with depth.
 
 import dataclasses
 
-from configs import Experiment
-from sidjax.experiment import TrainConfig
+from experiments.configs import Experiment
+from sidjax.config import TrainConfig
 
 TRUNK = TrainConfig(model="mlp", epochs=10)
-BLOCKWISE = TrainConfig(mode="blockwise", model="vgg11", dataset="cifar10", epochs=50)
+BLOCKWISE = {
+    "fashion_mnist": TrainConfig(mode="blockwise", model="vgg11", epochs=20),
+    "cifar10": TrainConfig(mode="blockwise", model="vgg11", dataset="cifar10", epochs=50),
+}
 
 EXPERIMENT = Experiment(
     name="depth",
@@ -33,7 +37,10 @@ EXPERIMENT = Experiment(
             for method in ("sid", "bp")
         },
         **{
-            f"blockwise/K{depth}/{method}": dataclasses.replace(BLOCKWISE, method=method, num_blocks=depth)
+            f"blockwise/{dataset}/K{depth}/{method}": dataclasses.replace(
+                base, method=method, num_blocks=depth
+            )
+            for dataset, base in BLOCKWISE.items()
             for depth in (1, 2, 4, 8)
             for method in ("sid", "dgl")
         },

@@ -2,12 +2,12 @@
 
 The pipelined schedule trains block k at step t on block k-1's output from
 step t-1 (one step stale), so all blocks update at once with no update
-locking (sidjax.pipeline). What does the staleness cost in accuracy? SimpleCNN
-cut into K = 4 blocks, SID alpha 0.5, Adam 1e-3, batch 128, 2 epochs on full
-Fashion-MNIST. Placement does not change the numbers (tested), so this runs on
-one device.
+locking (sidjax.pipelined). What does the staleness cost in accuracy?
+SimpleCNN cut into K = 4 blocks, SID alpha 0.5, Adam 1e-3, batch 128, 2
+epochs on full Fashion-MNIST. Placement does not change the numbers (tested),
+so this runs on one device, each schedule as one program per step.
 
-Command:  python experiments/run.py pipeline
+Command:  python -m experiments.run pipeline
 Hardware: 2-core x86_64 CPU, 2 runs of ~8 min.
 Expected: a small loss for the pipelined schedule (stale inputs, and block k
 sees each batch k steps late), shrinking as training settles.
@@ -15,8 +15,8 @@ sees each batch k steps late), shrinking as training settles.
 
 import dataclasses
 
-from configs import Experiment
-from sidjax.experiment import TrainConfig
+from experiments.configs import Experiment
+from sidjax.config import TrainConfig
 
 BASE = TrainConfig(mode="blockwise", model="simplecnn", num_blocks=4, epochs=2)
 
@@ -24,6 +24,7 @@ EXPERIMENT = Experiment(
     name="pipeline",
     doc=__doc__,
     runs={
-        schedule: dataclasses.replace(BASE, pipeline=schedule) for schedule in ("synchronous", "pipelined")
+        schedule: dataclasses.replace(BASE, pipelined=schedule == "pipelined")
+        for schedule in ("synchronous", "pipelined")
     },
 )

@@ -9,8 +9,8 @@ made under both recipes, for BP and SID alike:
   0.1, momentum 0.9, weight decay 5e-4, cosine; BP, SID trunk (L = 10) and SID
   blockwise (K = 4) (GPU/TPU).
 
-Command:  python experiments/run.py strong_baseline --only 'fashion_mnist/*'  (here)
-          python experiments/run.py strong_baseline --only 'cifar10/*'        (GPU/TPU)
+Command:  python -m experiments.run strong_baseline --only 'fashion_mnist/*'  (here)
+          python -m experiments.run strong_baseline --only 'cifar10/*'        (GPU/TPU)
 Hardware: Fashion-MNIST: 2-core x86_64 CPU, 8 runs of ~1 min.
 Expected: on CIFAR-10 the SGD recipe lifts BP's ResNet-18 well above 91 %;
 the question is whether SID keeps up under the same recipe.
@@ -18,8 +18,8 @@ the question is whether SID keeps up under the same recipe.
 
 import dataclasses
 
-from configs import Experiment
-from sidjax.experiment import TrainConfig
+from experiments.configs import Experiment
+from sidjax.config import TrainConfig
 
 FM = TrainConfig(model="mlp", num_modules=10, epochs=10)
 FM_SGD = dict(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="cosine")
