@@ -56,7 +56,7 @@ def check_mesh(network: Network, mesh: Mesh, batch_size: int | None) -> None:
         )
     if batch_size is not None and batch_size % data:
         raise ConfigError(
-            f"the mesh's data axis ({data}) must divide the batch size ({batch_size})", "placement"
+            f"placement: the mesh's data axis ({data}) must divide the batch size ({batch_size})", "placement"
         )
 
 

@@ -67,7 +67,7 @@ class BlockPipeline:
         net, spec = self.network, get_method(self.method)
         if not net.cut_features:
             raise ConfigError(
-                "stages need a blockwise network; the shared trunk is placed on a mesh", "placement"
+                "placement: stages need a blockwise network; place the shared trunk on a mesh", "placement"
             )
         if not spec.local:
             raise ConfigError(

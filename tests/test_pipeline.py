@@ -182,7 +182,7 @@ def test_bad_placements_fail_with_one_clear_message():
     with pytest.raises(ValueError, match="method 'bp' cannot be cut into stages"):
         BlockPipeline(network, TX, "bp")
     trunk, _ = tiny_network("mlp")
-    with pytest.raises(ValueError, match="stages need a blockwise network"):
+    with pytest.raises(ValueError, match="placement: stages need a blockwise network"):
         BlockPipeline(trunk, TX)
     with pytest.raises(ValueError, match="the pipelined schedule needs a blockwise network"):
         make_train_step(trunk, TX, pipelined=True)

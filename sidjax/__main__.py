@@ -1,0 +1,5 @@
+"""``python -m sidjax {train,compare} [flags]``."""
+
+from sidjax.cli import main
+
+main()

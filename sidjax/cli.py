@@ -1,0 +1,281 @@
+"""The command line, generated from ``TrainConfig``: ``sidjax train`` and ``sidjax compare``.
+
+Every ``TrainConfig`` field is a flag (``--num-modules`` for ``num_modules``),
+grouped as ``sidjax.config.GROUPS``, with its docstring line as help, its
+default shown and its choices from the tables (``METHODS``,
+``ARCHITECTURES``, ...). Bad input exits with status 2 and one line naming
+the flag, before any data is loaded wherever it does not depend on the data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import shlex
+import sys
+import types
+import typing
+from typing import Any
+
+from sidjax import distributed
+from sidjax.architectures import ARCHITECTURES
+from sidjax.config import GROUPS, LR_SCHEDULES, MODES, OPTIMIZERS, TrainConfig, field_help
+from sidjax.data import DATASETS, DatasetUnavailableError
+from sidjax.errors import ConfigError
+from sidjax.losses import DIVERGENCES
+from sidjax.methods import METHODS
+from sidjax.ops import CONV_IMPLS
+from sidjax.steps import EXECUTIONS
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "method": tuple(METHODS),
+    "mode": MODES,
+    "model": tuple(ARCHITECTURES),
+    "divergence": DIVERGENCES,
+    "optimizer": OPTIMIZERS,
+    "schedule": LR_SCHEDULES,
+    "execution": EXECUTIONS,
+    "conv_impl": CONV_IMPLS,
+}
+ENVIRONMENT = """environment variables read:
+  SIDJAX_FASHION_MNIST_DIR   Fashion-MNIST's original files (default /usr/share/datasets/fashion-mnist)
+  SIDJAX_CACHE_DIR           decoded image folders (default ~/.cache/sidjax)
+  TFDS_DATA_DIR              TFDS's data directory, for datasets read through TFDS
+  JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID
+                             a multi-process run (as --coordinator-address, --num-processes, --process-id)
+  JAX_PLATFORMS, XLA_FLAGS   JAX's own: the backend, and e.g. simulated CPU devices"""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Bad command lines get one line, ``error: ...``, and exit status 2 (no usage dump)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def parse_numbers(kind: type) -> Any:
+    """``"0.5"`` -> 0.5; ``"0.9,0.5,0.1"`` -> a tuple (per-unit alpha, several seeds)."""
+
+    def parse(text: str):
+        try:
+            values = tuple(kind(v) for v in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {kind.__name__}s separated by commas, got {text!r}"
+            ) from None
+        return values[0] if len(values) == 1 else values
+
+    parse.__name__ = f"{kind.__name__} list"
+    return parse
+
+
+def _add_field(group, field: dataclasses.Field, help_text: str) -> None:
+    names = [flag(field.name)] + (["--seeds"] if field.name == "seed" else [])
+    kind = typing.get_type_hints(TrainConfig)[field.name]
+    args = typing.get_args(kind)
+    kw: dict[str, Any] = {
+        "default": field.default,
+        "dest": field.name,
+        "help": help_text + " (default: %(default)s)",
+    }
+    if kind is bool or set(args) == {bool, type(None)}:
+        kw["action"] = argparse.BooleanOptionalAction
+    elif field.name in ("alpha", "seed"):
+        kw["type"], kw["metavar"] = parse_numbers(float if field.name == "alpha" else int), "X[,X...]"
+    elif isinstance(kind, types.UnionType) and type(None) in args:
+        kw["type"] = next(a for a in args if a is not type(None))
+    else:
+        kw["type"] = kind
+    if field.name in CHOICES:
+        kw["choices"] = CHOICES[field.name]
+    if field.name == "dataset":
+        kw["help"] = f"{' | '.join(DATASETS)} | folder:/root (default: %(default)s)"
+    group.add_argument(*names, **kw)
+
+
+def build_parser(prog: str | None = None, description: str = "") -> argparse.ArgumentParser:
+    """The flags of every ``TrainConfig`` field, grouped, plus where to write and read."""
+    parser = OneLineParser(prog=prog, description=description, epilog=ENVIRONMENT,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    helps, fields = field_help(), {f.name: f for f in dataclasses.fields(TrainConfig)}
+    for group_name, names in GROUPS.items():
+        group = parser.add_argument_group(group_name)
+        for name in names:
+            _add_field(group, fields[name], helps[name])
+    run = parser.add_argument_group("run")
+    run.add_argument(
+        "--out", default=None, help="write config.json, metrics.jsonl, checkpoints and summary.json here"
+    )
+    run.add_argument(
+        "--overwrite", action="store_true", help="replace the run in --out (once this one is under way)"
+    )
+    run.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its last intact checkpoint"
+    )
+    run.add_argument("--data-dir", default=None, help="TFDS data directory (default: $TFDS_DATA_DIR)")
+    run.add_argument("--manual-dir", default=None, help="a directory holding the dataset's original files")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    hosts = parser.add_argument_group("multi-process")
+    hosts.add_argument("--coordinator-address", default=None, help="host:port of process 0")
+    hosts.add_argument("--num-processes", type=int, default=None, help="how many processes")
+    hosts.add_argument("--process-id", type=int, default=None, help="this process's index")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The ``TrainConfig`` of parsed flags (``ConfigError`` as ``TrainConfig`` raises it)."""
+    return TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+
+
+FIELDS_WITH_UNDERSCORES = tuple(f.name for f in dataclasses.fields(TrainConfig) if "_" in f.name)
+
+
+def error_line(err: Exception) -> str:
+    """One line for the user: the setting it names first, and any field with an underscore, become flags."""
+    message = str(err).splitlines()[0] if str(err) else type(err).__name__
+    field = getattr(err, "field", None)
+    if field and message.startswith(field):
+        message = flag(field) + message[len(field) :]
+    for name in FIELDS_WITH_UNDERSCORES:
+        message = re.sub(rf"(?<![-\w]){name}\b", flag(name), message)
+    return f"error: {message}"
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command line that continues this run."""
+    prog = sys.argv[0]
+    prog = (
+        "python -m sidjax" if prog.endswith("__main__.py") else os.path.basename(prog) if prog else "sidjax"
+    )
+    argv = [a for a in argv if a != "--overwrite"]
+    return shlex.join([*prog.split(), *argv, *([] if "--resume" in argv else ["--resume"])])
+
+
+def guarded(parser: argparse.ArgumentParser, argv: list[str], work) -> Any:
+    """Runs ``work()``; every expected failure becomes one line and an exit status.
+
+    ``argv`` is the command's flags; the parser's prog (``sidjax train``) names the command.
+    """
+    from sidjax.runner import RunInterrupted, TrainingDiverged
+
+    try:
+        return work()
+    except (ConfigError, DatasetUnavailableError) as err:
+        parser.exit(2, error_line(err) + "\n")
+    except TrainingDiverged as err:
+        parser.exit(1, error_line(err) + "\n")
+    except RunInterrupted as err:
+        saved = "holds epochs" in str(err)
+        command = [parser.prog.split()[-1], *argv]
+        hint = f"; continue with: {resume_command(command)}" if saved else "; run the same command again"
+        parser.exit(130, f"{err}{hint}\n")
+
+
+def _start(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    argv = list(sys.argv[2:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    try:  # before anything touches a device
+        distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+    except ValueError as err:
+        parser.exit(2, error_line(err) + "\n")
+    return args, argv
+
+
+def _run(args: argparse.Namespace, config: TrainConfig, out: str | None, dataset=None):
+    from sidjax.runner import run
+
+    return run(config, out, dataset=dataset, data_dir=args.data_dir, manual_dir=args.manual_dir,
+               progress=not args.no_progress, overwrite=args.overwrite, resume=args.resume)  # fmt: skip
+
+
+def _describe(config: TrainConfig, s: dict) -> str:
+    return (
+        f"{config.method} {config.model} ({config.mode}) on {config.dataset}, seed {s['seed']}: final test accuracy "
+        f"{s['final_test_accuracy']:.4f} (best {s['best_test_accuracy']:.4f} at epoch {s['best_epoch']}), "
+        f"{s['time_per_epoch_s']:.1f} s/epoch, {s['examples_per_s']:.0f} examples/s"
+    )
+
+
+def train(argv: list[str] | None = None) -> dict | list[dict]:
+    """``sidjax train``: one configuration (several seeds together where ``--seed`` lists them)."""
+    parser = build_parser("sidjax train", "Train one network with SID, DGL or BP and write its results.")
+    args, argv = _start(parser, argv)
+    result = guarded(parser, argv, lambda: _run(args, config_from_args(args), args.out))
+    for summary in result if isinstance(result, list) else [result]:
+        print(_describe(TrainConfig.from_record(summary), summary))
+    return result
+
+
+def comparison_table(summaries: dict[str, dict | list[dict]]) -> str:
+    """Markdown: one row per method (and seed): final test accuracy, best beside it, speed."""
+    lines = [
+        "| method | seed | final test acc. | best (epoch) | s/epoch | examples/s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for method, result in summaries.items():
+        for s in result if isinstance(result, list) else [result]:
+            lines.append(
+                f"| {method.upper()} | {s['seed']} | {100 * s['final_test_accuracy']:.2f} % | "
+                f"{100 * s['best_test_accuracy']:.2f} % ({s['best_epoch']}) | "
+                f"{s['time_per_epoch_s']:.1f} | {s['examples_per_s']:.0f} |"
+            )
+    return "\n".join(lines)
+
+
+def compare(argv: list[str] | None = None) -> dict[str, dict | list[dict]]:
+    """``sidjax compare``: several methods on the same network, data and budget; a table."""
+    parser = build_parser("sidjax compare", "SID vs BP (or any --methods) side by side on the same data.")
+    parser.set_defaults(model="mlp", epochs=10, out="runs/compare")
+    parser.add_argument(
+        "--methods", default="sid,bp", help="comma-separated, run in this order (default: sid,bp)"
+    )
+    args, argv = _start(parser, argv)
+
+    def work():
+        from sidjax.data import load_dataset
+        from sidjax.trainer import make_plan
+
+        base = config_from_args(args)
+        configs = {m: dataclasses.replace(base, method=m) for m in args.methods.split(",")}
+        for config in configs.values():
+            make_plan(config)  # every method's settings are checked before the data is loaded
+        dataset = load_dataset(base.dataset, args.data_dir, args.manual_dir, image_size=base.image_size)
+        return {m: _run(args, c, os.path.join(args.out, m), dataset) for m, c in configs.items()}
+
+    summaries = guarded(parser, argv, work)
+    base = config_from_args(args)
+    first = next(iter(summaries.values()))
+    first = first[0] if isinstance(first, list) else first
+    header = (
+        f"{base.dataset}, {base.model} ({base.mode}), {'L' if base.mode == 'trunk' else 'K'}={base.depth}, "
+        f"alpha={base.alpha}, {base.optimizer} lr {base.lr} ({base.schedule}), batch {base.batch_size}, "
+        f"{base.epochs} epochs, {first['num_train']} train / {first['num_test']} test examples; "
+        f"{first['host']}, {first['backend']} ({first['device']})"
+    )
+    table = comparison_table(summaries)
+    print("\n" + header + "\n\n" + table)
+    with open(os.path.join(args.out, "comparison.md"), "w") as f:
+        f.write(header + "\n\n" + table + "\n")
+    return summaries
+
+
+COMMANDS = {"train": train, "compare": compare}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``sidjax {train,compare} [flags]``."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in COMMANDS:
+        usage = "usage: sidjax {train,compare} [flags]   (sidjax train --help for the flags)"
+        sys.exit(
+            usage
+            if not argv or argv[0] in ("-h", "--help")
+            else f"error: unknown command {argv[0]!r}; {usage}"
+        )
+    COMMANDS[argv[0]](argv[1:])

@@ -1,0 +1,136 @@
+"""The data of a run and one epoch of training over it.
+
+``prepare_data`` applies the config's limits and each seed's label noise and
+decides where the training split lives: on the device for the whole run when
+both splits fit in ``device_data_mb``, else on the host, sent chunk by chunk.
+``train_epoch`` runs one epoch as a sequence of compiled chunks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from sidjax.data import Dataset, epoch_order, symmetric_label_noise
+from sidjax.data.device import nbytes
+from sidjax.trainer import Plan, Trainer
+
+
+class RunData(NamedTuple):
+    """A run's data, placed.
+
+    Attributes:
+      dataset: the dataset after the limits (its labels are the clean ones).
+      train_images: device array if ``resident``, else the host array.
+      train_labels: ``[N]``, or ``[S, N]`` (each seed's noisy labels) for S seeds.
+      test_images, test_labels: on the device.
+      resident: the training split lives on the device.
+      realised_noise: each seed's fraction of flipped training labels.
+    """
+
+    dataset: Dataset
+    train_images: Any
+    train_labels: Any
+    test_images: Any
+    test_labels: Any
+    resident: bool
+    realised_noise: list[float]
+
+
+def fits_on_device(plan: Plan, dataset: Dataset) -> bool:
+    """Both splits, after the limits, fit in ``device_data_mb``."""
+    return (
+        nbytes(dataset.subset(plan.config.limit_train, plan.config.limit_test))
+        <= plan.config.device_data_mb * 2**20
+    )
+
+
+def prepare_data(
+    plan: Plan, dataset: Dataset, seeds: tuple[int, ...], trainer: Trainer, resident: bool
+) -> RunData:
+    """Limits, label noise per seed (each seed's own, as a separate run would draw), placement."""
+    config = plan.config
+    data = dataset.subset(config.limit_train, config.limit_test)
+    labels, realised = [], []
+    for seed in seeds:
+        noisy, rate = data.train_labels, 0.0
+        if config.label_noise > 0:
+            noisy, rate = symmetric_label_noise(data.train_labels, config.label_noise, data.num_classes, seed)
+        labels.append(noisy)
+        realised.append(rate)
+    train_labels = labels[0] if len(seeds) == 1 else np.stack(labels)
+    train_images = data.train_images
+    if resident:
+        train_images, train_labels = trainer.put((train_images, train_labels))
+    test_images, test_labels = trainer.put((data.test_images, data.test_labels))
+    return RunData(data, train_images, train_labels, test_images, test_labels, resident, realised)
+
+
+def _streamed(trainer: Trainer, data: RunData, order: np.ndarray, starts) -> Any:
+    """Each chunk's examples gathered on the host and sent; the next is sent while one computes."""
+    for start, length in starts:
+        idx = order[..., start : start + length, :]  # [S?, length, B]
+        flat = idx.reshape(*idx.shape[:-2], -1)
+        if flat.ndim == 1:
+            images, labels = data.train_images[flat], data.train_labels[flat]
+        else:
+            images = np.stack([data.train_images[f] for f in flat])
+            labels = np.stack([lab[f] for lab, f in zip(data.train_labels, flat, strict=True)])
+        local = np.broadcast_to(np.arange(flat.shape[-1], dtype=np.int32).reshape(length, -1), idx.shape)
+        yield (*trainer.put((images, labels, np.ascontiguousarray(local))), 0, length)
+
+
+def epoch_chunks(plan: Plan, trainer: Trainer, data: RunData, seeds: tuple[int, ...], epoch: int):
+    """The arguments of every chunk of ``epoch``: ``(images, labels, order, start, length)``."""
+    steps, chunk = plan.steps_per_epoch, plan.steps_per_chunk
+    num, batch = len(data.dataset.train_labels), plan.config.batch_size
+    orders = [epoch_order(num, batch, seed, epoch) for seed in seeds]
+    order = orders[0] if len(seeds) == 1 else np.stack(orders)
+    starts = [(start, min(chunk, steps - start)) for start in range(0, steps, chunk)]
+    if not data.resident:
+        return _streamed(trainer, data, order, starts)
+    order_on_device = trainer.put(order)
+    return ((data.train_images, data.train_labels, order_on_device, s, n) for s, n in starts)
+
+
+def train_epoch(
+    plan: Plan,
+    trainer: Trainer,
+    state: Any,
+    data: RunData,
+    seeds: tuple[int, ...],
+    epoch: int,
+    on_chunk: Callable[[int], None] | None = None,
+) -> tuple[Any, list[dict[str, np.ndarray]], float]:
+    """One epoch: ``(state, per-seed metric means, seconds)``.
+
+    The order of batches comes from ``(seed, epoch)`` alone (``epoch_order``).
+    Chunk i+1 is queued before chunk i's metrics are waited for, so the
+    device never waits for the host; ``on_chunk(steps)`` reports progress.
+    """
+    begin = time.perf_counter()
+    results, pending = [], None
+    for args in epoch_chunks(plan, trainer, data, seeds, epoch):
+        state, metrics = trainer.chunk(state, *args)
+        if pending is not None:
+            jax.block_until_ready(pending[0])
+            if on_chunk:
+                on_chunk(pending[1])
+        pending = (metrics, args[-1])
+        results.append(metrics)
+    jax.block_until_ready((state, pending[0]))
+    seconds = time.perf_counter() - begin
+    if on_chunk:
+        on_chunk(pending[1])
+    axis = 0 if len(seeds) == 1 else 1  # each chunk's metrics: [S?, length, ...]
+    means = jax.tree.map(
+        lambda *m: np.concatenate(m, axis).astype(np.float64).mean(axis), *jax.device_get(results)
+    )
+    per_seed = (
+        [means] if len(seeds) == 1 else [jax.tree.map(lambda a, i=i: a[i], means) for i in range(len(seeds))]
+    )
+    return state, per_seed, seconds

@@ -1,0 +1,258 @@
+"""A run's directory: config.json, metrics.jsonl, checkpoints, summary.json; resume and faults.
+
+Guarantees:
+
+* Nothing is written until the run has really started: a new run is built
+  in a hidden sibling (``.<name>.incoming``) and moved into place once its
+  first epoch is recorded and checkpointed. A failed start leaves the
+  directory as it was; ``overwrite`` replaces an old run only at that moment.
+* Every checkpoint carries the sha256 of its arrays; a restored checkpoint
+  that does not match is skipped for an earlier intact one, with a message,
+  and never trained on.
+* Finished epochs are never thrown away: ``resume`` refuses (one line, nothing
+  changed) a directory whose epochs have no checkpoint to continue from. A
+  torn last line of ``metrics.jsonl`` (a kill mid-write) is dropped and its
+  epoch run again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from sidjax.config import TrainConfig
+from sidjax.errors import ConfigError
+
+RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "checkpoints")
+# Fields that may differ when a run is resumed: they change neither the numbers nor the files.
+RESUMABLE = ("checkpoint_every", "steps_per_chunk", "device_data_mb", "eval_batch_size")
+
+
+def read_metrics(path: str) -> list[dict[str, Any]]:
+    """The epoch records of a ``metrics.jsonl`` file, up to a torn line (a kill mid-write)."""
+    records = []
+    if not os.path.exists(path):
+        return records
+    with open(path) as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                break
+            if (
+                not line.endswith("\n")
+                or not isinstance(record, dict)
+                or record.get("epoch") != len(records) + 1
+            ):
+                break
+            records.append(record)
+    return records
+
+
+def state_digest(state: Any) -> str:
+    """sha256 over every array of a pytree (shapes, dtypes and bytes, in tree order)."""
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(jax.device_get(state)):
+        leaf = np.asarray(leaf)
+        digest.update(f"{leaf.shape}{leaf.dtype}".encode())
+        digest.update(np.ascontiguousarray(leaf).tobytes())
+    return digest.hexdigest()
+
+
+def write_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+class RunDir:
+    """One seed's run directory (see the module docstring).
+
+    Args:
+      path: the directory.
+      config: the run's config, with this directory's one seed.
+      log: where messages go (skipped checkpoints, the resume point).
+    """
+
+    def __init__(self, path: str, config: TrainConfig, log: Callable[[str], None] = print):
+        self.path = os.path.abspath(path)
+        self.config = config
+        self.log = log
+        self.incoming = os.path.join(os.path.dirname(self.path), f".{os.path.basename(self.path)}.incoming")
+        self.live: str | None = None  # where this run writes: incoming until the first epoch, then path
+        self._manager: ocp.CheckpointManager | None = None
+
+    def existing(self) -> list[str]:
+        return [f for f in RUN_FILES if os.path.exists(os.path.join(self.path, f))]
+
+    def check(self, *, resume: bool, overwrite: bool) -> None:
+        """Refuses, in one line and writing nothing, what this directory cannot take."""
+        if os.path.exists(self.path) and not os.path.isdir(self.path):
+            raise ConfigError(f"out {self.path} is a file; name a directory", "out")
+        ancestor = self.path
+        while not os.path.exists(ancestor):
+            ancestor = os.path.dirname(ancestor)
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            raise ConfigError(
+                f"out {self.path}: cannot write in {ancestor} (permission denied); choose another out"
+            )
+        existing = self.existing()
+        if existing and not (resume or overwrite):
+            raise ConfigError(
+                f"out {self.path} already holds a run ({', '.join(existing)}); resume it (--resume), "
+                "replace it (--overwrite), or choose another",
+                "out",
+            )
+        if existing and resume:
+            self._check_same_settings()
+
+    def _check_same_settings(self) -> None:
+        path = os.path.join(self.path, "config.json")
+        try:
+            with open(path) as f:
+                saved = TrainConfig.from_record(json.load(f)).record()
+        except FileNotFoundError:
+            raise ConfigError(
+                f"resume: {self.path} has no config.json; it was not written by sidjax"
+            ) from None
+        except (json.JSONDecodeError, ConfigError, TypeError) as err:
+            raise ConfigError(
+                f"resume: {path} is damaged ({err}); use --overwrite to start again", "resume"
+            ) from None
+        now = self.config.record()
+        free = set(RESUMABLE) | ({"epochs"} if self.config.schedule == "constant" else set())
+        changed = [k for k in now if k not in free and saved.get(k) != now[k]]
+        if changed:
+            raise ConfigError(
+                f"resume: {self.path} holds a run with other settings "
+                f"({', '.join(f'{k}={saved.get(k)!r}' for k in changed)}); use the same settings or another out",
+                "resume",
+            )
+
+    def finished_summary(self) -> dict[str, Any] | None:
+        """The summary of a finished run of this config's length, else None."""
+        path = os.path.join(self.path, "summary.json")
+        if not os.path.exists(path):
+            return None
+        try:
+            with open(path) as f:
+                summary = json.load(f)
+        except json.JSONDecodeError:
+            return None  # torn by a kill: the run is finished again from its last checkpoint
+        return summary if summary.get("epochs") == self.config.epochs else None
+
+    def history(self) -> list[dict[str, Any]]:
+        return read_metrics(os.path.join(self.path, "metrics.jsonl"))
+
+    def checkpoint_epochs(self) -> list[int]:
+        """Epochs with a checkpoint that the metrics cover, newest first."""
+        if not os.path.isdir(os.path.join(self.path, "checkpoints")):
+            return []
+        recorded = len(self.history())
+        manager = self._open(self.path)
+        try:
+            return sorted((e for e in manager.all_steps() if e <= recorded), reverse=True)
+        finally:
+            manager.close()
+
+    def restore(self, epoch: int, template: Any) -> Any | None:
+        """The checkpoint of ``epoch`` shaped like ``template``, or None (with a message) if damaged."""
+        manager = self._open(self.path)
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+        try:
+            restored = manager.restore(
+                epoch,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract), digest=ocp.args.JsonRestore()
+                ),
+            )
+            ok = restored.digest["sha256"] == state_digest(restored.state)
+        except Exception as err:  # orbax raises many types for damaged files
+            self.log(
+                f"{self.path}: the checkpoint of epoch {epoch} cannot be read ({type(err).__name__}); skipped"
+            )
+            return None
+        finally:
+            manager.close()
+        if not ok:
+            self.log(f"{self.path}: the checkpoint of epoch {epoch} is damaged (checksum mismatch); skipped")
+            return None
+        return restored.state
+
+    def begin(self, epoch: int) -> None:
+        """Starts writing: continue this directory after ``epoch`` (> 0), or a new run beside it (0)."""
+        if epoch:
+            self.live = self.path
+            history = self.history()[:epoch]
+            write_atomic(
+                os.path.join(self.path, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in history)
+            )
+            summary = os.path.join(self.path, "summary.json")
+            if os.path.exists(summary):
+                os.remove(summary)  # the run is longer now; written again at its end
+        else:
+            shutil.rmtree(self.incoming, ignore_errors=True)  # a start that failed before
+            os.makedirs(self.incoming)
+            self.live = self.incoming
+            write_atomic(
+                os.path.join(self.incoming, "config.json"), json.dumps(self.config.record(), indent=2)
+            )
+        self._manager = self._open(self.live) if self._checkpointing else None
+
+    @property
+    def _checkpointing(self) -> bool:
+        # Checkpoints are single-process: a multi-process run's state spans hosts (and orbax's
+        # manager waits for every process, while only process 0 writes files).
+        return bool(self.config.checkpoint_every) and jax.process_count() == 1
+
+    def checkpoint_due(self, epoch: int) -> bool:
+        every = self.config.checkpoint_every
+        return self._checkpointing and (epoch % every == 0 or epoch == self.config.epochs)
+
+    def write_epoch(self, record: dict[str, Any], state: Any | None) -> None:
+        """Appends the epoch's metrics line, checkpoints ``state`` if due, and moves a new run into place."""
+        epoch = record["epoch"]
+        with open(os.path.join(self.live, "metrics.jsonl"), "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._manager and self.checkpoint_due(epoch):
+            args = ocp.args.Composite(
+                state=ocp.args.StandardSave(state), digest=ocp.args.JsonSave({"sha256": state_digest(state)})
+            )
+            self._manager.save(epoch, args=args)
+        if self.live == self.incoming:
+            self._move_into_place()
+
+    def _move_into_place(self) -> None:
+        if self._manager:
+            self._manager.close()
+        old = os.path.join(os.path.dirname(self.path), f".{os.path.basename(self.path)}.replaced")
+        if os.path.exists(self.path):
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(self.path, old)
+        os.replace(self.incoming, self.path)
+        shutil.rmtree(old, ignore_errors=True)
+        self.live = self.path
+        self._manager = self._open(self.path) if self._checkpointing else None
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        write_atomic(os.path.join(self.live, "summary.json"), json.dumps(summary, indent=2))
+        self.close()
+
+    def close(self) -> None:
+        if self._manager:
+            self._manager.close()
+            self._manager = None
+
+    @staticmethod
+    def _open(directory: str) -> ocp.CheckpointManager:
+        options = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False, create=True)
+        return ocp.CheckpointManager(os.path.join(directory, "checkpoints"), options=options)

@@ -1,0 +1,279 @@
+"""``run``: one configuration trained end to end, as a short composition.
+
+    plan = make_plan(config)            # validate, build the network: no data yet
+    dirs = run directories, checked     # refuse before any data is loaded
+    data, trainer = prepare_data(...), make_trainer(...)
+    state = restored or fresh
+    for epoch: train_epoch, evaluate, record (metrics line, checkpoint)
+    summarize
+
+S seeds (``config.seed`` a tuple) train together in one program and each
+writes the files a separate run of that seed writes, in ``out_dir/seed<k>/``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from sidjax.config import TrainConfig
+from sidjax.data import Dataset, load_dataset
+from sidjax.epoch import RunData, epoch_chunks, fits_on_device, prepare_data, train_epoch
+from sidjax.errors import ConfigError
+from sidjax.evaluation import summarise_sums
+from sidjax.rundir import RunDir
+from sidjax.trainer import Plan, build_network, make_plan, make_trainer, seed_keys
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; the message says what was saved and how to continue."""
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss stopped being finite; the message names the epoch and the likely cause."""
+
+
+def seed_dirs(out_dir: str | None, config: TrainConfig, log) -> dict[int, RunDir | None]:
+    """One ``RunDir`` per seed: ``out_dir`` itself for one seed, ``out_dir/seed<k>`` for several."""
+    seeds = config.seeds
+    if out_dir is None:
+        return dict.fromkeys(seeds)
+    if isinstance(config.seed, int):
+        return {config.seed: RunDir(out_dir, config, log)}
+    return {s: RunDir(os.path.join(out_dir, f"seed{s}"), config.for_seed(s), log) for s in seeds}
+
+
+def run(
+    config: TrainConfig,
+    out_dir: str | None = None,
+    *,
+    dataset: Dataset | None = None,
+    data_dir: str | None = None,
+    manual_dir: str | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+    resume: bool = False,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    log: Callable[[str], None] = tqdm.write,
+) -> dict[str, Any] | list[dict[str, Any]]:
+    """Trains and evaluates one configuration (all its seeds together).
+
+    Args:
+      config: the run.
+      out_dir: if given, ``config.json``, ``metrics.jsonl`` (a line per
+        epoch), orbax checkpoints and ``summary.json`` go here (one
+        ``seed<k>/`` directory per seed when ``config.seed`` is a tuple).
+      dataset: already loaded data (``load_dataset`` or
+        ``Dataset.from_arrays``); its name must be ``config.dataset``.
+      data_dir, manual_dir: passed to ``load_dataset``.
+      progress: a progress bar per epoch.
+      overwrite: replace an earlier run in ``out_dir``, once this one has
+        finished its first epoch.
+      resume: continue the run in ``out_dir`` from its last intact
+        checkpoint (same settings; ``epochs`` may grow under a constant
+        schedule), to the same numbers as an uninterrupted run; a finished
+        run is returned as it is.
+      on_epoch: called with each seed's record of each epoch (with its ``seed``).
+      log: where messages go.
+
+    Returns:
+      The summary (also ``summary.json``); a list, one per seed, when
+      ``config.seed`` is a tuple.
+
+    Raises:
+      ConfigError, DatasetUnavailableError: one line, before any data is
+        loaded where the problem does not depend on the data.
+      TrainingDiverged: the loss stopped being finite.
+      RunInterrupted: Ctrl-C; what was saved is kept.
+    """
+    plan = make_plan(config, dataset)
+    if jax.process_count() > 1:  # every process trains; process 0 alone writes the files
+        if resume:
+            raise ConfigError("resume is for single-process runs; start multi-process runs anew", "resume")
+        out_dir = out_dir if jax.process_index() == 0 else None
+    if resume and out_dir is None:
+        raise ConfigError("resume needs out, the directory of the run to continue", "resume")
+    dirs = seed_dirs(out_dir, config, log)
+    for d in dirs.values():
+        if d is not None:
+            d.check(resume=resume, overwrite=overwrite)
+    done = {s: d.finished_summary() for s, d in dirs.items() if d is not None and resume}
+    seeds = tuple(s for s in config.seeds if not done.get(s))
+    if seeds:
+        if dataset is None:
+            dataset = load_dataset(config.dataset, data_dir, manual_dir, image_size=config.image_size)
+        if dataset.input_shape != plan.info.input_shape:
+            raise ConfigError(
+                f"{config.dataset} images are {dataset.input_shape}, expected {plan.info.input_shape}"
+            )
+        done.update(
+            _train(plan, dataset, seeds, {s: dirs[s] for s in seeds}, resume, progress, on_epoch, log)
+        )
+    summaries = [done[s] for s in config.seeds]
+    return summaries[0] if isinstance(config.seed, int) else summaries
+
+
+def _train(plan: Plan, dataset: Dataset, seeds, dirs, resume, progress, on_epoch, log) -> dict[int, dict]:
+    """Trains ``seeds`` together from their resume point to the end; returns each seed's summary."""
+    config = plan.config
+    resident = fits_on_device(plan, dataset)
+    trainer = make_trainer(plan, dataset, seeds, streamed=not resident)
+    data = prepare_data(plan, dataset, seeds, trainer, resident)
+    state, start = _start_state(plan, trainer, seeds, dirs, resume, log)
+    compile_time = 0.0
+    if start < config.epochs:  # compiled ahead, so that epoch times exclude compilation
+        compile_time = trainer.chunk.compile(
+            state, *next(iter(epoch_chunks(plan, trainer, data, seeds, start + 1)))
+        )
+    histories = {s: (dirs[s].history()[:start] if dirs[s] else []) for s in seeds}
+    for d in dirs.values():
+        if d is not None:
+            d.begin(start)
+    try:
+        for epoch in range(start + 1, config.epochs + 1):
+            state, records = _epoch(plan, trainer, state, data, seeds, epoch, progress)
+            host = (
+                trainer.unload(state) if any(d and d.checkpoint_due(epoch) for d in dirs.values()) else None
+            )
+            for i, (seed, record) in enumerate(zip(seeds, records, strict=True)):
+                histories[seed].append(record)
+                if dirs[seed] is not None:
+                    dirs[seed].write_epoch(record, host[i] if host else None)
+                if on_epoch:
+                    on_epoch({**record, "seed": seed})
+                if progress:
+                    log(f"{config.method} seed {seed} epoch {epoch}: loss {record['train_loss']:.4f}, "
+                        f"test acc {record['test_accuracy']:.4f}, {record['epoch_time_s']:.1f}s")  # fmt: skip
+    except KeyboardInterrupt:
+        raise RunInterrupted(_interrupted(dirs, histories)) from None
+    finally:
+        for d in dirs.values():
+            if d is not None:
+                d.close()
+    summaries = {}
+    for i, seed in enumerate(seeds):
+        summaries[seed] = summarize(
+            plan, config.for_seed(seed), histories[seed], data, i, len(seeds), compile_time
+        )
+        if dirs[seed] is not None:
+            dirs[seed].finish(summaries[seed])
+    return summaries
+
+
+def _epoch(plan, trainer, state, data: RunData, seeds, epoch, progress) -> tuple[Any, list[dict]]:
+    config = plan.config
+    bar = tqdm(total=plan.steps_per_epoch, desc=f"{config.method} epoch {epoch}/{config.epochs}",
+               disable=not progress, leave=False, mininterval=1.0 if os.isatty(2) else 30.0)  # fmt: skip
+    state, means, seconds = train_epoch(plan, trainer, state, data, seeds, epoch, bar.update)
+    bar.close()
+    begin = time.perf_counter()
+    sums = trainer.evaluate(state, data.test_images, data.test_labels)
+    eval_time = time.perf_counter() - begin
+    records = []
+    for seed, mean, sum_ in zip(seeds, means, sums, strict=True):
+        test = summarise_sums(sum_, len(data.dataset.test_labels))
+        record = {
+            "epoch": epoch,
+            "train_loss": float(mean["loss"]),
+            "train_ce": float(mean["ce"]),
+            "train_accuracy": float(mean["accuracy"]),
+            "test_accuracy": test["accuracy"],
+            "per_module_accuracy": test["per_module_accuracy"],
+            "per_module_kl": test["per_module_kl"],
+            "epoch_time_s": seconds,
+            "eval_time_s": eval_time,
+        }
+        if not np.isfinite(record["train_loss"]):
+            who = f" (seed {seed})" if len(seeds) > 1 else ""
+            raise TrainingDiverged(
+                f"training diverged in epoch {epoch}{who}: the training loss is {record['train_loss']}; "
+                f"the learning rate is the likely cause: lower it (now {config.lr:g})"
+            )
+        records.append(record)
+    return state, records
+
+
+def _start_state(plan: Plan, trainer, seeds, dirs, resume: bool, log) -> tuple[Any, int]:
+    """The placed state to start from and the epoch it finished: a common intact checkpoint, or fresh."""
+    config = plan.config
+    params = [
+        build_network(config, plan.info.input_shape, plan.info.num_classes, seed_keys(s)[0])[1] for s in seeds
+    ]
+    fresh = trainer.init(params)
+    runs = [d for d in dirs.values() if d is not None]
+    if not (resume and runs and any(d.history() for d in runs)):
+        return fresh, 0
+    common = set.intersection(*(set(d.checkpoint_epochs()) for d in runs))
+    templates = trainer.unload(fresh)
+    for epoch in sorted(common, reverse=True):
+        restored = [d.restore(epoch, template) for d, template in zip(runs, templates, strict=True)]
+        if all(r is not None for r in restored):
+            finished = max(len(d.history()) for d in runs)
+            if finished > epoch:
+                log(
+                    f"resuming from the checkpoint of epoch {epoch}; epochs {epoch + 1}..{finished} run again"
+                )
+            return trainer.load(restored), epoch
+    first = max(runs, key=lambda d: len(d.history()))
+    why = "checkpoint_every is 0" if not config.checkpoint_every else "no intact checkpoint is left"
+    raise ConfigError(
+        "resume: "
+        f"{first.path} holds {len(first.history())} finished epochs but nothing to continue from "
+        f"({why}); nothing was changed: use --overwrite to start again, or another out",
+        "resume",
+    )
+
+
+def _interrupted(dirs, histories) -> str:
+    recorded = min(len(h) for h in histories.values())
+    runs = [d for d in dirs.values() if d is not None]
+    if not runs:
+        return f"interrupted after {recorded} epochs; nothing was saved (no out directory)"
+    where = runs[0].path if len(runs) == 1 else os.path.dirname(runs[0].path)
+    if any(d.live != d.path for d in runs):
+        return f"interrupted before the first epoch ended; nothing was saved in {where}"
+    return f"interrupted; {where} holds epochs 1..{recorded} and continues from its last checkpoint"
+
+
+def summarize(
+    plan: Plan,
+    config: TrainConfig,
+    history: list[dict],
+    data: RunData,
+    index: int,
+    together: int,
+    compile_time: float,
+) -> dict[str, Any]:
+    """A finished run of one seed: its config, final and best epoch, depth diagnostics, speed, machine."""
+    train_time = sum(r["epoch_time_s"] for r in history)
+    examples = plan.steps_per_epoch * config.batch_size * config.epochs
+    best = max(history, key=lambda r: r["test_accuracy"])
+    return {
+        **config.record(),
+        "final_test_accuracy": history[-1]["test_accuracy"],
+        "best_test_accuracy": best["test_accuracy"],
+        "best_epoch": best["epoch"],
+        "per_module_accuracy": history[-1]["per_module_accuracy"],
+        "per_module_kl": history[-1]["per_module_kl"],
+        "train_time_s": train_time,
+        "time_per_epoch_s": train_time / config.epochs,
+        "examples_per_s": examples / train_time,
+        "seeds_trained_together": together,
+        "compile_time_s": compile_time,
+        "num_train": len(data.dataset.train_labels),
+        "num_test": len(data.dataset.test_labels),
+        "realised_label_noise": data.realised_noise[index],
+        "data_on_device": bool(data.resident),
+        "backend": jax.default_backend(),
+        "device": str(jax.devices()[0].device_kind),
+        "host": f"{platform.machine()}, {os.cpu_count()} cpus",
+        "jax_version": jax.__version__,
+        "num_processes": jax.process_count(),
+    }

@@ -1,0 +1,195 @@
+"""Faults, staged for real: killed and interrupted runs, damaged checkpoints and metrics, failed starts."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import records, tiny_config
+
+from sidjax import ConfigError
+from sidjax.data import DatasetUnavailableError
+from sidjax.runner import TrainingDiverged, run
+
+TRAIN = [sys.executable, "-m", "sidjax", "train", "--model", "mlp", "--num-modules", "3", "--epochs", "5",
+         "--limit-train", "6000", "--limit-test", "1000", "--batch-size", "64", "--no-progress"]  # fmt: skip
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "XLA_FLAGS": ""}
+
+
+def _stop_after(out, epochs: int, sig) -> subprocess.CompletedProcess:
+    """Starts a 5-epoch run and sends ``sig`` once ``epochs`` epochs are recorded."""
+    proc = subprocess.Popen([*TRAIN, "--out", str(out)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    metrics, deadline = out / "metrics.jsonl", time.time() + 240
+    while not (metrics.exists() and metrics.read_text().count("\n") >= epochs) and time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert not (out / "summary.json").exists(), "stopped too late: the run had finished"
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    """The uninterrupted run every fault is compared with."""
+    out = tmp_path_factory.mktemp("whole") / "run"
+    subprocess.run([*TRAIN, "--out", str(out)], env=ENV, check=True, capture_output=True)
+    return records(out / "metrics.jsonl")
+
+
+def test_kill_then_resume_equals_the_uninterrupted_run(tmp_path, whole):
+    out = tmp_path / "run"
+    _stop_after(out, 2, signal.SIGKILL)
+    assert 2 <= len(records(out / "metrics.jsonl")) < 5
+    resumed = subprocess.run([*TRAIN, "--out", str(out), "--resume"], env=ENV, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert records(out / "metrics.jsonl") == whole  # losses, accuracies, KLs: exactly
+
+
+def test_ctrl_c_says_where_the_run_is_and_how_to_continue(tmp_path, whole):
+    out = tmp_path / "run"
+    stopped = _stop_after(out, 2, signal.SIGINT)
+    assert stopped.returncode == 130
+    line = stopped.stderr.strip()
+    assert "\n" not in line and "Traceback" not in line, line
+    assert f"interrupted; {out} holds epochs 1.." in line and "continue with: " in line and "--resume" in line
+    command = line.split("continue with: ")[1].split()
+    assert command[:4] == ["python", "-m", "sidjax", "train"]
+    resumed = subprocess.run([sys.executable, *command[1:]], env=ENV, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert records(out / "metrics.jsonl") == whole
+
+
+def _finished(tmp_path, fashion_mnist, epochs=3):
+    out = tmp_path / "run"
+    run(tiny_config(epochs=epochs), str(out), dataset=fashion_mnist, progress=False)
+    return out
+
+
+def _damage(out, epoch: int) -> None:
+    """Overwrites the middle of every array file of the checkpoint of ``epoch``."""
+    damaged = 0
+    for root, _, files in os.walk(out / "checkpoints" / str(epoch) / "state"):
+        for name in files:
+            path = os.path.join(root, name)
+            size = os.path.getsize(path)
+            if size > 256 and "metadata" not in name:
+                with open(path, "r+b") as f:
+                    f.seek(size // 2)
+                    f.write(os.urandom(64))
+                damaged += 1
+    assert damaged
+
+
+def test_a_damaged_checkpoint_is_skipped_for_an_earlier_intact_one(tmp_path, fashion_mnist):
+    out = _finished(tmp_path, fashion_mnist)
+    expected = records(out / "metrics.jsonl")
+    for path in ("summary.json",):
+        os.remove(out / path)
+    _damage(out, 3)
+    messages = []
+    run(
+        tiny_config(epochs=3),
+        str(out),
+        dataset=fashion_mnist,
+        progress=False,
+        resume=True,
+        log=messages.append,
+    )
+    assert any("checkpoint of epoch 3" in m and ("damaged" in m or "cannot be read" in m) for m in messages)
+    assert any("resuming from the checkpoint of epoch 2" in m for m in messages), messages
+    assert records(out / "metrics.jsonl") == expected
+
+
+def test_no_intact_checkpoint_refuses_and_changes_nothing(tmp_path, fashion_mnist):
+    out = _finished(tmp_path, fashion_mnist)
+    os.remove(out / "summary.json")
+    before = (out / "metrics.jsonl").read_text()
+    for epoch in (2, 3):
+        _damage(out, epoch)
+    with pytest.raises(ConfigError, match="holds 3 finished epochs but nothing to continue from"):
+        run(
+            tiny_config(epochs=3),
+            str(out),
+            dataset=fashion_mnist,
+            progress=False,
+            resume=True,
+            log=lambda m: None,
+        )
+    assert (out / "metrics.jsonl").read_text() == before
+    import shutil
+
+    shutil.rmtree(out / "checkpoints")
+    with pytest.raises(ConfigError, match="no intact checkpoint is left"):
+        run(tiny_config(epochs=3), str(out), dataset=fashion_mnist, progress=False, resume=True)
+    assert (out / "metrics.jsonl").read_text() == before
+
+
+def test_a_torn_metrics_line_resumes(tmp_path, fashion_mnist):
+    out = _finished(tmp_path, fashion_mnist)
+    expected = records(out / "metrics.jsonl")
+    os.remove(out / "summary.json")
+    text = (out / "metrics.jsonl").read_text()
+    (out / "metrics.jsonl").write_text(text[: len(text) - 40])  # the last line, torn
+    run(
+        tiny_config(epochs=3),
+        str(out),
+        dataset=fashion_mnist,
+        progress=False,
+        resume=True,
+        log=lambda m: None,
+    )
+    assert records(out / "metrics.jsonl") == expected
+
+
+def test_a_failed_start_leaves_nothing_and_overwrite_keeps_the_old_run_until_the_new_one_is_under_way(
+    tmp_path, fashion_mnist, monkeypatch
+):
+    import sidjax.runner
+
+    out = tmp_path / "run"
+
+    def unavailable(*args, **kwargs):
+        raise DatasetUnavailableError("fashion_mnist: no files here")
+
+    monkeypatch.setattr(sidjax.runner, "load_dataset", unavailable)
+    with pytest.raises(DatasetUnavailableError):
+        run(tiny_config(), str(out), progress=False)
+    assert not out.exists() and not os.listdir(tmp_path)
+    monkeypatch.undo()
+    old = _finished(tmp_path, fashion_mnist, epochs=2)
+    before = {p: (old / p).read_text() for p in ("metrics.jsonl", "summary.json", "config.json")}
+    with pytest.raises(
+        TrainingDiverged, match="training diverged in epoch 1.*learning rate is the likely cause"
+    ):
+        run(tiny_config(lr=1e12), str(old), dataset=fashion_mnist, progress=False, overwrite=True)
+    assert {p: (old / p).read_text() for p in before} == before  # the old run is untouched
+    assert sorted(os.listdir(tmp_path)) == ["run"] or ".run.incoming" in os.listdir(tmp_path)
+    summary = run(tiny_config(epochs=1), str(old), dataset=fashion_mnist, progress=False, overwrite=True)
+    assert json.loads((old / "summary.json").read_text())["epochs"] == summary["epochs"] == 1
+    assert sorted(os.listdir(tmp_path)) == ["run"]
+
+
+def test_resume_refuses_other_settings_returns_a_finished_run_and_grows(tmp_path, fashion_mnist):
+    out = _finished(tmp_path, fashion_mnist, epochs=1)
+    first = json.loads((out / "summary.json").read_text())
+    assert run(tiny_config(epochs=1), str(out), dataset=fashion_mnist, progress=False, resume=True) == first
+    with pytest.raises(ConfigError, match=r"resume: .* other settings \(alpha=0.5\)"):
+        run(tiny_config(epochs=1, alpha=0.9), str(out), dataset=fashion_mnist, progress=False, resume=True)
+    longer = run(tiny_config(epochs=2), str(out), dataset=fashion_mnist, progress=False, resume=True)
+    assert [r["epoch"] for r in records(out / "metrics.jsonl")] == [1, 2] and longer["epochs"] == 2
+
+
+def test_divergence_is_one_line_from_the_command_line(tmp_path):
+    proc = subprocess.run([*TRAIN, "--epochs", "1", "--lr", "1e12", "--out", str(tmp_path / "r")], env=ENV,
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 1
+    assert (
+        proc.stderr.strip().startswith("error: training diverged in epoch 1")
+        and "\n" not in proc.stderr.strip()
+    )
+    assert not (tmp_path / "r").exists()
