@@ -106,7 +106,7 @@ def test_report_tables_come_from_the_result_files(tmp_path):
         "| noise0/* (2 runs) | 0/3 | not yet run: `python -m experiments.run label_noise --only 'noise0/*'`"
         in text
     )
-    assert "| cifar10/* (16 runs) | 0/1 | not yet run:" in text
+    assert "| cifar10/* (16 runs) | 0/2 | not yet run:" in text
     assert "| 2 | 80.00 | not yet run | 50.00 → 80.00 | 0.900 → 0.400 | 1/1 |" in text
     assert "| pipelined | 50.00 / 80.00 |" in text
     for png in ("label_noise_accuracy", "training_curves", "depth_module_kl", "depth_accuracy"):
