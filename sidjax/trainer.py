@@ -297,7 +297,9 @@ def make_trainer(plan: Plan, dataset: Dataset, seeds: tuple[int, ...], streamed:
     keys = jnp.stack([seed_keys(s)[1] for s in seeds]) if len(seeds) > 1 else seed_keys(seeds[0])[1]
     evaluate_split = make_split_evaluator(network, dataset, config.eval_batch_size, config.label_smoothing)
     if plan.placement.kind == "stages":
-        return _stages_trainer(plan, dataset, tx, augment, keys, evaluate_split)
+        from sidjax.placements import stages_trainer
+
+        return stages_trainer(plan, dataset, tx, augment, keys, evaluate_split)
     step = make_train_step(network, tx, config.method, config.loss(), execution=config.execution,
                            pipelined=config.pipelined, augment=augment)  # fmt: skip
     x_shape = (config.batch_size, *plan.info.input_shape)
@@ -306,7 +308,9 @@ def make_trainer(plan: Plan, dataset: Dataset, seeds: tuple[int, ...], streamed:
         return init_train_state(params, tx, init_slots(network, params, x_shape) if config.pipelined else ())
 
     if plan.placement.kind == "mesh":
-        return _mesh_trainer(plan, dataset, step, keys, init_one, evaluate_split)
+        from sidjax.placements import mesh_trainer
+
+        return mesh_trainer(plan, dataset, step, keys, init_one, evaluate_split)
     if len(seeds) == 1:
         evaluate = jax.jit(evaluate_split)
         return Trainer(
@@ -353,65 +357,3 @@ def _unrolled(fn: Callable, in_axes: tuple, count: int) -> Callable:
         return stack_units(outs)
 
     return unrolled
-
-
-def _mesh_trainer(plan, dataset, step, key, init_one, evaluate_split) -> Trainer:
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    from sidjax.parallel import DATA, gather, make_mesh, replicate, shard_state
-
-    mesh, network = make_mesh(*plan.placement.mesh), plan.network
-    evaluate = jax.jit(evaluate_split)
-    return Trainer(
-        init=lambda params: shard_state(init_one(params[0]), network, mesh),
-        load=lambda states: shard_state(states[0], network, mesh),
-        unload=lambda state: [gather(state)],
-        put=lambda tree: replicate(tree, mesh),
-        chunk=make_chunk(dataset, step, key, batch_sharding=NamedSharding(mesh, PartitionSpec(DATA))),
-        evaluate=lambda state, images, labels: [gather(evaluate(state.params, images, labels))],
-    )
-
-
-def _stages_trainer(plan, dataset, tx, augment, key, evaluate_split) -> Trainer:
-    from sidjax.pipeline import BlockPipeline
-
-    config = plan.config
-    pipe = BlockPipeline(plan.network, tx, config.method, config.loss(), pipelined=config.pipelined,
-                         num_stages=plan.placement.stages or None, augment=augment)  # fmt: skip
-    x_shape = (config.batch_size, *plan.info.input_shape)
-    evaluate = jax.jit(evaluate_split)
-    return Trainer(
-        init=lambda params: pipe.init(params[0], x_shape),
-        load=lambda states: pipe.place(states[0]),
-        unload=lambda state: [jax.device_get(pipe.gather(state))],
-        put=lambda tree: jax.device_put(tree, pipe.stage_device(0)),
-        chunk=StageChunks(pipe, dataset, key),
-        evaluate=lambda state, images, labels: [
-            jax.device_get(evaluate(pipe.gather(state).params, images, labels))
-        ],
-    )
-
-
-class StageChunks:
-    """Chunks of the stage pipeline: its steps are driven from Python, one program per stage."""
-
-    def __init__(self, pipe, dataset: Dataset, key: jax.Array):
-        self.pipe, self.key = pipe, key
-        self.batch = jax.jit(
-            lambda images, labels, order, i: normalised_batch(dataset, images, labels, order[i])
-        )
-        self.stack = jax.jit(lambda metrics: jax.tree.map(lambda *m: jnp.stack(m), *metrics))
-
-    def compile(self, state, images, labels, order, start, length: int) -> float:
-        """Compiles every stage's program by one step on a copy of the state."""
-        begin = time.perf_counter()
-        copy = jax.tree.map(jnp.copy, state)
-        jax.block_until_ready(self.pipe.step(copy, self.batch(images, labels, order, start), self.key))
-        return time.perf_counter() - begin
-
-    def __call__(self, state, images, labels, order, start, length: int):
-        per_step = []
-        for i in range(start, start + length):
-            state, metrics = self.pipe.step(state, self.batch(images, labels, order, i), self.key)
-            per_step.append(metrics)
-        return state, self.stack(per_step)

@@ -12,7 +12,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import pytest  # noqa: E402
 
-from sidjax import make_network  # noqa: E402
+from sidjax import make_blockwise_network, make_network  # noqa: E402
 
 # Tests compare float32 computations; GPUs default f32 matmuls to TF32 (1e-4 relative), CPUs ignore this.
 jax.config.update("jax_default_matmul_precision", "highest")
@@ -44,6 +44,20 @@ def tiny_network(model: str = "mlp", num_modules: int = NUM_MODULES, seed: int =
         module_hidden=16,
         tiny=True,
         **kwargs,
+    )
+
+
+def tiny_blockwise(model, k, input_shape=INPUT_SHAPE, belief_input=True, seed=0):
+    """A tiny blockwise network cut into ``k`` blocks (5 classes)."""
+    return make_blockwise_network(
+        model,
+        input_shape,
+        NUM_CLASSES,
+        k,
+        jax.random.key(seed),
+        head_hidden=8,
+        belief_input=belief_input,
+        tiny=True,
     )
 
 

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import optax
 import pytest
-from conftest import tree_max_abs
+from conftest import NUM_CLASSES, tiny_blockwise, tree_max_abs
 from flax import nnx
 
 from sidjax import (
@@ -13,27 +13,12 @@ from sidjax import (
     SIDLoss,
     init_train_state,
     local_losses,
-    make_blockwise_network,
     make_grad_fn,
     make_network,
     make_train_step,
 )
 
-NUM_CLASSES = 5
 LOSS = SIDLoss(0.5)
-
-
-def tiny_blockwise(model, k, input_shape=(8, 8, 1), belief_input=True, seed=0):
-    return make_blockwise_network(
-        model,
-        input_shape,
-        NUM_CLASSES,
-        k,
-        jax.random.key(seed),
-        head_hidden=8,
-        belief_input=belief_input,
-        tiny=True,
-    )
 
 
 def batch_for(input_shape, size=6, seed=1):

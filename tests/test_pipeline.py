@@ -5,8 +5,7 @@ import jax
 import jax.numpy as jnp
 import optax
 import pytest
-from conftest import count_compiles, needs_devices, tiny_network
-from test_blockwise import NUM_CLASSES, tiny_blockwise
+from conftest import NUM_CLASSES, count_compiles, needs_devices, tiny_blockwise, tiny_network
 
 from sidjax import BlockPipeline, SIDLoss, init_slots, init_train_state, make_train_step
 from sidjax.losses import uniform_log_belief
