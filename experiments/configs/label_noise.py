@@ -9,7 +9,8 @@ and ResNet-18 blockwise (K = 4) with 0 and 40 % noise, 50 epochs, on a GPU.
 
 Command:  python -m experiments.run label_noise --only 'noise*'   (here; seeds train together)
           bash experiments/gpu_sweep.sh label_noise 'long/*'       (GPU; not run yet)
-Hardware: 2-core x86_64 CPU, XLA:CPU: 18 runs of ~1 min, ~20 min in all.
+Hardware: "noise*": 2-core x86_64 CPU: 6 runs, each with its 3 seeds trained
+together (~9-11 s per epoch for all three), ~10 min in all. "long/*": a GPU.
 Expected: both lose accuracy as noise grows; the claim holds if SID's final
 accuracy drops less than BP's at 20 % and 40 %.
 """

@@ -10,8 +10,8 @@ augmentation (the epochs of the authors' log).
 Command:  bash experiments/gpu_sweep.sh main_table 'fashion_mnist/simplecnn/*' 'fashion_mnist/resnet18/*' ...
           (or python -m experiments.run main_table --only 'fashion_mnist/*'; seeds 0 and 1 train together)
 Hardware: one GPU. Not run yet: no accelerator was lent to the session that
-prepared it. On the 2-core CPU one SimpleCNN epoch takes ~4 min (a 20-epoch
-row ~1.5 h); an H200 measured before this version ran a SimpleCNN trunk
+prepared it. On the 2-core CPU one SimpleCNN epoch takes ~3.5 min (a 20-epoch
+row ~70 min); an H200 measured before this version ran a SimpleCNN trunk
 epoch in 1.0 s and a ResNet-18 BP epoch in 3.1 s.
 Expected (paper): SID matches BP on CIFAR-10 and beats it on CIFAR-100.
 """
