@@ -3,11 +3,13 @@
 For one model, batch size and input shape, and each K in --ks, this builds
 the blockwise network and measures, in one process:
 
-* compiled temp memory, XLA's ``memory_analysis().temp_size_in_bytes`` of the
-  step (params, optimizer state and the batch are arguments, common to all
-  methods, and not counted). ``sid_stages`` runs one program per block on
-  one device (``BlockPipeline``); it is charged its largest block program's
-  temp plus that block's input and output activations;
+* compiled memory of the step beyond its arguments
+  (``sidjax.memory_beyond_arguments``: temp buffers plus outputs that do not
+  reuse a donated argument; params, optimizer state and the batch are
+  arguments, common to all methods, and not counted). Every step donates its
+  state, as training does. ``sid_stages`` runs one program per block on one
+  device (``BlockPipeline``); it is charged its largest block program's
+  memory plus that block's input activations;
 * the median step time over --steps steps after compilation, methods timed in
   interleaved rounds so load drift hits all alike;
 * on accelerators, the device's peak bytes in use (a high-water mark of the
@@ -39,8 +41,8 @@ from sidjax import (
     init_train_state,
     make_blockwise_network,
     make_train_step,
+    step_memory_bytes,
 )
-from sidjax import step_temp_bytes as temp_bytes
 from sidjax.errors import ConfigError
 
 # (label, method, execution); "stages" is one program per block
@@ -65,9 +67,9 @@ def bench(network, params, tx, method: str, execution: str) -> Bench:
         pipe = BlockPipeline(
             network, tx, method, SIDLoss(), num_stages=network.num_units, devices=jax.devices()[:1]
         )
-        return Bench(pipe.step, pipe.place(init_train_state(fresh, tx)), pipe.temp_bytes)
+        return Bench(pipe.step, pipe.place(init_train_state(fresh, tx)), pipe.memory_bytes)
     step = make_train_step(network, tx, method, SIDLoss(), execution=execution, donate=True)
-    return Bench(step, init_train_state(fresh, tx), lambda s, b, k: temp_bytes(step, s, b, k))
+    return Bench(step, init_train_state(fresh, tx), lambda s, b, k: step_memory_bytes(step, s, b, k))
 
 
 def bench_k(args, k: int, shape, x, labels) -> dict:
@@ -85,7 +87,7 @@ def bench_k(args, k: int, shape, x, labels) -> dict:
     bp = out.get("bp")
     for v in out.values():
         v["process_peak_device_bytes"] = peak_device_bytes()
-        v["temp_vs_bp"] = v["temp_bytes"] / bp["temp_bytes"] if bp else float("nan")
+        v["memory_vs_bp"] = v["memory_bytes"] / bp["memory_bytes"] if bp else float("nan")
         v["time_vs_bp"] = v["median_step_s"] / bp["median_step_s"] if bp else float("nan")
     return {"num_blocks": k, "stacked": network.stacked, "methods": out}
 
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"{args.model}, input {shape}, batch {args.batch_size}, {header['backend']} ({header['device']}), "
         f"jax {jax.__version__}, XLA_FLAGS={header['xla_flags']}, median of {args.steps} steps"
     )
-    print(f"{'K':>3} {'method':<15}{'temp MB':>10}{'vs BP':>8}{'step ms':>10}{'vs BP':>8}")
+    print(f"{'K':>3} {'method':<15}{'mem MiB':>10}{'vs BP':>8}{'step ms':>10}{'vs BP':>8}")
     results = []
     for k_text in args.ks.split(","):
         try:
@@ -124,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
         results.append(result)
         for label, m in result["methods"].items():
             print(
-                f"{result['num_blocks']:>3} {label:<15}{m['temp_bytes'] / 2**20:>10.1f}{m['temp_vs_bp']:>8.2f}"
+                f"{result['num_blocks']:>3} {label:<15}{m['memory_bytes'] / 2**20:>10.1f}{m['memory_vs_bp']:>8.2f}"
                 f"{1e3 * m['median_step_s']:>10.1f}{m['time_vs_bp']:>8.2f}",
                 flush=True,
             )

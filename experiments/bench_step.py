@@ -2,7 +2,7 @@
 
 Both steps are compiled first, then timed in interleaved rounds (one SID step,
 one BP step, ...) so that machine-load drift hits both alike; the medians,
-their ratio, examples/s and XLA's compiled temp memory are printed and
+their ratio, examples/s and XLA's compiled memory (beyond the arguments) are printed and
 optionally written as JSON.
 
     python -m experiments.bench_step                      # SimpleCNN, L=10, batch 128
@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from experiments.benchlib import Bench, environment, measure, write_json
-from sidjax import ARCHITECTURES, SIDLoss, init_train_state, make_network, make_train_step, step_temp_bytes
+from sidjax import ARCHITECTURES, SIDLoss, init_train_state, make_network, make_train_step, step_memory_bytes
 from sidjax.ops import CONV_IMPLS
 
 
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
     for method in ("sid", "bp"):
         step = make_train_step(network, tx, method, SIDLoss(), donate=True)
         state = init_train_state(jax.tree.map(jnp.copy, params), tx)
-        benches[method] = Bench(step, state, lambda s, b, k, step=step: step_temp_bytes(step, s, b, k))
+        benches[method] = Bench(step, state, lambda s, b, k, step=step: step_memory_bytes(step, s, b, k))
     results = measure(benches, (x, labels), jax.random.key(3), args.steps)
     for r in results.values():
         r["examples_per_s"] = args.batch_size / r["median_step_s"]
@@ -72,10 +72,10 @@ def main(argv: list[str] | None = None) -> dict:
         f"{args.model}, L={args.num_modules}, batch {args.batch_size}, input {shape}, conv_impl={args.conv_impl}, "
         f"{report['backend']} ({report['device']}), median of {args.steps} interleaved steps"
     )
-    print(f"{'method':<10}{'step ms':>10}{'examples/s':>12}{'temp MB':>10}")
+    print(f"{'method':<10}{'step ms':>10}{'examples/s':>12}{'mem MiB':>10}")
     for m, r in results.items():
         print(
-            f"{m:<10}{1e3 * r['median_step_s']:>10.1f}{r['examples_per_s']:>12.1f}{r['temp_bytes'] / 2**20:>10.1f}"
+            f"{m:<10}{1e3 * r['median_step_s']:>10.1f}{r['examples_per_s']:>12.1f}{r['memory_bytes'] / 2**20:>10.1f}"
         )
     print(f"SID/BP step time: {ratio:.3f}")
     write_json(args.json, report)

@@ -1,4 +1,4 @@
-"""Shared measuring for the benchmarks: compiled temp memory and interleaved step times."""
+"""Shared measuring for the benchmarks: compiled memory and interleaved step times."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import numpy as np
 
 
 class Bench(NamedTuple):
-    """One thing to measure: its step, a fresh state, and how its compiled temp memory is read."""
+    """One thing to measure: its step, a fresh state, and how its compiled memory is read."""
 
     step: Callable
     state: Any
-    temp_bytes: Callable[[Any, tuple, jax.Array], int]
+    memory_bytes: Callable[[Any, tuple, jax.Array], int]
 
 
 def measure(
@@ -31,7 +31,7 @@ def measure(
     """
     states, results = {}, {}
     for label, bench in benches.items():
-        results[label] = {"temp_bytes": bench.temp_bytes(bench.state, batch, key)}
+        results[label] = {"memory_bytes": bench.memory_bytes(bench.state, batch, key)}
         state = bench.state
         for _ in range(2 if num_steps else 0):
             state, _ = bench.step(state, batch, key)

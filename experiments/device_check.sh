@@ -12,7 +12,7 @@
 #   1. epoch.json: epoch throughput against the isolated step's, and epoch time against BP's:
 #      trunk SimpleCNN L=10 (SID, BP); blockwise SimpleCNN and ResNet-18, K=4 (SID, DGL, BP);
 #      epochs of 30 720 examples (240 steps of 128), the second one timed;
-#   2. memory_vit_k4.json, memory_vit_k8.json: compiled temp memory and step time of BP, BP+remat
+#   2. memory_vit_k4.json, memory_vit_k8.json: compiled memory and step time of BP, BP+remat
 #      and blockwise SID (one program, vmap, fused, one program per block), ViT-Tiny, batch 64;
 #   3. tests.log: the tests that compare computations (they run at 'highest' matmul precision);
 #   4. environment.txt: the device, the software, and every step's exit status.

@@ -29,7 +29,14 @@ from sidjax.pipeline import BlockPipeline
 from sidjax.pipelined import init_slots
 from sidjax.runner import RunInterrupted, TrainingDiverged, run
 from sidjax.state import TrainState, apply_gradients, init_train_state
-from sidjax.steps import EXECUTIONS, local_losses, make_grad_fn, make_train_step, step_temp_bytes
+from sidjax.steps import (
+    EXECUTIONS,
+    local_losses,
+    make_grad_fn,
+    make_train_step,
+    memory_beyond_arguments,
+    step_memory_bytes,
+)
 
 __all__ = [
     "ARCHITECTURES",
@@ -70,7 +77,8 @@ __all__ = [
     "run",
     "sid_local_loss",
     "stack_units",
-    "step_temp_bytes",
+    "step_memory_bytes",
+    "memory_beyond_arguments",
     "uniform_log_belief",
     "unstack_units",
 ]

@@ -34,7 +34,7 @@ from sidjax.methods import get_method
 from sidjax.network import NetParams, Network
 from sidjax.pipelined import init_slots
 from sidjax.state import TrainState, init_train_state
-from sidjax.steps import Augment, batch_metrics, check_method
+from sidjax.steps import Augment, batch_metrics, check_method, memory_beyond_arguments
 from sidjax.units import Part, first_input, make_unit_update, walk
 
 
@@ -199,11 +199,13 @@ class BlockPipeline:
         ]
         return (slots[0], *moved)
 
-    def temp_bytes(self, state: TrainState, batch: tuple, key: chex.PRNGKey) -> int:
-        """Compiled memory of one step: the largest over stages of (its temp + its input and output activations).
+    def memory_bytes(self, state: TrainState, batch: tuple, key: chex.PRNGKey) -> int:
+        """Compiled memory of one step: the largest over stages of its memory beyond its arguments, plus its inputs.
 
         Stages run one after another (synchronous) or on different devices,
-        so a device holds at most one stage's memory at a time.
+        so a device holds at most one stage's memory at a time. Not counted:
+        the stage programs do not donate, so a stage's new parameters and
+        optimizer state live beside the old ones until the step returns.
         """
         calls, program = [], self._stage
 
@@ -218,8 +220,8 @@ class BlockPipeline:
         finally:
             object.__setattr__(self, "_stage", program)
         peak = 0
-        for s, args, out in calls:
-            temp = program.lower(s, *args).compile().memory_analysis().temp_size_in_bytes
-            activations = [args[1], args[3], [o.next.h for o in out[2]]]
-            peak = max(peak, temp + sum(a.nbytes for a in jax.tree.leaves(activations)))
+        for s, args, _ in calls:
+            own = memory_beyond_arguments(program.lower(s, *args).compile())  # outputs included
+            inputs = sum(a.nbytes for a in jax.tree.leaves([args[1], args[3]]))  # the step's intermediates
+            peak = max(peak, own + inputs)
         return peak

@@ -46,10 +46,11 @@ StepFn = Callable[[TrainState, tuple[chex.Array, chex.Array], chex.PRNGKey], tup
 sg = jax.lax.stop_gradient
 
 # "auto" execution of a local method, chosen from measurements (experiments/bench_memory.py,
-# experiments/bench_step.py): the shared trunk vmaps its stacked modules (SID/BP step time 1.015 on
+# experiments/bench_step.py): the shared trunk vmaps its stacked modules (SID/BP step time 1.004 on
 # a 2-core CPU); blockwise networks walk their units in one program, the mode with a memory saving
-# (README.md, "Memory and time against K"). Same choice on every backend until an accelerator
-# measurement says otherwise (experiments/device_check.sh measures all three there).
+# (ViT-Tiny K = 8: 0.26x BP's memory at 0.92x its step time; README.md, "Memory and time
+# against K"). Same choice on every backend until an accelerator measurement says otherwise
+# (experiments/device_check.sh measures all three there).
 AUTO_EXECUTION: dict[str, str] = {"trunk": "vmap", "blockwise": "sequential"}
 
 
@@ -269,10 +270,22 @@ def _walk_step(network, tx, loss, pipelined):
     return inner
 
 
-def step_temp_bytes(step: StepFn, state: TrainState, batch: tuple, key: chex.PRNGKey) -> int:
-    """XLA's compiled temp memory of one training step, in bytes.
+def step_memory_bytes(step: StepFn, state: TrainState, batch: tuple, key: chex.PRNGKey) -> int:
+    """XLA's compiled memory of one training step beyond its arguments, in bytes.
 
-    Params, optimizer state and the batch are arguments (common to all
-    methods) and not counted.
+    The params, optimizer state and batch it is given are arguments, common to
+    all methods, and not counted; see ``memory_beyond_arguments``.
     """
-    return step.lower(state, batch, key).compile().memory_analysis().temp_size_in_bytes
+    return memory_beyond_arguments(step.lower(state, batch, key).compile())
+
+
+def memory_beyond_arguments(compiled: jax.stages.Compiled) -> int:
+    """Temp buffers plus the outputs that do not reuse a donated argument's buffer, in bytes.
+
+    Temp alone is not comparable between programs: donating the state moves
+    the new state's buffers from the outputs into the temps (VGG-11, K = 1,
+    batch 64 on XLA:CPU: temp 76.8 MiB without donation, 142.8 MiB with; this
+    sum is 183.8 and 142.8 MiB).
+    """
+    m = compiled.memory_analysis()
+    return m.temp_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes

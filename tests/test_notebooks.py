@@ -48,6 +48,8 @@ def test_notebook_runs_top_to_bottom_on_the_tiny_budget(name, devices, tmp_path,
     assert f"{devices} device" in text or name != "03_parallel_modules.py", text[:300]
     _, pattern, least = RUNS[name]
     assert float(re.search(pattern, text).group(1)) > least, text
+    if name == "03_parallel_modules.py":  # tiny ViT, K = 4, one program per block: measured 0.25x BP's memory
+        assert float(re.search(r"^\| 4 \|.* \| (\d\.\d+) \|$", text, flags=re.M).group(1)) < 0.5, text
     pngs = [base64.b64decode(o["data"]["image/png"]) for o in outputs if "image/png" in o.get("data", {})]
     assert pngs and min(len(p) for p in pngs) > 5_000, f"{name} rendered no plot"
     export = os.environ.get("SIDJAX_NOTEBOOK_PNG_DIR")  # to look at them
