@@ -82,16 +82,19 @@ def _add_field(group, field: dataclasses.Field, help_text: str) -> None:
     kw: dict[str, Any] = {
         "default": field.default,
         "dest": field.name,
-        "help": help_text + " (default: %(default)s)",
+        "help": help_text.rstrip(".") + " (default: %(default)s)",
     }
     if kind is bool or set(args) == {bool, type(None)}:
         kw["action"] = argparse.BooleanOptionalAction
     elif field.name in ("alpha", "seed"):
-        kw["type"], kw["metavar"] = parse_numbers(float if field.name == "alpha" else int), "X[,X...]"
+        number = float if field.name == "alpha" else int
+        kw["type"], kw["metavar"] = parse_numbers(number), "X[,X...]" if number is float else "N[,N...]"
     elif isinstance(kind, types.UnionType) and type(None) in args:
         kw["type"] = next(a for a in args if a is not type(None))
     else:
         kw["type"] = kind
+    if kw.get("type") in (int, float):
+        kw["metavar"] = "N" if kw["type"] is int else "X"
     if field.name in CHOICES:
         kw["choices"] = CHOICES[field.name]
     if field.name == "dataset":
@@ -149,12 +152,11 @@ def error_line(err: Exception) -> str:
 
 def resume_command(argv: list[str]) -> str:
     """The command line that continues this run."""
-    prog = sys.argv[0]
-    prog = (
-        "python -m sidjax" if prog.endswith("__main__.py") else os.path.basename(prog) if prog else "sidjax"
-    )
+    prog = [sys.argv[0]] if sys.argv[0] else ["sidjax"]  # as it was typed
+    if prog[0].endswith("__main__.py"):
+        prog = ["python", "-m", "sidjax"]
     argv = [a for a in argv if a != "--overwrite"]
-    return shlex.join([*prog.split(), *argv, *([] if "--resume" in argv else ["--resume"])])
+    return shlex.join([*prog, *argv, *([] if "--resume" in argv else ["--resume"])])
 
 
 def guarded(parser: argparse.ArgumentParser, argv: list[str], work) -> Any:

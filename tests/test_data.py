@@ -6,6 +6,8 @@ import io
 import os
 import shutil
 import struct
+import subprocess
+import sys
 import tarfile
 import time
 
@@ -288,3 +290,19 @@ def test_bad_image_folders_are_named(tmp_path, damage, message, monkeypatch):
     damage(tmp_path / "imgs")
     with pytest.raises(DatasetUnavailableError, match=message):
         load_dataset(name, image_size=8)
+
+
+def test_training_needs_neither_tensorflow_nor_tfds(debian_dir):
+    """As on a GPU machine that has jax but no TensorFlow and no TFDS: importing either fails."""
+    script = (
+        "import sys; sys.modules.update(tensorflow=None, tensorflow_datasets=None)\n"
+        "import sidjax\n"
+        "config = sidjax.TrainConfig(model='mlp', num_modules=2, epochs=1, limit_train=512, limit_test=256)\n"
+        "print(sidjax.run(config, progress=False)['final_test_accuracy'])\n"
+    )
+    env = {**os.environ, "SIDJAX_FASHION_MNIST_DIR": debian_dir}
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert float(proc.stdout.split()[-1]) > 0.3  # 4 steps of 128 examples; chance is 0.1

@@ -99,7 +99,7 @@ def test_report_tables_come_from_the_result_files(tmp_path):
     _write_run(results / "depth" / "trunk" / "L02" / "sid" / "seed0", 0.8)
     _write_run(results / "pipeline" / "pipelined" / "seed0", 0.8)
     text = report.report(str(results), str(tmp_path / "RESULTS.md"), str(results / "plots"))
-    assert "| noise40/sid | 3/3 | 82.00 ± 2.00 | 82.00 ± 2.00 | 2.0 ± 0.0 | 100 ± 0 |" in text
+    assert "| noise40/sid | 3/3 | 82.00 ± 2.00 | 82.00 ± 2.00 | 2.0 | 100 |" in text
     assert "| noise40/bp | 3/3 | 72.00 ± 2.00 |" in text
     assert "| 40 | 82.00 ± 2.00 | 72.00 ± 2.00 | +10.00 |" in text
     assert (

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -70,6 +71,11 @@ def _finished(tmp_path, fashion_mnist, epochs=3):
     return out
 
 
+def _resume(out, fashion_mnist, epochs=3, log=lambda message: None, **changes):
+    return run(tiny_config(epochs=epochs, **changes), str(out), dataset=fashion_mnist, progress=False, resume=True,
+               log=log)  # fmt: skip
+
+
 def _damage(out, epoch: int) -> None:
     """Overwrites the middle of every array file of the checkpoint of ``epoch``."""
     damaged = 0
@@ -112,20 +118,11 @@ def test_no_intact_checkpoint_refuses_and_changes_nothing(tmp_path, fashion_mnis
     for epoch in (2, 3):
         _damage(out, epoch)
     with pytest.raises(ConfigError, match="holds 3 finished epochs but nothing to continue from"):
-        run(
-            tiny_config(epochs=3),
-            str(out),
-            dataset=fashion_mnist,
-            progress=False,
-            resume=True,
-            log=lambda m: None,
-        )
+        _resume(out, fashion_mnist)
     assert (out / "metrics.jsonl").read_text() == before
-    import shutil
-
     shutil.rmtree(out / "checkpoints")
     with pytest.raises(ConfigError, match="no intact checkpoint is left"):
-        run(tiny_config(epochs=3), str(out), dataset=fashion_mnist, progress=False, resume=True)
+        _resume(out, fashion_mnist)
     assert (out / "metrics.jsonl").read_text() == before
 
 
@@ -135,14 +132,7 @@ def test_a_torn_metrics_line_resumes(tmp_path, fashion_mnist):
     os.remove(out / "summary.json")
     text = (out / "metrics.jsonl").read_text()
     (out / "metrics.jsonl").write_text(text[: len(text) - 40])  # the last line, torn
-    run(
-        tiny_config(epochs=3),
-        str(out),
-        dataset=fashion_mnist,
-        progress=False,
-        resume=True,
-        log=lambda m: None,
-    )
+    _resume(out, fashion_mnist)
     assert records(out / "metrics.jsonl") == expected
 
 
@@ -177,10 +167,10 @@ def test_a_failed_start_leaves_nothing_and_overwrite_keeps_the_old_run_until_the
 def test_resume_refuses_other_settings_returns_a_finished_run_and_grows(tmp_path, fashion_mnist):
     out = _finished(tmp_path, fashion_mnist, epochs=1)
     first = json.loads((out / "summary.json").read_text())
-    assert run(tiny_config(epochs=1), str(out), dataset=fashion_mnist, progress=False, resume=True) == first
+    assert _resume(out, fashion_mnist, epochs=1) == first
     with pytest.raises(ConfigError, match=r"resume: .* other settings \(alpha=0.5\)"):
-        run(tiny_config(epochs=1, alpha=0.9), str(out), dataset=fashion_mnist, progress=False, resume=True)
-    longer = run(tiny_config(epochs=2), str(out), dataset=fashion_mnist, progress=False, resume=True)
+        _resume(out, fashion_mnist, epochs=1, alpha=0.9)
+    longer = _resume(out, fashion_mnist, epochs=2)
     assert [r["epoch"] for r in records(out / "metrics.jsonl")] == [1, 2] and longer["epochs"] == 2
 
 
