@@ -17,8 +17,10 @@ Guarantees:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 from collections.abc import Callable
@@ -158,16 +160,22 @@ class RunDir:
         if not os.path.isdir(os.path.join(self.path, "checkpoints")):
             return []
         recorded = len(self.history())
-        manager = self._open(self.path)
-        try:
-            return sorted((e for e in manager.all_steps() if e <= recorded), reverse=True)
-        finally:
-            manager.close()
+        with _orbax_quiet():
+            manager = self._open(self.path)
+            try:
+                return sorted((e for e in manager.all_steps() if e <= recorded), reverse=True)
+            finally:
+                manager.close()
 
     def restore(self, epoch: int, template: Any) -> Any | None:
         """The checkpoint of ``epoch`` shaped like ``template``, or None (with a message) if damaged."""
-        manager = self._open(self.path)
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+        with _orbax_quiet():
+            manager = self._open(self.path)
+            return self._verified(manager, epoch, abstract)
+
+    def _verified(self, manager: ocp.CheckpointManager, epoch: int, abstract: Any) -> Any | None:
+        """Restores ``epoch`` with ``manager`` (closed afterwards) and checks it against its sha256."""
         try:
             restored = manager.restore(
                 epoch,
@@ -192,6 +200,7 @@ class RunDir:
         """Starts writing: continue this directory after ``epoch`` (> 0), or a new run beside it (0)."""
         if epoch:
             self.live = self.path
+            self._drop_checkpoints_after(epoch)
             history = self.history()[:epoch]
             write_atomic(
                 os.path.join(self.path, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in history)
@@ -207,6 +216,17 @@ class RunDir:
                 os.path.join(self.incoming, "config.json"), json.dumps(self.config.record(), indent=2)
             )
         self._manager = self._open(self.live) if self._checkpointing else None
+
+    def _drop_checkpoints_after(self, epoch: int) -> None:
+        """Removes the checkpoints of the epochs about to run again (a damaged one among them).
+
+        Orbax does not save a step that already exists: a damaged checkpoint left
+        in place would outlive the epoch that replaces it.
+        """
+        root = os.path.join(self.path, "checkpoints")
+        for name in os.listdir(root) if os.path.isdir(root) else []:
+            if name.isdigit() and int(name) > epoch:
+                shutil.rmtree(os.path.join(root, name))
 
     @property
     def _checkpointing(self) -> bool:
@@ -256,3 +276,15 @@ class RunDir:
     def _open(directory: str) -> ocp.CheckpointManager:
         options = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False, create=True)
         return ocp.CheckpointManager(os.path.join(directory, "checkpoints"), options=options)
+
+
+@contextlib.contextmanager
+def _orbax_quiet():
+    """Orbax logs each unreadable checkpoint file through absl before it raises; the run says it once."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

@@ -222,7 +222,11 @@ def _start_state(plan: Plan, trainer, seeds, dirs, resume: bool, log) -> tuple[A
                 )
             return trainer.load(restored), epoch
     first = max(runs, key=lambda d: len(d.history()))
-    why = "checkpoint_every is 0" if not config.checkpoint_every else "no intact checkpoint is left"
+    why = (
+        "checkpoint_every is 0"
+        if not config.checkpoint_every
+        else "no intact checkpoint of a recorded epoch is left"
+    )
     raise ConfigError(
         "resume: "
         f"{first.path} holds {len(first.history())} finished epochs but nothing to continue from "

@@ -110,6 +110,10 @@ def test_a_damaged_checkpoint_is_skipped_for_an_earlier_intact_one(tmp_path, fas
     assert any("checkpoint of epoch 3" in m and ("damaged" in m or "cannot be read" in m) for m in messages)
     assert any("resuming from the checkpoint of epoch 2" in m for m in messages), messages
     assert records(out / "metrics.jsonl") == expected
+    os.remove(out / "summary.json")  # epoch 3's checkpoint was written again: a resume now starts there
+    messages.clear()
+    _resume(out, fashion_mnist, log=messages.append)
+    assert not any("skipped" in m or "resuming" in m for m in messages), messages
 
 
 def test_no_intact_checkpoint_refuses_and_changes_nothing(tmp_path, fashion_mnist):
@@ -122,7 +126,7 @@ def test_no_intact_checkpoint_refuses_and_changes_nothing(tmp_path, fashion_mnis
         _resume(out, fashion_mnist)
     assert (out / "metrics.jsonl").read_text() == before
     shutil.rmtree(out / "checkpoints")
-    with pytest.raises(ConfigError, match="no intact checkpoint is left"):
+    with pytest.raises(ConfigError, match="no intact checkpoint of a recorded epoch is left"):
         _resume(out, fashion_mnist)
     assert (out / "metrics.jsonl").read_text() == before
 
