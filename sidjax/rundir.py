@@ -6,9 +6,11 @@ Guarantees:
   in a hidden sibling (``.<name>.incoming``) and moved into place once its
   first epoch is recorded and checkpointed. A failed start leaves the
   directory as it was; ``overwrite`` replaces an old run only at that moment.
-* Every checkpoint carries the sha256 of its arrays; a restored checkpoint
-  that does not match is skipped for an earlier intact one, with a message,
-  and never trained on.
+* Every checkpoint carries the sha256 of its arrays and of its files. Files
+  that do not match are not handed to orbax at all (a damaged array file
+  made its reader fail with a trail of asyncio tracebacks at exit); a
+  restored state that does not match is not trained on. Either way the
+  checkpoint is skipped for an earlier intact one, with a message.
 * Finished epochs are never thrown away: ``resume`` refuses (one line, nothing
   changed) a directory whose epochs have no checkpoint to continue from. A
   torn last line of ``metrics.jsonl`` (a kill mid-write) is dropped and its
@@ -59,6 +61,9 @@ def read_metrics(path: str) -> list[dict[str, Any]]:
     return records
 
 
+MANIFEST = "files.sha256.json"  # in each checkpoint's directory, written after orbax's save
+
+
 def state_digest(state: Any) -> str:
     """sha256 over every array of a pytree (shapes, dtypes and bytes, in tree order)."""
     digest = hashlib.sha256()
@@ -66,6 +71,26 @@ def state_digest(state: Any) -> str:
         leaf = np.asarray(leaf)
         digest.update(f"{leaf.shape}{leaf.dtype}".encode())
         digest.update(np.ascontiguousarray(leaf).tobytes())
+    return digest.hexdigest()
+
+
+def file_digests(directory: str) -> dict[str, str]:
+    """sha256 of every file below ``directory`` (its manifest excluded), by relative path."""
+    digests = {}
+    for root, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(root, name)
+            relative = os.path.relpath(path, directory)
+            if relative != MANIFEST:
+                digests[relative] = _file_sha256(path)
+    return digests
+
+
+def _file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
     return digest.hexdigest()
 
 
@@ -169,10 +194,27 @@ class RunDir:
 
     def restore(self, epoch: int, template: Any) -> Any | None:
         """The checkpoint of ``epoch`` shaped like ``template``, or None (with a message) if damaged."""
+        if not self._files_intact(epoch):
+            self.log(
+                f"{self.path}: the checkpoint of epoch {epoch} is damaged (file checksum mismatch); skipped"
+            )
+            return None
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
         with _orbax_quiet():
             manager = self._open(self.path)
             return self._verified(manager, epoch, abstract)
+
+    def _files_intact(self, epoch: int) -> bool:
+        """Whether the checkpoint's files match its manifest (one without a manifest is left to orbax)."""
+        step = os.path.join(self.path, "checkpoints", str(epoch))
+        try:
+            with open(os.path.join(step, MANIFEST)) as f:
+                expected = json.load(f)
+        except FileNotFoundError:
+            return True  # killed between orbax's save and the manifest: the state's sha256 decides
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return False
+        return file_digests(step) == expected
 
     def _verified(self, manager: ocp.CheckpointManager, epoch: int, abstract: Any) -> Any | None:
         """Restores ``epoch`` with ``manager`` (closed afterwards) and checks it against its sha256."""
@@ -248,6 +290,8 @@ class RunDir:
                 state=ocp.args.StandardSave(state), digest=ocp.args.JsonSave({"sha256": state_digest(state)})
             )
             self._manager.save(epoch, args=args)
+            step = os.path.join(self.live, "checkpoints", str(epoch))
+            write_atomic(os.path.join(step, MANIFEST), json.dumps(file_digests(step)))
         if self.live == self.incoming:
             self._move_into_place()
 
