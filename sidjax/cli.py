@@ -273,11 +273,11 @@ COMMANDS = {"train": train, "compare": compare}
 def main(argv: list[str] | None = None) -> None:
     """``sidjax {train,compare} [flags]``."""
     argv = sys.argv[1:] if argv is None else argv
+    usage = "usage: sidjax {train,compare} [flags]   (sidjax train --help for the flags)"
+    if argv and argv[0] in ("-h", "--help"):
+        print(usage)
+        return
     if not argv or argv[0] not in COMMANDS:
-        usage = "usage: sidjax {train,compare} [flags]   (sidjax train --help for the flags)"
-        sys.exit(
-            usage
-            if not argv or argv[0] in ("-h", "--help")
-            else f"error: unknown command {argv[0]!r}; {usage}"
-        )
+        print(f"error: unknown command {argv[0]!r}; {usage}" if argv else usage, file=sys.stderr)
+        sys.exit(2)
     COMMANDS[argv[0]](argv[1:])

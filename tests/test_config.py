@@ -144,3 +144,14 @@ def test_a_bad_flag_from_the_shell_prints_one_line_and_no_traceback():
                           timeout=120)  # fmt: skip
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: --alpha must lie in [0, 1], got 2.0"
+
+
+def test_an_unknown_command_is_bad_input_and_help_is_not(capsys):
+    from sidjax.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.startswith("error: unknown command 'fit'; usage: sidjax {train,compare}")
+    main(["--help"])
+    assert capsys.readouterr().out.startswith("usage: sidjax {train,compare}")
