@@ -21,16 +21,17 @@ TRAIN = [sys.executable, "-m", "sidjax", "train", "--model", "mlp", "--num-modul
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "XLA_FLAGS": ""}
 
 
-def _default_sigint() -> None:
-    """A shell that starts a job in the background (``make test &``, nohup) ignores SIGINT for it and
-    its children, and Python then never raises KeyboardInterrupt: give the run the default a user has."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+# A shell that starts a job in the background (``make test &``, nohup) ignores SIGINT for it and its
+# children, and Python then never raises KeyboardInterrupt: the run gets the handler a terminal gives
+# it (set in the child, not by a fork hook, which JAX's threads make unsafe).
+WITH_SIGINT = [sys.executable, "-c", "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+               "runpy.run_module('sidjax', run_name='__main__', alter_sys=True)"]  # fmt: skip
 
 
 def _stop_after(out, epochs: int, sig) -> subprocess.CompletedProcess:
     """Starts a 5-epoch run and sends ``sig`` once ``epochs`` epochs are recorded."""
-    proc = subprocess.Popen([*TRAIN, "--out", str(out)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, preexec_fn=_default_sigint)  # fmt: skip
+    proc = subprocess.Popen([*WITH_SIGINT, *TRAIN[3:], "--out", str(out)], env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
     metrics, deadline = out / "metrics.jsonl", time.time() + 240
     while not (metrics.exists() and metrics.read_text().count("\n") >= epochs) and time.time() < deadline:
         assert proc.poll() is None, proc.communicate()
