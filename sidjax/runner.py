@@ -99,7 +99,9 @@ def run(
             raise ConfigError("resume is for single-process runs; start multi-process runs anew", "resume")
         out_dir = out_dir if jax.process_index() == 0 else None
     if resume and out_dir is None:
-        raise ConfigError("resume needs out, the directory of the run to continue", "resume")
+        raise ConfigError(
+            "resume needs out (--out on the command line): the directory of the run to continue", "resume"
+        )
     dirs = seed_dirs(out_dir, config, log)
     for d in dirs.values():
         if d is not None:
