@@ -6,11 +6,11 @@ Guarantees:
   in a hidden sibling (``.<name>.incoming``) and moved into place once its
   first epoch is recorded and checkpointed. A failed start leaves the
   directory as it was; ``overwrite`` replaces an old run only at that moment.
-* Every checkpoint carries the sha256 of its arrays and of its files. Files
-  that do not match are not handed to orbax at all (a damaged array file
-  made its reader fail with a trail of asyncio tracebacks at exit); a
-  restored state that does not match is not trained on. Either way the
-  checkpoint is skipped for an earlier intact one, with a message.
+* Every checkpoint carries a manifest of its files' sha256, written after
+  orbax's save. A checkpoint whose files do not match it, or that has none
+  (a kill before it was written), is skipped for an earlier intact one, with
+  a message, and never handed to orbax (a damaged array file made orbax's
+  reader fail with a trail of asyncio tracebacks at exit) or trained on.
 * Finished epochs are never thrown away: ``resume`` refuses (one line, nothing
   changed) a directory whose epochs have no checkpoint to continue from. A
   torn last line of ``metrics.jsonl`` (a kill mid-write) is dropped and its
@@ -29,7 +29,6 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
 from sidjax.config import TrainConfig
@@ -62,16 +61,6 @@ def read_metrics(path: str) -> list[dict[str, Any]]:
 
 
 MANIFEST = "files.sha256.json"  # in each checkpoint's directory, written after orbax's save
-
-
-def state_digest(state: Any) -> str:
-    """sha256 over every array of a pytree (shapes, dtypes and bytes, in tree order)."""
-    digest = hashlib.sha256()
-    for leaf in jax.tree.leaves(jax.device_get(state)):
-        leaf = np.asarray(leaf)
-        digest.update(f"{leaf.shape}{leaf.dtype}".encode())
-        digest.update(np.ascontiguousarray(leaf).tobytes())
-    return digest.hexdigest()
 
 
 def file_digests(directory: str) -> dict[str, str]:
@@ -194,49 +183,34 @@ class RunDir:
 
     def restore(self, epoch: int, template: Any) -> Any | None:
         """The checkpoint of ``epoch`` shaped like ``template``, or None (with a message) if damaged."""
-        if not self._files_intact(epoch):
-            self.log(
-                f"{self.path}: the checkpoint of epoch {epoch} is damaged (file checksum mismatch); skipped"
-            )
+        damage = self._damage(epoch)
+        if damage:
+            self.log(f"{self.path}: the checkpoint of epoch {epoch} is damaged ({damage}); skipped")
             return None
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
         with _orbax_quiet():
             manager = self._open(self.path)
-            return self._verified(manager, epoch, abstract)
+            try:
+                args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+                return manager.restore(epoch, args=args).state
+            except Exception as err:  # intact files orbax cannot read: e.g. another version's layout
+                self.log(f"{self.path}: the checkpoint of epoch {epoch} cannot be read ({type(err).__name__}); "
+                         "skipped")  # fmt: skip
+                return None
+            finally:
+                manager.close()
 
-    def _files_intact(self, epoch: int) -> bool:
-        """Whether the checkpoint's files match its manifest (one without a manifest is left to orbax)."""
+    def _damage(self, epoch: int) -> str | None:
+        """Why the checkpoint's files cannot be trusted, or None when they match their manifest."""
         step = os.path.join(self.path, "checkpoints", str(epoch))
         try:
             with open(os.path.join(step, MANIFEST)) as f:
                 expected = json.load(f)
         except FileNotFoundError:
-            return True  # killed between orbax's save and the manifest: the state's sha256 decides
+            return "no checksum manifest: the run was stopped while saving it"
         except (json.JSONDecodeError, UnicodeDecodeError):
-            return False
-        return file_digests(step) == expected
-
-    def _verified(self, manager: ocp.CheckpointManager, epoch: int, abstract: Any) -> Any | None:
-        """Restores ``epoch`` with ``manager`` (closed afterwards) and checks it against its sha256."""
-        try:
-            restored = manager.restore(
-                epoch,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract), digest=ocp.args.JsonRestore()
-                ),
-            )
-            ok = restored.digest["sha256"] == state_digest(restored.state)
-        except Exception as err:  # orbax raises many types for damaged files
-            self.log(
-                f"{self.path}: the checkpoint of epoch {epoch} cannot be read ({type(err).__name__}); skipped"
-            )
-            return None
-        finally:
-            manager.close()
-        if not ok:
-            self.log(f"{self.path}: the checkpoint of epoch {epoch} is damaged (checksum mismatch); skipped")
-            return None
-        return restored.state
+            return "its checksum manifest is unreadable"
+        return None if file_digests(step) == expected else "file checksum mismatch"
 
     def begin(self, epoch: int) -> None:
         """Starts writing: continue this directory after ``epoch`` (> 0), or a new run beside it (0)."""
@@ -286,10 +260,7 @@ class RunDir:
         with open(os.path.join(self.live, "metrics.jsonl"), "a") as f:
             f.write(json.dumps(record) + "\n")
         if self._manager and self.checkpoint_due(epoch):
-            args = ocp.args.Composite(
-                state=ocp.args.StandardSave(state), digest=ocp.args.JsonSave({"sha256": state_digest(state)})
-            )
-            self._manager.save(epoch, args=args)
+            self._manager.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
             step = os.path.join(self.live, "checkpoints", str(epoch))
             write_atomic(os.path.join(step, MANIFEST), json.dumps(file_digests(step)))
         if self.live == self.incoming:

@@ -123,6 +123,19 @@ def test_a_damaged_checkpoint_is_skipped_for_an_earlier_intact_one(tmp_path, fas
     assert not any("skipped" in m or "resuming" in m for m in messages), messages
 
 
+def test_a_checkpoint_without_its_manifest_is_not_trusted(tmp_path, fashion_mnist):
+    """A kill between orbax's save and the manifest leaves files nobody vouches for."""
+    out = _finished(tmp_path, fashion_mnist)
+    expected = records(out / "metrics.jsonl")
+    os.remove(out / "summary.json")
+    os.remove(out / "checkpoints" / "3" / "files.sha256.json")
+    messages = []
+    _resume(out, fashion_mnist, log=messages.append)
+    assert messages[0].endswith("the checkpoint of epoch 3 is damaged (no checksum manifest: the run was stopped "
+                                "while saving it); skipped"), messages  # fmt: skip
+    assert records(out / "metrics.jsonl") == expected
+
+
 def test_no_intact_checkpoint_refuses_and_changes_nothing(tmp_path, fashion_mnist):
     out = _finished(tmp_path, fashion_mnist)
     os.remove(out / "summary.json")
