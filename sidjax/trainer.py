@@ -1,13 +1,12 @@
-"""From a config to training programs: ``make_plan`` (no data), ``make_trainer``, ``train_epoch``.
+"""From a config to training programs: ``make_plan`` (no data) and ``make_trainer``.
 
 ``make_plan`` validates a config against the dataset's metadata and the
 devices and builds the network, before any data is read. ``make_trainer``
 turns a plan into a ``Trainer``: a named record of the run's programs for the
 chosen placement (one device, a mesh, or stages). Its ``chunk`` runs
 ``steps_per_chunk`` training steps as one compiled ``lax.scan`` over batches
-gathered on the device; S seeds train together under one ``jax.vmap``.
-``train_epoch`` runs an epoch chunk by chunk, syncing with the host once per
-chunk (while the next chunk is already queued).
+gathered on the device; S seeds train together under one ``jax.vmap``
+(``sidjax.epoch.train_epoch`` runs the chunks of an epoch).
 """
 
 from __future__ import annotations
@@ -278,7 +277,7 @@ def make_chunk(
 
     if keys.ndim:  # seeds trained together
         axes = (0, images_axis, 0, 0, None, 0, None)
-        chunk = _unrolled(chunk, axes, keys.shape[0]) if unroll_seeds else jax.vmap(chunk, in_axes=axes)
+        chunk = _over_seeds(chunk, axes, keys.shape[0], unroll_seeds)
     return CompiledChunks(jax.jit(chunk, static_argnums=6, donate_argnums=0), keys)
 
 
@@ -321,8 +320,7 @@ def make_trainer(plan: Plan, dataset: Dataset, seeds: tuple[int, ...], streamed:
             chunk=make_chunk(dataset, step, keys),
             evaluate=lambda state, images, labels: [jax.device_get(evaluate(state.params, images, labels))],
         )
-    batched = _unrolled if plan.cpu_convolutions else lambda f, axes, n: jax.vmap(f, in_axes=axes)
-    evaluate = jax.jit(batched(evaluate_split, (0, None, None), len(seeds)))
+    evaluate = jax.jit(_over_seeds(evaluate_split, (0, None, None), len(seeds), plan.cpu_convolutions))
     return Trainer(
         init=lambda params: stack_units([init_one(p) for p in params]),  # any pytrees: one per seed
         load=lambda states: jax.device_put(stack_units(states)),
@@ -337,12 +335,15 @@ def make_trainer(plan: Plan, dataset: Dataset, seeds: tuple[int, ...], streamed:
     )
 
 
-def _unrolled(fn: Callable, in_axes: tuple, count: int) -> Callable:
-    """``fn`` over ``count`` seeds one after another in one program: ``jax.vmap``'s contract, unrolled.
+def _over_seeds(fn: Callable, in_axes: tuple, count: int, unroll: bool) -> Callable:
+    """``fn`` over ``count`` seeds in one program: ``jax.vmap``, or with ``unroll`` its contract unrolled.
 
-    XLA:CPU turns a vmapped convolution into a grouped one, measured 3.7x
-    slower per seed (SimpleCNN, batch 128, two seeds) than the seeds apart.
+    Unrolled, the seeds follow one another: XLA:CPU turns a vmapped
+    convolution into a grouped one, measured 3.7x slower per seed (SimpleCNN,
+    batch 128, two seeds) than the seeds apart.
     """
+    if not unroll:
+        return jax.vmap(fn, in_axes=in_axes)
 
     def unrolled(*args):
         outs = [
