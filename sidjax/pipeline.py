@@ -159,10 +159,7 @@ class BlockPipeline:
     ) -> tuple[TrainState, dict[str, chex.Array]]:
         """One step on ``batch = (x [B, ...], labels [B])``, metrics as ``make_train_step``'s."""
         net, dev0 = self.network, self.stage_device(0)
-        unit_params, unit_opts = (
-            state.params.units,
-            state.opt_state.units,
-        )  # placed: tuples, whatever the network
+        unit_params, unit_opts = state.params.units, state.opt_state.units  # placed: tuples, any network
         stem = Part(state.params.stem, state.opt_state.stem) if net.stem_def is not None else None
         slots = list(state.slots)
         carry, units, outputs, step = None, [], [], None

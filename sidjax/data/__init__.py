@@ -9,8 +9,8 @@ Sources, tried in this order:
 * an image folder, ``"folder:/root"`` (``sidjax.data.folders``);
 * your own arrays: ``Dataset.from_arrays``.
 
-``sidjax.data.device`` puts a dataset on the device (or streams it) and
-builds batches there.
+``sidjax.data.device`` orders an epoch and builds its batches on the device;
+``sidjax.epoch`` decides whether a split lives there or streams.
 """
 
 from __future__ import annotations
@@ -18,13 +18,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from sidjax.data.dataset import Dataset, channel_stats, symmetric_label_noise
-from sidjax.data.device import (
-    DeviceData,
-    epoch_order,
-    normalised_batch,
-    put_on_device,
-    random_crop_flip,
-)
+from sidjax.data.device import epoch_order, normalised_batch, random_crop_flip
 from sidjax.data.files import (
     DEBIAN_FASHION_MNIST_DIR,
     NUM_CLASSES,
@@ -117,14 +111,12 @@ __all__ = [
     "Dataset",
     "DatasetInfo",
     "DatasetUnavailableError",
-    "DeviceData",
     "channel_stats",
     "dataset_info",
     "epoch_order",
     "is_image_folder",
     "load_dataset",
     "normalised_batch",
-    "put_on_device",
     "random_crop_flip",
     "read_files",
     "symmetric_label_noise",

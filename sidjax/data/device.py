@@ -1,4 +1,4 @@
-"""Data on the device: uint8 splits placed once, batches gathered and normalised there.
+"""Batches on the device: an epoch's order, gathered, normalised and augmented there.
 
 An epoch's order is a permutation from ``(seed, epoch)`` (numpy's, so that
 results recorded before the data moved to the device reproduce to the digit),
@@ -11,32 +11,12 @@ chunk of batches at a time, gathered on the host and sent ahead of use.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from sidjax.data.dataset import Dataset
-
-
-class DeviceData(NamedTuple):
-    """One split's arrays on the device.
-
-    Attributes:
-      images: ``[N, H, W, C]``, as read (uint8 for the built-in sources).
-      labels: int32 ``[N]``, or ``[S, N]`` for S seeds trained together
-        (each seed has its own label noise).
-    """
-
-    images: chex.Array
-    labels: chex.Array
-
-
-def put_on_device(images: np.ndarray, labels: np.ndarray, device=None) -> DeviceData:
-    """The split on ``device`` (default: the first), unchanged: uint8 stays uint8."""
-    return DeviceData(*jax.device_put((images, labels), device or jax.devices()[0]))
 
 
 def nbytes(dataset: Dataset) -> int:
