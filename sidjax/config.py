@@ -67,7 +67,8 @@ class Placement:
 
 
 GROUPS: dict[str, tuple[str, ...]] = {
-    "data": ("dataset", "image_size", "limit_train", "limit_test", "label_noise", "augment", "device_data_mb"),
+    "data": ("dataset", "image_size", "limit_train", "limit_test", "validation", "label_noise", "augment",
+             "device_data_mb"),
     "model": ("model", "mode", "num_modules", "num_blocks", "tiny", "conv_impl"),
     "method": ("method", "alpha", "divergence", "label_smoothing", "pipelined"),
     "optimisation": ("optimizer", "lr", "momentum", "weight_decay", "schedule", "epochs", "batch_size",
@@ -86,6 +87,7 @@ class TrainConfig:
       image_size: image folders are resized to image_size x image_size x 3.
       limit_train: train on the first N training examples only.
       limit_test: evaluate on the first N test examples only.
+      validation: hold out the last N training examples (after limit_train, with their label noise) as a validation split, evaluated every epoch, never trained on.
       label_noise: symmetric noise rate on the training labels, in [0, 1].
       augment: random crop (4-pixel padding) and horizontal flip on the device; default: on for CIFAR and folders.
       device_data_mb: keep the dataset on the device if it fits in this many MB (0: always stream from the host).
@@ -119,6 +121,7 @@ class TrainConfig:
     image_size: int = 64
     limit_train: int | None = None
     limit_test: int | None = None
+    validation: int = 0
     label_noise: float = 0.0
     augment: bool | None = None
     device_data_mb: int = 4096
@@ -249,7 +252,7 @@ def _at_least(c: TrainConfig, name: str, low: int, optional: bool = False) -> No
 def _check_ranges(c: TrainConfig) -> None:
     for name in ("image_size", "num_modules", "num_blocks", "epochs", "batch_size", "eval_batch_size"):
         _at_least(c, name, 1)
-    for name in ("device_data_mb", "steps_per_chunk", "checkpoint_every"):
+    for name in ("device_data_mb", "steps_per_chunk", "checkpoint_every", "validation"):
         _at_least(c, name, 0)
     for name in ("limit_train", "limit_test"):
         _at_least(c, name, 1, optional=True)

@@ -8,6 +8,7 @@ both splits fit in ``device_data_mb``, else on the host, sent chunk by chunk.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -24,12 +25,17 @@ class RunData(NamedTuple):
     """A run's data, placed.
 
     Attributes:
-      dataset: the dataset after the limits (its labels are the clean ones).
+      dataset: the training part (after the limits and the validation
+        hold-out) and the test split, with the clean labels.
       train_images: device array if ``resident``, else the host array.
       train_labels: ``[N]``, or ``[S, N]`` (each seed's noisy labels) for S seeds.
       test_images, test_labels: on the device.
       resident: the training split lives on the device.
       realised_noise: each seed's fraction of flipped training labels.
+      noisy_labels: host ``[S, N]``, each seed's training labels as trained on.
+      val_images: the validation split on the device, or None.
+      val_labels: host ``[S, N_val]``, each seed's validation labels (with
+        the same noise as its training labels).
     """
 
     dataset: Dataset
@@ -39,6 +45,9 @@ class RunData(NamedTuple):
     test_labels: Any
     resident: bool
     realised_noise: list[float]
+    noisy_labels: np.ndarray
+    val_images: Any = None
+    val_labels: np.ndarray | None = None
 
 
 def fits_on_device(plan: Plan, dataset: Dataset) -> bool:
@@ -52,22 +61,33 @@ def fits_on_device(plan: Plan, dataset: Dataset) -> bool:
 def prepare_data(
     plan: Plan, dataset: Dataset, seeds: tuple[int, ...], trainer: Trainer, resident: bool
 ) -> RunData:
-    """Limits, label noise per seed (each seed's own, as a separate run would draw), placement."""
+    """Limits, label noise per seed (each seed's own, as a separate run would draw), the
+    validation hold-out (the last ``config.validation`` examples), placement."""
     config = plan.config
     data = dataset.subset(config.limit_train, config.limit_test)
-    labels, realised = [], []
+    labels = []
     for seed in seeds:
-        noisy, rate = data.train_labels, 0.0
+        noisy = data.train_labels
         if config.label_noise > 0:
-            noisy, rate = symmetric_label_noise(data.train_labels, config.label_noise, data.num_classes, seed)
+            noisy, _ = symmetric_label_noise(data.train_labels, config.label_noise, data.num_classes, seed)
         labels.append(noisy)
-        realised.append(rate)
-    train_labels = labels[0] if len(seeds) == 1 else np.stack(labels)
+    noisy_all = np.stack(labels)
+    num = len(data.train_labels) - config.validation
+    val_images, val_labels = None, None
+    if config.validation:
+        val_images, val_labels = trainer.put(data.train_images[num:]), noisy_all[:, num:]
+    data = dataclasses.replace(
+        data, train_images=data.train_images[:num], train_labels=data.train_labels[:num]
+    )
+    noisy_labels = noisy_all[:, :num]
+    realised = [float((n != data.train_labels).mean()) for n in noisy_labels]
+    train_labels = noisy_labels[0] if len(seeds) == 1 else noisy_labels
     train_images = data.train_images
     if resident:
         train_images, train_labels = trainer.put((train_images, train_labels))
     test_images, test_labels = trainer.put((data.test_images, data.test_labels))
-    return RunData(data, train_images, train_labels, test_images, test_labels, resident, realised)
+    return RunData(data, train_images, train_labels, test_images, test_labels, resident, realised, noisy_labels,
+                   val_images, val_labels)  # fmt: skip
 
 
 def _streamed(trainer: Trainer, data: RunData, order: np.ndarray, starts) -> Any:

@@ -61,6 +61,31 @@ def make_split_evaluator(
     return evaluate_split
 
 
+def make_split_predictor(
+    network: Network, dataset: Dataset, batch_size: int
+) -> Callable[[NetParams, chex.Array], chex.Array]:
+    """``(params, images [N, ...]) -> int32 [N]``: the last unit's predicted class of every image.
+
+    One ``lax.scan`` over batches of ``batch_size`` (the last one padded),
+    gathered and normalised on the device; jittable and vmappable over params.
+    """
+
+    def predict_split(params, images):
+        num = images.shape[0]
+        batch = min(batch_size, num)
+        starts = jnp.arange(0, num, batch)
+
+        def body(_, start):
+            idx = jnp.minimum(start + jnp.arange(batch), num - 1)
+            x = dataset.normalise(jnp.take(images, idx, axis=0))
+            return None, network.apply(params, x)[-1].argmax(-1).astype(jnp.int32)
+
+        _, predictions = jax.lax.scan(body, None, starts)
+        return predictions.reshape(-1)[:num]
+
+    return predict_split
+
+
 def summarise_sums(sums: dict[str, np.ndarray], num: int) -> dict[str, float | list[float]]:
     """Host sums -> ``accuracy`` (last unit), ``per_module_accuracy [K]``, ``per_module_kl [K]``."""
     per_module_accuracy = (np.asarray(sums["correct"]) / num).tolist()

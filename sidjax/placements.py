@@ -19,10 +19,10 @@ from sidjax.pipeline import BlockPipeline
 from sidjax.trainer import Plan, Trainer, make_chunk
 
 
-def mesh_trainer(plan: Plan, dataset: Dataset, step, key, init_one, evaluate_split) -> Trainer:
+def mesh_trainer(plan: Plan, dataset: Dataset, step, key, init_one, evaluate_split, predict_split) -> Trainer:
     """One program on a ``(data, module)`` mesh: state split as ``sidjax.parallel`` does, data replicated."""
     mesh, network = make_mesh(*plan.placement.mesh), plan.network
-    evaluate = jax.jit(evaluate_split)
+    evaluate, predict = jax.jit(evaluate_split), jax.jit(predict_split)
     return Trainer(
         init=lambda params: shard_state(init_one(params[0]), network, mesh),
         load=lambda states: shard_state(states[0], network, mesh),
@@ -30,16 +30,17 @@ def mesh_trainer(plan: Plan, dataset: Dataset, step, key, init_one, evaluate_spl
         put=lambda tree: replicate(tree, mesh),
         chunk=make_chunk(dataset, step, key, batch_sharding=NamedSharding(mesh, PartitionSpec(DATA))),
         evaluate=lambda state, images, labels: [gather(evaluate(state.params, images, labels))],
+        predict=lambda state, images: [gather(predict(state.params, images))],
     )
 
 
-def stages_trainer(plan: Plan, dataset: Dataset, tx, augment, key, evaluate_split) -> Trainer:
+def stages_trainer(plan: Plan, dataset: Dataset, tx, augment, key, evaluate_split, predict_split) -> Trainer:
     """Blockwise units in stages (``sidjax.pipeline.BlockPipeline``), stepped from Python."""
     config = plan.config
     pipe = BlockPipeline(plan.network, tx, config.method, config.loss(), pipelined=config.pipelined,
                          num_stages=plan.placement.stages or None, augment=augment)  # fmt: skip
     x_shape = (config.batch_size, *plan.info.input_shape)
-    evaluate = jax.jit(evaluate_split)
+    evaluate, predict = jax.jit(evaluate_split), jax.jit(predict_split)
     return Trainer(
         init=lambda params: pipe.init(params[0], x_shape),
         load=lambda states: pipe.place(states[0]),
@@ -49,6 +50,7 @@ def stages_trainer(plan: Plan, dataset: Dataset, tx, augment, key, evaluate_spli
         evaluate=lambda state, images, labels: [
             jax.device_get(evaluate(pipe.gather(state).params, images, labels))
         ],
+        predict=lambda state, images: [jax.device_get(predict(pipe.gather(state).params, images))],
     )
 
 

@@ -177,9 +177,10 @@ def _epoch(plan, trainer, state, data: RunData, seeds, epoch, progress) -> tuple
     bar.close()
     begin = time.perf_counter()
     sums = trainer.evaluate(state, data.test_images, data.test_labels)
+    diagnostics = _label_diagnostics(plan, trainer, state, data)
     eval_time = time.perf_counter() - begin
     records = []
-    for seed, mean, sum_ in zip(seeds, means, sums, strict=True):
+    for seed, mean, sum_, extra in zip(seeds, means, sums, diagnostics, strict=True):
         test = summarise_sums(sum_, len(data.dataset.test_labels))
         record = {
             "epoch": epoch,
@@ -189,6 +190,7 @@ def _epoch(plan, trainer, state, data: RunData, seeds, epoch, progress) -> tuple
             "test_accuracy": test["accuracy"],
             "per_module_accuracy": test["per_module_accuracy"],
             "per_module_kl": test["per_module_kl"],
+            **extra,
             "epoch_time_s": seconds,
             "eval_time_s": eval_time,
         }
@@ -200,6 +202,36 @@ def _epoch(plan, trainer, state, data: RunData, seeds, epoch, progress) -> tuple
             )
         records.append(record)
     return state, records
+
+
+def _label_diagnostics(plan: Plan, trainer, state, data: RunData) -> list[dict[str, float]]:
+    """Per seed: validation accuracy (on its labels as given), and with label noise the memorisation curve.
+
+    With noise, the training examples are predicted once more (evaluation mode) and split by
+    whether the seed flipped their label: ``train_clean_accuracy`` (unflipped, predicted as
+    labelled), ``train_flipped_memorised`` (flipped, predicted as the wrong label they were given)
+    and ``train_flipped_true`` (flipped, predicted as their true class).
+    """
+    found = [{} for _ in data.noisy_labels]
+    if data.val_images is not None:
+        for extra, predicted, labels in zip(found, trainer.predict(state, data.val_images), data.val_labels,
+                                            strict=True):  # fmt: skip
+            extra["val_accuracy"] = float((predicted == labels).mean())
+    if plan.config.label_noise > 0:
+        images = data.train_images if data.resident else trainer.put(data.train_images)
+        clean = data.dataset.train_labels
+        for extra, predicted, noisy in zip(
+            found, trainer.predict(state, images), data.noisy_labels, strict=True
+        ):
+            flipped = noisy != clean
+            extra["train_clean_accuracy"] = _mean(predicted[~flipped] == clean[~flipped])
+            extra["train_flipped_memorised"] = _mean(predicted[flipped] == noisy[flipped])
+            extra["train_flipped_true"] = _mean(predicted[flipped] == clean[flipped])
+    return found
+
+
+def _mean(hits: np.ndarray) -> float:
+    return float(hits.mean()) if hits.size else float("nan")
 
 
 def _start_state(plan: Plan, trainer, seeds, dirs, resume: bool, log) -> tuple[Any, int]:
@@ -261,11 +293,20 @@ def summarize(
     train_time = sum(r["epoch_time_s"] for r in history)
     examples = plan.steps_per_epoch * config.batch_size * config.epochs
     best = max(history, key=lambda r: r["test_accuracy"])
+    validated = {}
+    if "val_accuracy" in history[-1]:  # the epoch a validation split would choose (early stopping)
+        chosen = max(history, key=lambda r: r["val_accuracy"])
+        validated = {
+            "final_val_accuracy": history[-1]["val_accuracy"],
+            "best_val_epoch": chosen["epoch"],
+            "test_accuracy_at_best_val": chosen["test_accuracy"],
+        }
     return {
         **config.record(),
         "final_test_accuracy": history[-1]["test_accuracy"],
         "best_test_accuracy": best["test_accuracy"],
         "best_epoch": best["epoch"],
+        **validated,
         "per_module_accuracy": history[-1]["per_module_accuracy"],
         "per_module_kl": history[-1]["per_module_kl"],
         "train_time_s": train_time,

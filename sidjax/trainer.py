@@ -29,7 +29,7 @@ from sidjax.data import (
     random_crop_flip,
 )
 from sidjax.errors import ConfigError
-from sidjax.evaluation import make_split_evaluator
+from sidjax.evaluation import make_split_evaluator, make_split_predictor
 from sidjax.methods import MethodSpec, get_method
 from sidjax.network import (
     NetParams,
@@ -155,8 +155,15 @@ def make_plan(config: TrainConfig, dataset: Dataset | None = None) -> Plan:
         )
     else:
         info = dataset_info(config.dataset, config.image_size)
+    num_train = min(info.num_train, config.limit_train or info.num_train)
+    if config.validation >= num_train:
+        raise ConfigError(
+            f"validation {config.validation} leaves none of the {num_train} training examples to train on; "
+            "lower validation or raise limit_train",
+            "validation",
+        )
     info = info._replace(
-        num_train=min(info.num_train, config.limit_train or info.num_train),
+        num_train=num_train - config.validation,
         num_test=min(info.num_test, config.limit_test or info.num_test),
     )
     if config.batch_size > info.num_train:
@@ -210,6 +217,7 @@ class Trainer(NamedTuple):
         ``chunk.compile(...)`` compiles ahead of time and returns the
         seconds it took.
       evaluate: ``(state, images, labels) -> per-seed sums`` over the test split.
+      predict: ``(state, images) -> per-seed int [N]``, the last unit's predicted classes.
     """
 
     init: Callable[[list[NetParams]], Any]
@@ -218,6 +226,7 @@ class Trainer(NamedTuple):
     put: Callable[[Any], Any]
     chunk: Any
     evaluate: Callable[[Any, Any, Any], list[dict[str, np.ndarray]]]
+    predict: Callable[[Any, Any], list[np.ndarray]]
 
 
 class CompiledChunks:
@@ -295,10 +304,11 @@ def make_trainer(plan: Plan, dataset: Dataset, seeds: tuple[int, ...], streamed:
     augment = random_crop_flip if plan.augment else None
     keys = jnp.stack([seed_keys(s)[1] for s in seeds]) if len(seeds) > 1 else seed_keys(seeds[0])[1]
     evaluate_split = make_split_evaluator(network, dataset, config.eval_batch_size, config.label_smoothing)
+    predict_split = make_split_predictor(network, dataset, config.eval_batch_size)
     if plan.placement.kind == "stages":
         from sidjax.placements import stages_trainer
 
-        return stages_trainer(plan, dataset, tx, augment, keys, evaluate_split)
+        return stages_trainer(plan, dataset, tx, augment, keys, evaluate_split, predict_split)
     step = make_train_step(network, tx, config.method, config.loss(), execution=config.execution,
                            pipelined=config.pipelined, augment=augment)  # fmt: skip
     x_shape = (config.batch_size, *plan.info.input_shape)
@@ -309,9 +319,9 @@ def make_trainer(plan: Plan, dataset: Dataset, seeds: tuple[int, ...], streamed:
     if plan.placement.kind == "mesh":
         from sidjax.placements import mesh_trainer
 
-        return mesh_trainer(plan, dataset, step, keys, init_one, evaluate_split)
+        return mesh_trainer(plan, dataset, step, keys, init_one, evaluate_split, predict_split)
     if len(seeds) == 1:
-        evaluate = jax.jit(evaluate_split)
+        evaluate, predict = jax.jit(evaluate_split), jax.jit(predict_split)
         return Trainer(
             init=lambda params: init_one(params[0]),
             load=lambda states: jax.device_put(states[0]),
@@ -319,8 +329,10 @@ def make_trainer(plan: Plan, dataset: Dataset, seeds: tuple[int, ...], streamed:
             put=jax.device_put,
             chunk=make_chunk(dataset, step, keys),
             evaluate=lambda state, images, labels: [jax.device_get(evaluate(state.params, images, labels))],
+            predict=lambda state, images: [jax.device_get(predict(state.params, images))],
         )
     evaluate = jax.jit(_over_seeds(evaluate_split, (0, None, None), len(seeds), plan.cpu_convolutions))
+    predict = jax.jit(_over_seeds(predict_split, (0, None), len(seeds), plan.cpu_convolutions))
     return Trainer(
         init=lambda params: stack_units([init_one(p) for p in params]),  # any pytrees: one per seed
         load=lambda states: jax.device_put(stack_units(states)),
@@ -332,6 +344,7 @@ def make_trainer(plan: Plan, dataset: Dataset, seeds: tuple[int, ...], streamed:
         evaluate=lambda state, images, labels: unstack_units(
             jax.device_get(evaluate(state.params, images, labels)), len(seeds)
         ),
+        predict=lambda state, images: list(jax.device_get(predict(state.params, images))),
     )
 
 

@@ -58,8 +58,9 @@ class Experiment:
 
 def smoke_config(config: TrainConfig) -> TrainConfig:
     return dataclasses.replace(
-        config, epochs=1, limit_train=64, limit_test=64, batch_size=32, eval_batch_size=64, tiny=True
-    )
+        config, epochs=1, limit_train=64, limit_test=64, batch_size=32, eval_batch_size=64, tiny=True,
+        validation=min(config.validation, 16),
+    )  # fmt: skip
 
 
 def load(name: str) -> Experiment:
