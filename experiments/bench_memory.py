@@ -8,7 +8,7 @@ the blockwise network and measures, in one process:
   reuse a donated argument; params, optimizer state and the batch are
   arguments, common to all methods, and not counted). Every step donates its
   state, as training does. ``sid_stages`` runs one program per block on one
-  device (``BlockPipeline``); it is charged its largest block program's
+  device (``placement="stages:K"``); it is charged its largest block program's
   memory plus that block's input activations;
 * the median step time over --steps steps after compilation, methods timed in
   interleaved rounds so load drift hits all alike;
@@ -34,15 +34,7 @@ import jax.numpy as jnp
 import optax
 
 from experiments.benchlib import Bench, environment, measure, write_json
-from sidjax import (
-    ARCHITECTURES,
-    BlockPipeline,
-    SIDLoss,
-    init_train_state,
-    make_blockwise_network,
-    make_train_step,
-    step_memory_bytes,
-)
+from sidjax import ARCHITECTURES, SIDLoss, make_blockwise_network, make_learner
 from sidjax.errors import ConfigError
 
 # (label, method, execution); "stages" is one program per block
@@ -61,25 +53,23 @@ def peak_device_bytes() -> int | None:
     return None if not stats else stats.get("peak_bytes_in_use")
 
 
-def bench(network, params, tx, method: str, execution: str) -> Bench:
-    fresh = jax.tree.map(jnp.copy, params)
+def bench(network, variables, tx, method: str, execution: str) -> Bench:
     if execution == "stages":
-        pipe = BlockPipeline(
-            network, tx, method, SIDLoss(), num_stages=network.num_units, devices=jax.devices()[:1]
-        )
-        return Bench(pipe.step, pipe.place(init_train_state(fresh, tx)), pipe.memory_bytes)
-    step = make_train_step(network, tx, method, SIDLoss(), execution=execution, donate=True)
-    return Bench(step, init_train_state(fresh, tx), lambda s, b, k: step_memory_bytes(step, s, b, k))
+        learner = make_learner(network, tx, method, SIDLoss(), placement=f"stages:{network.num_units}",
+                               devices=jax.devices()[:1])  # fmt: skip
+    else:
+        learner = make_learner(network, tx, method, SIDLoss(), execution=execution, donate=True)
+    return Bench(learner, learner.init(jax.tree.map(jnp.copy, variables)))
 
 
 def bench_k(args, k: int, shape, x, labels) -> dict:
-    network, params = make_blockwise_network(
+    network, variables = make_blockwise_network(
         args.model, shape, args.num_classes, k, jax.random.key(0), tiny=args.tiny
     )
     tx = optax.adam(1e-3)
     wanted = args.variants.split(",")
     benches = {
-        label: bench(network, params, tx, method, execution)
+        label: bench(network, variables, tx, method, execution)
         for label, method, execution in VARIANTS
         if label in wanted and (execution != "vmap" or network.stacked)  # vmap needs equal blocks
     }

@@ -3,7 +3,7 @@
 One blockwise network (default ViT-Tiny cut into K = 8 blocks, 32x32x3,
 batch 128) is trained on D devices for each D, one process per D:
 - ``bp``: end-to-end backprop, batch split D ways (a (D, 1) mesh, ``sidjax.parallel``);
-- ``sid_sync``: the exact blockwise step, blocks in D stages (``sidjax.pipeline``);
+- ``sid_sync``: the exact blockwise step, blocks in D stages (``sidjax.stages``);
 - ``sid_pipelined``: one-step-stale inputs, all stages update at once;
 - ``sid_pipelined_mesh`` (stacked blocks only, e.g. ViT with K dividing 12):
   the pipelined step as one program, blocks split over a (1, D) mesh.
@@ -30,7 +30,7 @@ import time
 
 import jax
 
-from sidjax.cli import OneLineParser
+from sidjax.train.cli import OneLineParser
 
 METHODS = ("bp", "sid_sync", "sid_pipelined", "sid_pipelined_mesh")
 
@@ -41,20 +41,12 @@ def worker(args) -> dict:
     import optax
 
     from experiments.benchlib import environment
-    from sidjax import (
-        BlockPipeline,
-        SIDLoss,
-        init_slots,
-        init_train_state,
-        make_blockwise_network,
-        make_train_step,
-    )
-    from sidjax.parallel import make_mesh, shard_batch, shard_state
+    from sidjax import SIDLoss, make_blockwise_network, make_learner
 
     d = args.worker
     devices = jax.devices()[:d]
     shape = tuple(int(v) for v in args.input_shape.split(","))
-    network, params = make_blockwise_network(
+    network, variables = make_blockwise_network(
         args.model, shape, 10, args.num_blocks, jax.random.key(0), tiny=args.tiny
     )
     tx = optax.adam(1e-3)
@@ -62,21 +54,16 @@ def worker(args) -> dict:
     x = np.asarray(jax.random.normal(key, (args.batch_size, *shape)))
     y = np.asarray(jax.random.randint(key, (args.batch_size,), 0, 10))
 
-    mesh = make_mesh(d, 1, devices)
-    bp_step = make_train_step(network, tx, "bp")
-    runs = {"bp": (lambda s, b, k: bp_step(s, shard_batch(b, network, mesh), k),
-                   shard_state(init_train_state(params, tx), network, mesh))}  # fmt: skip
+    learners = {"bp": make_learner(network, tx, "bp", placement=f"mesh:{d},1", devices=devices,
+                                   batch_size=args.batch_size)}  # fmt: skip
     for label, pipelined in (("sid_sync", False), ("sid_pipelined", True)):
-        pipe = BlockPipeline(network, tx, "sid", SIDLoss(0.5), pipelined=pipelined, devices=devices)
-        runs[label] = (pipe.step, pipe.init(params, (args.batch_size, *shape)))
+        learners[label] = make_learner(network, tx, "sid", SIDLoss(0.5), pipelined=pipelined, placement="stages",
+                                       devices=devices, batch_size=args.batch_size)  # fmt: skip
     if network.stacked and args.num_blocks % d == 0:
-        module_mesh = make_mesh(1, d, devices)
-        step = make_train_step(network, tx, "sid", SIDLoss(0.5), execution="vmap", pipelined=True)
-        slots = init_slots(network, params, (args.batch_size, *shape))
-        runs["sid_pipelined_mesh"] = (
-            step,
-            shard_state(init_train_state(params, tx, slots), network, module_mesh),
-        )
+        learners["sid_pipelined_mesh"] = make_learner(network, tx, "sid", SIDLoss(0.5), execution="vmap",
+                                                      pipelined=True, placement=f"mesh:1,{d}", devices=devices,
+                                                      batch_size=args.batch_size)  # fmt: skip
+    runs = {label: (learner.step, learner.init(variables)) for label, learner in learners.items()}
     states = {}
     for label, (step, state) in runs.items():
         for _ in range(2):

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from experiments.benchlib import Bench, environment, measure, write_json
-from sidjax import ARCHITECTURES, SIDLoss, init_train_state, make_network, make_train_step, step_memory_bytes
+from sidjax import ARCHITECTURES, SIDLoss, make_learner, make_network
 from sidjax.ops import CONV_IMPLS
 
 
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("--steps, --batch-size and --num-modules must be >= 1")
 
     shape = tuple(int(s) for s in args.input_shape.split(","))
-    network, params = make_network(
+    network, variables = make_network(
         args.model, shape, args.num_classes, args.num_modules, jax.random.key(0), conv_impl=args.conv_impl
     )
     tx = optax.adam(1e-3)
@@ -50,9 +50,8 @@ def main(argv: list[str] | None = None) -> dict:
     labels = jax.random.randint(jax.random.key(2), (args.batch_size,), 0, args.num_classes)
     benches = {}
     for method in ("sid", "bp"):
-        step = make_train_step(network, tx, method, SIDLoss(), donate=True)
-        state = init_train_state(jax.tree.map(jnp.copy, params), tx)
-        benches[method] = Bench(step, state, lambda s, b, k, step=step: step_memory_bytes(step, s, b, k))
+        learner = make_learner(network, tx, method, SIDLoss(), donate=True)
+        benches[method] = Bench(learner, learner.init(jax.tree.map(jnp.copy, variables)))
     results = measure(benches, (x, labels), jax.random.key(3), args.steps)
     for r in results.values():
         r["examples_per_s"] = args.batch_size / r["median_step_s"]

@@ -5,25 +5,25 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
+from sidjax import Learner
+
 
 class Bench(NamedTuple):
-    """One thing to measure: its step, a fresh state, and how its compiled memory is read."""
+    """One thing to measure: a learner (its step and how its compiled memory is read) and a fresh state."""
 
-    step: Callable
+    learner: Learner
     state: Any
-    memory_bytes: Callable[[Any, tuple, jax.Array], int]
 
 
 def measure(
     benches: dict[str, Bench], batch: tuple, key: jax.Array, num_steps: int
 ) -> dict[str, dict[str, float]]:
-    """Temp bytes and the median of ``num_steps`` interleaved step times per labelled step.
+    """Compiled memory and the median of ``num_steps`` interleaved step times per labelled learner.
 
     Each is compiled and warmed up (2 steps) first; then rounds run one step
     of each in turn, so machine-load drift hits all alike. ``num_steps=0``
@@ -31,16 +31,16 @@ def measure(
     """
     states, results = {}, {}
     for label, bench in benches.items():
-        results[label] = {"memory_bytes": bench.memory_bytes(bench.state, batch, key)}
+        results[label] = {"memory_bytes": bench.learner.memory_bytes(bench.state, batch, key)}
         state = bench.state
         for _ in range(2 if num_steps else 0):
-            state, _ = bench.step(state, batch, key)
+            state, _ = bench.learner.step(state, batch, key)
         states[label] = jax.block_until_ready(state)
     times = {label: [] for label in benches}
     for _ in range(num_steps):
         for label, bench in benches.items():
             start = time.perf_counter()
-            states[label], _ = bench.step(states[label], batch, key)
+            states[label], _ = bench.learner.step(states[label], batch, key)
             jax.block_until_ready(states[label])
             times[label].append(time.perf_counter() - start)
     for label in benches:

@@ -23,8 +23,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from experiments import configs  # noqa: E402
-from sidjax.cli import OneLineParser  # noqa: E402
-from sidjax.rundir import read_metrics  # noqa: E402
+from sidjax.train.cli import OneLineParser  # noqa: E402
+from sidjax.train.rundir import read_metrics  # noqa: E402
 
 SUMMARY_FIELDS: dict[str, type | tuple[type, ...]] = {
     "final_test_accuracy": float,
@@ -33,8 +33,8 @@ SUMMARY_FIELDS: dict[str, type | tuple[type, ...]] = {
     "epochs": int,
     "time_per_epoch_s": (int, float),
     "examples_per_s": (int, float),
-    "per_module_accuracy": list,
-    "per_module_kl": list,
+    "per_unit_accuracy": list,
+    "per_unit_kl": list,
     "num_train": int,
     "host": str,
     "backend": str,
@@ -250,30 +250,30 @@ def depth_section(exp, found, plots: str, rel: str) -> str:
         sid, bp = found.get(f"trunk/L{d:02d}/sid"), found.get(f"trunk/L{d:02d}/bp")
         if not sid:
             continue
-        acc = np.mean(_values(sid, "per_module_accuracy"), axis=0) * 100
-        kl = np.mean(_values(sid, "per_module_kl"), axis=0)
+        acc = np.mean(_values(sid, "per_unit_accuracy"), axis=0) * 100
+        kl = np.mean(_values(sid, "per_unit_kl"), axis=0)
         lines.append(
             f"| {d} | {mean_std(_values(sid, 'final_test_accuracy'), 100)} | "
             f"{mean_std(_values(bp, 'final_test_accuracy'), 100) if bp else 'not yet run'} | "
             f"{acc[0]:.2f} → {acc[-1]:.2f} | {kl[0]:.3f} → {kl[-1]:.3f} | "
-            f"{_monotone(_values(sid, 'per_module_kl')) if d > 1 else '—'} |"
+            f"{_monotone(_values(sid, 'per_unit_kl')) if d > 1 else '—'} |"
         )
     out = ["\n".join(lines)]
     names = {f"L={d}": f"trunk/L{d:02d}/sid" for d in depths}
-    if _module_series(found, names, "per_module_accuracy", 100):
+    if _module_series(found, names, "per_unit_accuracy", 100):
         _plot(
             f"{plots}/depth_module_accuracy.png",
             "SID: test accuracy of each module's belief",
             "module i",
             "test accuracy of p_i (%)",
-            _module_series(found, names, "per_module_accuracy", 100),
+            _module_series(found, names, "per_unit_accuracy", 100),
         )
         _plot(
             f"{plots}/depth_module_kl.png",
             "SID: KL(target || p_i) on the test set",
             "module i",
             "KL(target || p_i)",
-            _module_series(found, names, "per_module_kl", 1.0),
+            _module_series(found, names, "per_unit_kl", 1.0),
         )
         groups = {m.upper(): {d: f"trunk/L{d:02d}/{m}" for d in depths} for m in ("sid", "bp")}
         _plot(
@@ -310,7 +310,7 @@ def alpha_section(exp, found, plots: str, rel: str) -> str:
         "SID: KL(target || p_i) per module",
         "module i",
         "KL(target || p_i)",
-        _module_series(found, names, "per_module_kl", 1.0),
+        _module_series(found, names, "per_unit_kl", 1.0),
     )
     return f"![accuracy vs alpha]({rel}/alpha_accuracy.png) ![KL per module]({rel}/alpha_module_kl.png)"
 
@@ -319,7 +319,7 @@ def pipeline_section(exp, found, plots: str, rel: str) -> str:
     lines = ["| schedule | test accuracy of each block's belief, block 1 → K (%) |", "|---|---|"]
     for name in exp.runs:
         if name in found:
-            acc = np.mean(_values(found[name], "per_module_accuracy"), axis=0) * 100
+            acc = np.mean(_values(found[name], "per_unit_accuracy"), axis=0) * 100
             lines.append(f"| {name} | {' / '.join(f'{a:.2f}' for a in acc)} |")
     return "\n".join(lines)
 

@@ -20,11 +20,11 @@ import os
 import sys
 
 from experiments import configs
-from sidjax.cli import OneLineParser, error_line
 from sidjax.data import Dataset, DatasetUnavailableError, load_dataset
 from sidjax.errors import ConfigError
-from sidjax.runner import TrainingDiverged, run
-from sidjax.trainer import make_plan
+from sidjax.train.cli import OneLineParser, error_line
+from sidjax.train.plan import make_plan
+from sidjax.train.runner import TrainingDiverged, run
 
 
 def run_experiment(
@@ -74,8 +74,8 @@ def run_experiment(
                 )
             result = run(together, out, dataset=datasets[config.dataset], progress=progress,
                          overwrite=overwrite, resume=not overwrite)  # fmt: skip
-            for seed, s in zip(seeds, result if isinstance(result, list) else [result], strict=True):
-                summaries[(name, seed)] = s
+            for seed, r in zip(seeds, result if isinstance(result, list) else [result], strict=True):
+                s = summaries[(name, seed)] = r.summary
                 print(f"   seed {seed}: final test accuracy {s['final_test_accuracy']:.4f} "
                       f"(best {s['best_test_accuracy']:.4f}), {s['time_per_epoch_s']:.1f} s/epoch", flush=True)  # fmt: skip
         except (ConfigError, DatasetUnavailableError, TrainingDiverged) as err:

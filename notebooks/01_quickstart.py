@@ -59,16 +59,18 @@ print(dataset.train_images.shape, dataset.test_images.shape, dataset.num_classes
 # ## Train SID and BP on the same network
 # `TrainConfig` holds every setting (the defaults are the authors'); `run`
 # trains, evaluates every module's belief on the test set after each epoch,
-# and returns a summary per seed. `seed=(0, 1)` trains both seeds together
-# (`jax.vmap` over whole runs), each exactly as a separate run would.
+# and returns, per seed, its summary, the network and the trained state.
+# `seed=(0, 1)` trains both seeds together (`jax.vmap` over whole runs), each
+# exactly as a separate run would.
 
 # %%
 budget = dict(epochs=2, limit_train=2_000, limit_test=1_000) if TINY else dict(epochs=5)
-histories, summaries = {}, {}
+histories, summaries, results = {}, {}, {}
 for method in ("sid", "bp"):
     config = sidjax.TrainConfig(method=method, model="mlp", num_modules=10, seed=(0, 1), **budget)
     histories[method] = []
-    summaries[method] = sidjax.run(config, dataset=dataset, progress=False, on_epoch=histories[method].append)
+    results[method] = sidjax.run(config, dataset=dataset, progress=False, on_epoch=histories[method].append)
+    summaries[method] = [r.summary for r in results[method]]
     finals = [s["final_test_accuracy"] for s in summaries[method]]
     print(f"{method.upper()}: final test accuracy {np.mean(finals):.4f} (seeds: {', '.join(f'{a:.4f}' for a in finals)}), "
           f"{summaries[method][0]['time_per_epoch_s']:.1f} s/epoch for both seeds")  # fmt: skip
@@ -85,7 +87,7 @@ for method, history in histories.items():
         curve = [r for r in history if r["seed"] == seed]
         left.plot([r["epoch"] for r in curve], [100 * r["test_accuracy"] for r in curve], "o-",
                   label=f"{method.upper()}, seed {seed}")  # fmt: skip
-    acc = np.mean([s["per_module_accuracy"] for s in summaries[method]], axis=0)
+    acc = np.mean([s["per_unit_accuracy"] for s in summaries[method]], axis=0)
     right.plot(range(1, len(acc) + 1), 100 * acc, "o-", label=f"{method.upper()} (mean of the seeds)")
 left.set(title="Test accuracy per epoch", xlabel="epoch", ylabel="test accuracy (%)")
 right.set(
@@ -98,5 +100,16 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
+# ## The trained network
+# `run` gives the trained network back; `sidjax.predict` returns the last
+# module's class probabilities (every module's with `per_unit=True`).
+
+# %%
+trained = results["sid"][0]
+probabilities = sidjax.predict(trained.network, trained.variables, dataset.normalise(dataset.test_images[:8]))
+print("predicted:", probabilities.argmax(-1), "\nlabels:   ", dataset.test_labels[:8])
+
+# %% [markdown]
 # Next: `02_beliefs_and_depth` (how the belief sharpens with depth and what
-# alpha does) and `03_parallel_modules` (the same step on many devices).
+# alpha does), `03_parallel_modules` (the same step on many devices) and
+# `04_your_own_model` (SID on a network you write).

@@ -69,15 +69,15 @@ print({a: round(k[-1], 4) for a, k in ideal.items()})
 trained = {}
 for alpha in (0.1, 0.5, 0.9):
     config = sidjax.TrainConfig(method="sid", model="mlp", num_modules=L, alpha=alpha, **budget)
-    trained[alpha] = sidjax.run(config, dataset=dataset, progress=False)
+    trained[alpha] = sidjax.run(config, dataset=dataset, progress=False).summary
     print(f"alpha {alpha}: final test accuracy {trained[alpha]['final_test_accuracy']:.4f}")
 
 # %%
 modules = range(1, L + 1)
 fig, axes = plt.subplots(1, 3, figsize=(15, 4))
 for alpha, s in trained.items():
-    axes[0].plot(modules, s["per_module_kl"], "o-", label=f"trained, alpha={alpha}")
-    axes[1].plot(modules, [100 * a for a in s["per_module_accuracy"]], "o-", label=f"alpha={alpha}")
+    axes[0].plot(modules, s["per_unit_kl"], "o-", label=f"trained, alpha={alpha}")
+    axes[1].plot(modules, [100 * a for a in s["per_unit_accuracy"]], "o-", label=f"alpha={alpha}")
 for alpha, kls in ideal.items():
     axes[2].plot(modules, kls, "s--", label=f"minimiser, alpha={alpha}")
 axes[0].set(title="Trained: KL(target || p_i), test set", xlabel="module i", ylabel="KL")

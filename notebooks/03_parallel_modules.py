@@ -48,44 +48,43 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import sidjax  # noqa: E402
-from sidjax.parallel import make_mesh, shard_batch, shard_state  # noqa: E402
 
 n = jax.device_count()
 print(n, "device(s):", jax.devices()[0].device_kind, "| tiny budget:", TINY)
 
 # %% [markdown]
-# ## The shared trunk on one device and on a (data, module) mesh
-# The same jitted step; only where the state and the batch live changes.
+# ## The shared trunk on one device and on a (data, unit) mesh
+# The same step (`sidjax.make_learner`); only its placement changes: where the
+# state lives and how the batch is split.
 
 # %%
 dataset = sidjax.load_dataset("fashion_mnist")
 batch_size, steps = (64, 5) if TINY else (256, 30)
 x = dataset.normalise(dataset.train_images[:batch_size])
 y = dataset.train_labels[:batch_size]
-network, params = sidjax.make_network("mlp", dataset.input_shape, 10, 8, jax.random.key(0))
+network, variables = sidjax.make_network("mlp", dataset.input_shape, 10, 8, jax.random.key(0))
 tx = optax.adam(1e-3)
-step = sidjax.make_train_step(network, tx, "sid", sidjax.SIDLoss(0.5))
 
-placements = [("1 device", None)]
-for data, module in ((1, min(n, 8)), (2, min(n, 8) // 2)):  # meshes that divide the 8 modules
-    if data * module > 1 and data * module <= n and 8 % module == 0:
-        placements.append((f"mesh ({data}, {module})", make_mesh(data, module)))
+placements = ["single"]
+for data, unit in ((1, min(n, 8)), (2, min(n, 8) // 2)):  # meshes that divide the 8 modules
+    if data * unit > 1 and data * unit <= n and 8 % unit == 0:
+        placements.append(f"mesh:{data},{unit}")
 if len(placements) == 1:
     print("one device: nothing to shard here; on a multi-device runtime the same step runs on a mesh")
 results = {}
-for name, mesh in placements:
-    state = sidjax.init_train_state(jax.tree.map(np.copy, params), tx)
-    batch = (x, y)
-    if mesh is not None:
-        state, batch = shard_state(state, network, mesh), shard_batch(batch, network, mesh)
-    state, _ = step(state, batch, jax.random.key(0))  # compile
+for placement in placements:
+    learner = sidjax.make_learner(
+        network, tx, "sid", sidjax.SIDLoss(0.5), placement=placement, batch_size=batch_size
+    )
+    state = learner.init(jax.tree.map(np.copy, variables))
+    state, _ = learner.step(state, (x, y), jax.random.key(0))  # compile
     start = time.perf_counter()
     for _ in range(steps):
-        state, metrics = step(state, batch, jax.random.key(0))
+        state, metrics = learner.step(state, (x, y), jax.random.key(0))
     jax.block_until_ready(state)
-    results[name] = (state, (time.perf_counter() - start) / steps)
+    results[placement] = (state, (time.perf_counter() - start) / steps)
 
-reference = results["1 device"][0].params
+reference = results["single"][0].params
 for name, (state, seconds) in results.items():
     gap = max(
         float(np.max(np.abs(a - b)))
@@ -103,22 +102,22 @@ for name, (state, seconds) in results.items():
 
 # %%
 shape = dataset.input_shape
-blockwise, bparams = sidjax.make_blockwise_network("simplecnn", shape, 10, 4, jax.random.key(0), tiny=TINY)
+blockwise, bvariables = sidjax.make_blockwise_network("simplecnn", shape, 10, 4, jax.random.key(0), tiny=TINY)
 n_train = 6_400 if TINY else 12_800
 curves, test_accuracy = {}, {}
 for pipelined in (False, True):
     name = "pipelined" if pipelined else "synchronous"
-    pipe = sidjax.BlockPipeline(blockwise, tx, "sid", sidjax.SIDLoss(0.5), pipelined=pipelined, num_stages=4,
-                                devices=jax.devices()[:4])  # fmt: skip
-    state = pipe.init(jax.tree.map(np.copy, bparams), (128, *shape))
+    learner = sidjax.make_learner(blockwise, tx, "sid", sidjax.SIDLoss(0.5), pipelined=pipelined,
+                                  placement="stages:4", devices=jax.devices()[:4], batch_size=128)  # fmt: skip
+    state = learner.init(jax.tree.map(np.copy, bvariables))
     losses = []
     for i in range(0, n_train, 128):
         batch = (dataset.normalise(dataset.train_images[i : i + 128]), dataset.train_labels[i : i + 128])
-        state, metrics = pipe.step(state, batch, jax.random.key(0))
-        losses.append(np.asarray(metrics["module_loss"]))
+        state, metrics = learner.step(state, batch, jax.random.key(0))
+        losses.append(np.asarray(metrics["unit_loss"]))
     curves[name] = np.stack(losses)
     test = dataset.subset(None, 2_000)  # the first 2 000 test examples
-    test_accuracy[name] = sidjax.evaluate(blockwise, pipe.gather(state).params, test)["accuracy"]
+    test_accuracy[name] = sidjax.evaluate(blockwise, learner.gather(state).variables, test)["accuracy"]
     print(f"{name:12s}: test accuracy of the last block {test_accuracy[name]:.4f}")
 
 fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
@@ -148,13 +147,16 @@ rows = []
 xb = np.zeros((vit_batch, *vit_shape), np.float32)
 yb = np.zeros((vit_batch,), np.int32)
 for k in ks:
-    net, p = sidjax.make_blockwise_network("vit_tiny", vit_shape, 10, k, jax.random.key(0), tiny=TINY)
-    mem = {}
-    for method, execution in (("bp", "auto"), ("sid", "sequential")):
-        s = sidjax.make_train_step(net, tx, method, sidjax.SIDLoss(0.5), execution=execution)
-        mem[method] = sidjax.step_memory_bytes(s, sidjax.init_train_state(p, tx), (xb, yb), jax.random.key(0))
-    stages = sidjax.BlockPipeline(net, tx, "sid", num_stages=k, devices=jax.devices()[:1])
-    mem["stages"] = stages.memory_bytes(stages.init(p, xb.shape), (xb, yb), jax.random.key(0))
+    net, v = sidjax.make_blockwise_network("vit_tiny", vit_shape, 10, k, jax.random.key(0), tiny=TINY)
+    learners = {
+        "bp": sidjax.make_learner(net, tx, "bp"),
+        "sid": sidjax.make_learner(net, tx, "sid", execution="sequential"),
+        "stages": sidjax.make_learner(net, tx, "sid", placement=f"stages:{k}", devices=jax.devices()[:1]),
+    }
+    mem = {
+        m: learner.memory_bytes(learner.init(v), (xb, yb), jax.random.key(0))
+        for m, learner in learners.items()
+    }
     rows.append((k, *(mem[m] / 2**20 for m in ("bp", "sid", "stages")), mem["stages"] / mem["bp"]))
 print(
     "| K | BP MiB | SID one program MiB | SID one program per block MiB | per block / BP |\n|---|---|---|---|---|"

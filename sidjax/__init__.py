@@ -1,10 +1,22 @@
-"""sidjax: Synergistic Information Distillation (SID) in JAX and Flax NNX."""
+"""sidjax: Synergistic Information Distillation (SID) in JAX and Flax NNX.
 
+The library: networks of units built from your NNX modules or the built-in
+architectures (``blockwise``, ``trunk``, ``from_units``, ``make_network``,
+``make_blockwise_network``), the local loss (``SIDLoss``), one record that
+trains a network with any method, execution, schedule and placement
+(``make_learner`` -> ``Learner``), evaluation and prediction. The
+application on top (``sidjax.train``): ``TrainConfig``, ``run`` and
+``load_run``, and the ``sidjax`` command line.
+"""
+
+from sidjax._version import __version__
 from sidjax.architectures import ARCHITECTURES, Backbone
-from sidjax.config import TrainConfig
+from sidjax.builders import blockwise, from_units, make_blockwise_network, make_network, trunk
 from sidjax.data import Dataset, DatasetUnavailableError, load_dataset
 from sidjax.errors import ConfigError
-from sidjax.evaluation import evaluate
+from sidjax.evaluation import evaluate, predict
+from sidjax.heads import HEADS, DGLHead, InfoProHead, MLPHead
+from sidjax.learner import make_learner
 from sidjax.losses import (
     SIDLoss,
     forward_minimiser,
@@ -14,71 +26,59 @@ from sidjax.losses import (
     sid_local_loss,
     uniform_log_belief,
 )
-from sidjax.methods import METHODS, MethodSpec
-from sidjax.models import BeliefHead, BeliefModule, BlockUnit
-from sidjax.network import (
-    NetParams,
-    Network,
-    make_blockwise_network,
-    make_network,
-    stack_units,
-    unstack_units,
-)
-from sidjax.ops import conv2d, max_pool
-from sidjax.pipeline import BlockPipeline
-from sidjax.pipelined import init_slots
-from sidjax.runner import RunInterrupted, TrainingDiverged, run
-from sidjax.state import TrainState, apply_gradients, init_train_state
-from sidjax.steps import (
-    EXECUTIONS,
-    local_losses,
-    make_grad_fn,
-    make_train_step,
-    memory_beyond_arguments,
-    step_memory_bytes,
-)
+from sidjax.methods import EXECUTIONS, METHODS, MethodSpec
+from sidjax.models import BeliefModule, BlockUnit
+from sidjax.network import Network, Parts, UnitInput, Variables
+from sidjax.placement import Placement
+from sidjax.state import Learner, TrainState
+from sidjax.steps import local_losses
+from sidjax.train.config import TrainConfig
+from sidjax.train.runner import RunInterrupted, RunResult, TrainingDiverged, load_run, run
 
 __all__ = [
     "ARCHITECTURES",
     "EXECUTIONS",
+    "HEADS",
     "METHODS",
     "Backbone",
-    "BeliefHead",
     "BeliefModule",
-    "BlockPipeline",
     "BlockUnit",
     "ConfigError",
+    "DGLHead",
     "Dataset",
     "DatasetUnavailableError",
+    "InfoProHead",
+    "Learner",
+    "MLPHead",
     "MethodSpec",
-    "NetParams",
     "Network",
+    "Parts",
+    "Placement",
     "RunInterrupted",
+    "RunResult",
     "SIDLoss",
     "TrainConfig",
     "TrainState",
     "TrainingDiverged",
-    "apply_gradients",
-    "conv2d",
+    "UnitInput",
+    "Variables",
+    "__version__",
+    "blockwise",
     "evaluate",
     "forward_minimiser",
-    "init_slots",
-    "init_train_state",
+    "from_units",
     "kl_to_target",
     "label_distribution",
     "load_dataset",
+    "load_run",
     "local_losses",
     "make_blockwise_network",
-    "make_grad_fn",
+    "make_learner",
     "make_network",
-    "make_train_step",
-    "max_pool",
+    "predict",
     "reverse_minimiser",
     "run",
     "sid_local_loss",
-    "stack_units",
-    "step_memory_bytes",
-    "memory_beyond_arguments",
+    "trunk",
     "uniform_log_belief",
-    "unstack_units",
 ]

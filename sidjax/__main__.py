@@ -1,5 +1,5 @@
 """``python -m sidjax {train,compare} [flags]``."""
 
-from sidjax.cli import main
+from sidjax.train.cli import main
 
 main()

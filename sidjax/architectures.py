@@ -11,9 +11,14 @@ contiguous blocks. The same backbone serves three ways:
 * end to end for BP: the blockwise network trained with CE on the last head.
 
 Images are NHWC, 28x28x1 or 32x32x3 (any size works where the pools fit).
-Deviation from the paper, stated: ResNet-18 uses GroupNorm instead of
-BatchNorm so that every model is a pure function of its params (no running
-statistics to thread through local updates).
+ResNet-18 uses BatchNorm, as in the paper (each block's local forward pass
+updates its running statistics; evaluation reads them); ``resnet18_gn`` is
+the same network with GroupNorm, which behaves the same in training and
+evaluation and does not depend on the batch's composition.
+
+Every builder is ``builder(input_shape, tiny, conv_impl, rngs) -> Backbone``;
+your own backbone is a ``Backbone`` of your own layers, accepted wherever a
+model name is (``sidjax.make_network``, ``sidjax.make_blockwise_network``).
 """
 
 from __future__ import annotations
@@ -22,10 +27,25 @@ import dataclasses
 from collections.abc import Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
-from sidjax.models import Conv3x3, pool_features
-from sidjax.ops import ConvImpl, max_pool
+from sidjax.heads import pool_features
+from sidjax.ops import ConvImpl, conv2d, max_pool
+
+
+class Conv3x3(nnx.Module):
+    """3x3 'SAME' convolution with bias; the backward pass follows ``conv_impl``."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, conv_impl: ConvImpl, rngs: nnx.Rngs):
+        init = nnx.initializers.lecun_normal()
+        self.kernel = nnx.Param(init(rngs.params(), (3, 3, in_channels, out_channels)))
+        self.bias = nnx.Param(jnp.zeros((out_channels,)))
+        self.conv_impl = conv_impl
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """``[B, H, W, C_in] -> [B, H, W, C_out]``."""
+        return conv2d(x, self.kernel[...], self.conv_impl) + self.bias[...]
 
 
 class ConvLayer(nnx.Module):
@@ -54,21 +74,28 @@ class DenseLayer(nnx.Module):
         return jax.nn.relu(self.linear(x.reshape(x.shape[0], -1)))
 
 
-class BasicBlock(nnx.Module):
-    """ResNet basic block: two 3x3 convs with GroupNorm, projection shortcut when shapes change."""
+def make_norm(kind: str, channels: int, rngs: nnx.Rngs) -> nnx.Module:
+    """``"batch"``: BatchNorm (running statistics); ``"group"``: GroupNorm (min(32, C / 2) groups)."""
+    if kind == "batch":
+        return nnx.BatchNorm(channels, rngs=rngs)
+    return nnx.GroupNorm(channels, num_groups=_groups(channels), rngs=rngs)
 
-    def __init__(self, cin: int, cout: int, stride: int, *, conv_impl: ConvImpl, rngs: nnx.Rngs):
+
+class BasicBlock(nnx.Module):
+    """ResNet basic block: two 3x3 convs with a norm, projection shortcut when shapes change."""
+
+    def __init__(self, cin: int, cout: int, stride: int, norm: str, *, conv_impl: ConvImpl, rngs: nnx.Rngs):
         if stride == 1:
             self.conv1 = Conv3x3(cin, cout, conv_impl=conv_impl, rngs=rngs)
         else:
             self.conv1 = nnx.Conv(cin, cout, (3, 3), strides=stride, use_bias=False, rngs=rngs)
-        self.norm1 = nnx.GroupNorm(cout, num_groups=_groups(cout), rngs=rngs)
+        self.norm1 = make_norm(norm, cout, rngs)
         self.conv2 = Conv3x3(cout, cout, conv_impl=conv_impl, rngs=rngs)
-        self.norm2 = nnx.GroupNorm(cout, num_groups=_groups(cout), rngs=rngs)
+        self.norm2 = make_norm(norm, cout, rngs)
         self.project = stride != 1 or cin != cout
         if self.project:
             self.shortcut = nnx.Conv(cin, cout, (1, 1), strides=stride, use_bias=False, rngs=rngs)
-            self.shortcut_norm = nnx.GroupNorm(cout, num_groups=_groups(cout), rngs=rngs)
+            self.shortcut_norm = make_norm(norm, cout, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """``[B, H, W, C_in] -> [B, H / stride, W / stride, C_out]``."""
@@ -83,11 +110,11 @@ def _groups(channels: int) -> int:
 
 
 class ConvStem(nnx.Module):
-    """ResNet's CIFAR-style stem: 3x3 conv, GroupNorm, ReLU (no max-pool)."""
+    """ResNet's CIFAR-style stem: 3x3 conv, a norm, ReLU (no max-pool)."""
 
-    def __init__(self, cin: int, cout: int, *, conv_impl: ConvImpl, rngs: nnx.Rngs):
+    def __init__(self, cin: int, cout: int, norm: str, *, conv_impl: ConvImpl, rngs: nnx.Rngs):
         self.conv = Conv3x3(cin, cout, conv_impl=conv_impl, rngs=rngs)
-        self.norm = nnx.GroupNorm(cout, num_groups=_groups(cout), rngs=rngs)
+        self.norm = make_norm(norm, cout, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return jax.nn.relu(self.norm(self.conv(x)))
@@ -185,21 +212,30 @@ def vgg11(input_shape, tiny, conv_impl, rngs) -> Backbone:
     return _conv_stack("vgg11", input_shape, widths, pools, conv_impl, rngs)
 
 
-def resnet18(input_shape, tiny, conv_impl, rngs) -> Backbone:
-    """ResNet-18 (CIFAR stem, GroupNorm): 8 basic blocks; K in {1, 2, 4, 8}.
-
-    K = 2: two stages per block; K = 4: one stage; K = 8: one residual block.
-    """
+def _resnet18(input_shape, tiny, conv_impl, rngs, norm: str, name: str) -> Backbone:
     stem_width, stages = (8, (8, 16, 16, 32)) if tiny else (64, (64, 128, 256, 512))
-    stem = ConvStem(input_shape[-1], stem_width, conv_impl=conv_impl, rngs=rngs)
+    stem = ConvStem(input_shape[-1], stem_width, norm, conv_impl=conv_impl, rngs=rngs)
     layers, widths, cin = [], [], stem_width
     for i, width in enumerate(stages):
         for j in range(2):
             stride = 2 if (i > 0 and j == 0) else 1
-            layers.append(BasicBlock(cin, width, stride, conv_impl=conv_impl, rngs=rngs))
+            layers.append(BasicBlock(cin, width, stride, norm, conv_impl=conv_impl, rngs=rngs))
             widths.append(width)
             cin = width
-    return Backbone(stem, layers, widths, even_cut(8, "resnet18", allowed=(1, 2, 4, 8)))
+    return Backbone(stem, layers, widths, even_cut(8, name, allowed=(1, 2, 4, 8)))
+
+
+def resnet18(input_shape, tiny, conv_impl, rngs) -> Backbone:
+    """ResNet-18 (CIFAR stem, BatchNorm as in the paper): 8 basic blocks; K in {1, 2, 4, 8}.
+
+    K = 2: two stages per block; K = 4: one stage; K = 8: one residual block.
+    """
+    return _resnet18(input_shape, tiny, conv_impl, rngs, "batch", "resnet18")
+
+
+def resnet18_gn(input_shape, tiny, conv_impl, rngs) -> Backbone:
+    """ResNet-18 with GroupNorm instead of BatchNorm (no running statistics); cut as ``resnet18``."""
+    return _resnet18(input_shape, tiny, conv_impl, rngs, "group", "resnet18_gn")
 
 
 def vit_tiny(input_shape, tiny, conv_impl, rngs) -> Backbone:
@@ -230,6 +266,7 @@ ARCHITECTURES: dict[str, Callable[..., Backbone]] = {
     "simplecnn": simplecnn,
     "vgg11": vgg11,
     "resnet18": resnet18,
+    "resnet18_gn": resnet18_gn,
     "vit_tiny": vit_tiny,
 }
 

@@ -176,22 +176,29 @@ class SIDLoss:
                 "divergence",
             )
 
+    def check_units(self, num_units: int) -> None:
+        """``ConfigError`` unless alpha is one value or one per unit."""
+        if isinstance(self.alpha, Sequence) and len(self.alpha) != num_units:
+            raise ConfigError(
+                f"alpha has {len(self.alpha)} values but the network has {num_units} units; "
+                "give one value or one per unit",
+                "alpha",
+            )
+
     def alphas(self, num_units: int) -> jax.Array:
         """Per-unit alpha, ``[num_units]``."""
+        self.check_units(num_units)
         if isinstance(self.alpha, Sequence):
-            if len(self.alpha) != num_units:
-                raise ConfigError(
-                    f"alpha has {len(self.alpha)} values but the network has {num_units} units; "
-                    "give one value or one per unit",
-                    "alpha",
-                )
             return jnp.asarray(self.alpha, jnp.float32)
         return jnp.full((num_units,), self.alpha, jnp.float32)
 
-    def per_example(
+    def unit_loss(
         self, logits: chex.Array, prev_log_belief: chex.Array, labels: chex.Array, alpha: chex.Numeric
     ) -> chex.Array:
-        """``sid_local_loss`` with these hyperparameters, ``[B]``."""
+        """One unit's local loss on a batch: the mean of ``sid_local_loss`` with these hyperparameters, a scalar.
+
+        Every step, execution and schedule computes a unit's loss with this function.
+        """
         return sid_local_loss(
             logits,
             prev_log_belief,
@@ -199,4 +206,4 @@ class SIDLoss:
             alpha,
             divergence=self.divergence,
             label_smoothing=self.label_smoothing,
-        )
+        ).mean()

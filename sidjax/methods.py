@@ -1,4 +1,4 @@
-"""What a training method is: one table, read wherever a method matters.
+"""What a training method is, and the rules of what it can train how: one table, one home per rule.
 
 Every method trains the same network (a stem and K units); they differ in
 which loss each part minimises and where gradients may flow:
@@ -10,6 +10,10 @@ which loss each part minimises and where gradients may flow:
 * ``bp``: end-to-end backprop of the last unit's cross-entropy.
 * ``bp_remat``: ``bp`` with ``jax.checkpoint`` at every unit boundary (less
   memory, one extra forward pass).
+
+The rules below are the only place each is checked and worded; the
+configuration calls them with its settings, ``sidjax.make_learner`` with
+the network it is given. Each raises ``ConfigError`` naming the setting.
 """
 
 from __future__ import annotations
@@ -18,6 +22,16 @@ import dataclasses
 
 from sidjax.errors import ConfigError
 from sidjax.losses import SIDLoss
+
+MODES: tuple[str, ...] = ("trunk", "blockwise")
+EXECUTIONS: tuple[str, ...] = ("auto", "vmap", "fused", "sequential")
+# "auto" execution of a local method, chosen from measurements (experiments/bench_memory.py,
+# experiments/bench_step.py): the shared trunk vmaps its stacked modules (SID/BP step time 1.004 on
+# a 2-core CPU); blockwise networks walk their units in one program, the mode with a memory saving
+# (ViT-Tiny K = 8: 0.26x BP's memory at 0.92x its step time; README.md, "Memory and time
+# against K"). Same choice on every backend until an accelerator measurement says otherwise
+# (experiments/device_check.sh measures all three there).
+AUTO_EXECUTION: dict[str, str] = {"trunk": "vmap", "blockwise": "sequential"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,22 +54,20 @@ class MethodSpec:
     belief_input: bool = True
     alpha: float | None = None
     remat: bool = False
-    modes: tuple[str, ...] = ("trunk", "blockwise")
+    modes: tuple[str, ...] = MODES
     summary: str = ""
 
     def loss(self, loss: SIDLoss) -> SIDLoss:
-        """The local loss this method trains with (DGL overrides alpha; BP uses only the smoothing)."""
+        """The local loss this method trains with: DGL's alpha is 1 (forward only); BP uses the smoothing."""
         if self.alpha is None:
             return loss
-        return SIDLoss(self.alpha, "forward", loss.label_smoothing)
-
-    def check_mode(self, mode: str) -> None:
-        if mode not in self.modes:
+        if loss.divergence != "forward":
             raise ConfigError(
-                f"method {self.name!r} trains {' or '.join(self.modes)} networks, not {mode!r}: "
-                f"use mode {self.modes[0]!r}",
-                "method",
+                f"method {self.name!r} trains the cross-entropy of each head (alpha = {self.alpha:g}): "
+                f"divergence must be 'forward', got {loss.divergence!r}",
+                "divergence",
             )
+        return SIDLoss(self.alpha, "forward", loss.label_smoothing)
 
 
 METHODS: dict[str, MethodSpec] = {
@@ -80,3 +92,73 @@ def get_method(name: str) -> MethodSpec:
     if name not in METHODS:
         raise ConfigError(f"method must be one of {tuple(METHODS)}, got {name!r}", "method")
     return METHODS[name]
+
+
+def check_mode(spec: MethodSpec, mode: str) -> None:
+    """The method trains networks of this kind (``"trunk"`` or ``"blockwise"``)."""
+    if mode not in MODES:
+        raise ConfigError(f"mode must be one of {MODES}, got {mode!r}", "mode")
+    if mode not in spec.modes:
+        raise ConfigError(
+            f"method {spec.name!r} trains {' or '.join(spec.modes)} networks, not {mode!r}: "
+            f"use mode {spec.modes[0]!r}",
+            "method",
+        )
+
+
+def check_belief_input(spec: MethodSpec, reads_belief: bool) -> None:
+    """A method whose heads read no belief (DGL) is not given heads that do."""
+    if reads_belief and not spec.belief_input:
+        raise ConfigError(
+            f"method {spec.name!r} needs heads without belief input: belief_input 'none' "
+            "(sidjax.make_blockwise_network(..., belief_input='none'))",
+            "belief_input",
+        )
+
+
+def check_pipelined(spec: MethodSpec, mode: str) -> None:
+    """The pipelined schedule needs blockwise units that each learn alone."""
+    if not (spec.local and mode == "blockwise"):
+        raise ConfigError(
+            "pipelined needs mode blockwise and a local method (sid or dgl): "
+            "a shared trunk or backprop has a backward pass across units",
+            "pipelined",
+        )
+
+
+def check_stages(spec: MethodSpec, mode: str) -> None:
+    """Units in stages (one program each) need blockwise units that each learn alone."""
+    if not (spec.local and mode == "blockwise"):
+        raise ConfigError(
+            "placement stages needs mode blockwise and a local method (sid or dgl): "
+            "a shared trunk or backprop has one backward pass across units; use a mesh",
+            "placement",
+        )
+
+
+def resolve_execution(spec: MethodSpec, mode: str, execution: str, stacked: bool | None = None) -> str:
+    """The execution a local step uses: ``"auto"`` from ``AUTO_EXECUTION``; backprop is ``"fused"``.
+
+    ``stacked`` is whether the units are identical (unknown before the network
+    is built: None skips that rule).
+    """
+    if execution not in EXECUTIONS:
+        raise ConfigError(f"execution must be one of {EXECUTIONS}, got {execution!r}", "execution")
+    if execution == "sequential" and mode != "blockwise":
+        raise ConfigError(
+            "execution 'sequential' needs mode blockwise: in the shared trunk every module's "
+            "gradient reaches the extractor; use 'vmap' or 'fused'",
+            "execution",
+        )
+    if not spec.local:
+        return "fused"  # backprop has a single global loss
+    if execution == "auto":
+        execution = AUTO_EXECUTION[mode]
+        return "fused" if execution == "vmap" and stacked is False else execution
+    if execution == "vmap" and stacked is False:
+        raise ConfigError(
+            "execution 'vmap' needs identical (stacked) units; this network's blocks differ in structure: "
+            "use 'fused' or 'sequential'",
+            "execution",
+        )
+    return execution

@@ -1,20 +1,32 @@
-"""SID networks as pure functions over a params pytree: shared-trunk and blockwise.
+"""A SID network as a static description plus arrays: a stem and K units.
 
-Both kinds are one object, a ``Network``: a *stem* followed by K *units*,
-each ``unit(h, belief) -> (h_out, logits)`` (``sidjax.models``).
+Every network, built-in or yours, is one ``Network``: an optional *stem*
+followed by K *units*. A unit is any Flax NNX module with the unit contract
 
-* shared trunk (``docs/method.md``, "Shared trunk"): stem = feature extractor, units = identical
-  belief modules that pass ``z`` through; the stem gets every unit's gradient.
-* blockwise (``docs/method.md``, "Blockwise"): stem = nothing (or ViT's patch embedding),
-  units = backbone block + belief head; each unit's feature output is cut
-  (``cut_features``), so no gradient crosses any block boundary and the stem
-  trains with block 1 only.
+    unit(h, log_belief) -> (h_out, logits)
 
-Units with equal structure are **stacked** along a leading axis (one vmapped
-init, applied with ``lax.scan``/``vmap``); otherwise they are a tuple.
-``stack_units``/``unstack_units`` convert between a list of per-unit pytrees
-and the stacked form; ``Network.unit_list``/``Network.join_units`` between a
-list and whichever form the network uses.
+where ``h`` is the previous unit's output (the stem's output for unit 1),
+``log_belief`` is ``log p_{k-1}`` ``[B, N]`` (uniform for unit 1; exponentiate
+for probabilities) and ``logits`` ``[B, N]`` gives ``p_k = softmax(logits)``.
+
+* shared trunk (``docs/method.md``, "Shared trunk"): stem = feature extractor,
+  units = belief modules that pass ``z`` through (``h_out = h``); the stem
+  gets every unit's gradient.
+* blockwise (``docs/method.md``, "Blockwise"): units = backbone block + belief
+  head; every unit's output is cut (``cut_features``), so no gradient crosses
+  a block boundary and the stem trains with block 1 only.
+
+The arrays of a network are its ``Variables``: ``params`` (every
+``nnx.Param``, trained) and ``stats`` (every other variable except random
+streams, e.g. BatchNorm's running statistics, updated by the training
+forward pass and read in evaluation). Random streams (``nnx.Dropout``'s) are
+not stored: each step draws part k's from ``fold_in(step_key, k)``.
+Evaluation merges every module in its ``eval()`` mode (no dropout, running
+statistics), training in its ``train()`` mode.
+
+Units of equal structure are **stacked** along a leading axis (applied with
+``lax.scan``/``vmap``); otherwise they are a tuple. Build networks with
+``sidjax.builders``.
 """
 
 from __future__ import annotations
@@ -27,25 +39,50 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sidjax.architectures import ARCHITECTURES, Extractor
 from sidjax.losses import uniform_log_belief
-from sidjax.models import BeliefHead, BeliefModule, BlockUnit
-from sidjax.ops import ConvImpl
 
 sg = jax.lax.stop_gradient
+# Variables that are neither trained nor random streams: carried from step to step.
+STATS = nnx.Not(nnx.Any(nnx.Param, nnx.RngState))
 
 
-class NetParams(NamedTuple):
-    """Params of a network.
+class Parts(NamedTuple):
+    """One value per trainable part of a network.
 
     Attributes:
-      stem: the stem's ``nnx.State`` (``{}`` when there is no stem).
-      units: stacked ``nnx.State`` with leaves ``[K, ...]`` when the network
-        is ``stacked``, else a tuple of K states.
+      stem: the stem's value (an empty ``nnx.State`` when there is no stem).
+      units: stacked, leaves ``[K, ...]``, when the network is ``stacked``;
+        else a tuple of K values.
     """
 
     stem: Any
     units: Any
+
+
+class Variables(NamedTuple):
+    """A network's arrays: ``params`` (trained) and ``stats`` (updated by the forward pass), both ``Parts``."""
+
+    params: Parts
+    stats: Parts
+
+
+class UnitInput(NamedTuple):
+    """What one unit reads.
+
+    Attributes:
+      h: features ``[B, ...]``: the previous unit's output (the stem's
+        output, or the batch itself, for the first unit).
+      log_belief: ``[B, N]``, ``log p_{k-1}`` (uniform for the first unit).
+      labels: ``[B]``, the labels of the batch ``h`` came from.
+      valid: bool scalar, or the Python constant True where every input is
+        valid (no masking is traced); False for a pipelined slot not filled
+        yet (the unit then keeps its params, stats and optimizer state).
+    """
+
+    h: chex.Array
+    log_belief: chex.Array
+    labels: chex.Array
+    valid: Any = True
 
 
 class Chain(NamedTuple):
@@ -56,260 +93,226 @@ class Chain(NamedTuple):
       prev_log_beliefs: ``[K, B, N]``, unit k's belief input ``log p_{k-1}``.
       inputs: unit k's feature input; stacked ``[K, ...]`` for stacked
         networks, else a list of K arrays.
+      stats: the network's stats after the pass (``Parts``).
     """
 
     logits: chex.Array
     prev_log_beliefs: chex.Array
     inputs: Any
+    stats: Parts
+
+
+@dataclasses.dataclass(frozen=True)
+class RngSpec:
+    """The random streams of one part, as structure only: where its keys and counters sit."""
+
+    treedef: Any
+    leaves: tuple[jax.ShapeDtypeStruct, ...]
+
+    def fresh(self, key: chex.PRNGKey) -> nnx.State:
+        """Every stream keyed from ``key`` (leaf i from ``fold_in(key, i)``), every counter at 0."""
+        values = []
+        for i, leaf in enumerate(self.leaves):
+            if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+                new = jax.random.fold_in(key, i)
+                values.append(jax.random.split(new, leaf.shape) if leaf.shape else new)
+            else:
+                values.append(jnp.zeros(leaf.shape, leaf.dtype))
+        return jax.tree.unflatten(self.treedef, values)
+
+
+@dataclasses.dataclass(frozen=True)
+class PartDef:
+    """Static description of one part (the stem or a unit): a graphdef per mode and its random streams."""
+
+    train_def: nnx.GraphDef
+    eval_def: nnx.GraphDef
+    rngs: RngSpec | None
+
+    @classmethod
+    def split(cls, module: nnx.Module) -> tuple[PartDef, nnx.State, nnx.State]:
+        """``(definition, params, stats)`` of ``module``; its own ``train()``/``eval()`` flags set both modes."""
+        module.eval()
+        eval_def = nnx.split(module, nnx.Param, nnx.RngState, ...)[0]
+        module.train()
+        train_def, params, rngs, stats = nnx.split(module, nnx.Param, nnx.RngState, ...)
+        leaves, treedef = jax.tree.flatten(rngs)
+        spec = (
+            RngSpec(treedef, tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in leaves))
+            if leaves
+            else None
+        )
+        return cls(train_def, eval_def, spec), params, stats
+
+    def merge(self, params: Any, stats: Any, key: chex.PRNGKey | None, train: bool) -> nnx.Module:
+        """The module with these arrays, in training or evaluation mode."""
+        graphdef = self.train_def if train else self.eval_def
+        stats = jax.tree.map(
+            lambda a: a, stats
+        )  # new variables of this trace, which the forward pass may update
+        if self.rngs is None:
+            return nnx.merge(graphdef, params, stats)
+        if key is None:
+            if train:
+                raise ValueError("this part draws random numbers (e.g. dropout) in training: give a key")
+            key = jax.random.key(0)  # evaluation mode draws none; the streams only need a value
+        return nnx.merge(graphdef, params, self.rngs.fresh(key), stats)
+
+    def call(self, params, stats, key, train: bool, *args):
+        """``module(*args)`` and the stats it left (unchanged in evaluation mode)."""
+        module = self.merge(params, stats, key, train)
+        out = module(*args)
+        return out, (nnx.state(module, STATS) if train else stats)
+
+
+def part_key(key: chex.PRNGKey | None, index: chex.Numeric) -> chex.PRNGKey | None:
+    """Part ``index``'s key of a step: unit k is index k, the stem index K."""
+    return None if key is None else jax.random.fold_in(key, index)
 
 
 @dataclasses.dataclass(frozen=True)
 class Network:
-    """Static description of a network (hashable; params live apart).
+    """Static description of a network (hashable; its ``Variables`` live apart).
 
     Attributes:
-      stem_def: graphdef of the stem, or None (identity).
-      unit_defs: one graphdef per unit (a single one when ``stacked``).
+      stem: the stem's ``PartDef``, or None (the units read the batch).
+      units: one ``PartDef`` per unit (a single one when ``stacked``).
       stacked: units share one structure and are stacked along axis 0.
       num_units: K.
       num_classes: N.
-      cut_features: blockwise (True) or shared trunk (False).
+      input_shape: one example's shape, e.g. ``(28, 28, 1)``.
+      cut_features: blockwise (True: no gradient crosses a unit boundary) or
+        shared trunk (False: the stem gets every unit's gradient).
       belief_input: whether units read the previous belief (False for DGL).
       name: a label for logs.
     """
 
-    stem_def: nnx.GraphDef | None
-    unit_defs: tuple[nnx.GraphDef, ...]
+    stem: PartDef | None
+    units: tuple[PartDef, ...]
     stacked: bool
     num_units: int
     num_classes: int
+    input_shape: tuple[int, ...]
     cut_features: bool
     belief_input: bool = True
     name: str = ""
 
-    def stem(self, stem_params: Any, x: chex.Array) -> chex.Array:
-        """``x [B, H, W, C] -> h_0``."""
-        return x if self.stem_def is None else nnx.merge(self.stem_def, stem_params)(x)
+    @property
+    def mode(self) -> str:
+        """``"blockwise"`` or ``"trunk"``."""
+        return "blockwise" if self.cut_features else "trunk"
 
-    def unit(
-        self, k: int, unit_params: Any, h: chex.Array, log_belief: chex.Array
-    ) -> tuple[chex.Array, chex.Array]:
-        """Unit k: ``(h, log p_{k-1} [B, N]) -> (h_out, logits [B, N])``."""
-        unit_def = self.unit_defs[0 if self.stacked else k]
-        return nnx.merge(unit_def, unit_params)(h, jnp.exp(log_belief))
+    def apply_stem(self, params: Any, stats: Any, x: chex.Array, key=None, *, train: bool = True):
+        """``x [B, ...] -> (h_0, stats)``; the identity without a stem."""
+        if self.stem is None:
+            return x, stats
+        return self.stem.call(params, stats, part_key(key, self.num_units), train, x)
 
-    def unit_params(self, units: Any, k: int) -> Any:
-        """Unit k's params (or any per-unit pytree), from stacked or tuple units."""
+    def apply_unit(self, k, params, stats, inp: UnitInput, key=None, *, train: bool = True):
+        """Unit k on ``inp``: ``((h_out, logits [B, N]), stats)``; ``k`` may be traced for stacked units."""
+        unit = self.units[0 if self.stacked else k]
+        return unit.call(params, stats, part_key(key, k), train, inp.h, inp.log_belief)
+
+    def first_input(self, h0: chex.Array, labels: chex.Array, valid: Any = True) -> UnitInput:
+        """The first unit's input: ``h0 [B, ...]``, the uniform belief, ``labels [B]``."""
+        return UnitInput(h0, uniform_log_belief(h0.shape[0], self.num_classes), labels, valid)
+
+    def next_input(
+        self, inp: UnitInput, h_out: chex.Array, logits: chex.Array, cut: bool = True
+    ) -> UnitInput:
+        """What the next unit reads after a unit read ``inp`` and output ``(h_out, logits)``.
+
+        With ``cut`` (every local method) the belief is stopped, for its use as
+        the next unit's input and as its consistency target alike: this is the
+        stop-gradient that keeps the units' gradients apart. Blockwise networks
+        stop the features too; the shared trunk passes ``z`` on with its
+        gradient, so that the extractor gets every unit's.
+        """
+        log_belief = jax.nn.log_softmax(logits)
+        if cut:
+            log_belief = sg(log_belief)
+            h_out = sg(h_out) if self.cut_features else h_out
+        return UnitInput(h_out, log_belief, inp.labels, inp.valid)
+
+    def unit_values(self, units: Any, k: int) -> Any:
+        """Unit k's value of any per-unit pytree (params, stats, optimizer state), stacked or a tuple."""
         return jax.tree.map(lambda a: a[k], units) if self.stacked else units[k]
 
     def unit_list(self, units: Any) -> list[Any]:
         """Stacked or tuple per-unit pytrees -> a list of K pytrees."""
-        return unstack_units(units, self.num_units) if self.stacked else list(units)
+        return unstack(units, self.num_units) if self.stacked else list(units)
 
     def join_units(self, trees: list[Any]) -> Any:
         """A list of K per-unit pytrees -> the network's form (stacked or a tuple)."""
-        return stack_units(trees) if self.stacked else tuple(trees)
+        return stack(trees) if self.stacked else tuple(trees)
 
-    def run_units(self, units: Any, h0: chex.Array, *, cut: bool, remat: bool = False) -> Chain:
-        """Runs the chain from ``h_0`` and the uniform prior.
+    def run_units(
+        self, variables: Variables, inp: UnitInput, key=None, *, train: bool, cut: bool, remat: bool = False
+    ) -> Chain:
+        """Runs the K units from ``inp`` (the first unit's input).
 
         Args:
-          units: the units' params.
-          h0: the stem's output.
-          cut: SID's stop-gradients: on every belief input, and on every
-            unit's feature output when ``cut_features``. ``cut=False`` is
-            the end-to-end network that backprop trains.
-          remat: rematerialise each unit in the backward pass
-            (``jax.checkpoint`` at every block boundary).
+          variables: the network's variables (the units' are used).
+          inp: the first unit's input.
+          key: the step's key (each unit draws from its own fold), or None.
+          train: training mode (dropout, batch statistics updated) or evaluation.
+          cut: SID's stop-gradients (``next_input``); False is the end-to-end
+            network that backprop trains.
+          remat: rematerialise each unit in the backward pass.
 
         Returns:
-          A ``Chain``.
+          A ``Chain`` (its ``stats.stem`` is the given one).
         """
+        params, stats = variables.params.units, variables.stats.units
 
-        def step(k, params_k, h, log_belief):
-            if cut:
-                log_belief = sg(log_belief)
-            apply = jax.checkpoint(self.unit, static_argnums=0) if remat else self.unit
-            h_out, logits = apply(k, params_k, h, log_belief)
-            if cut and self.cut_features:
-                h_out = sg(h_out)
-            return h_out, jax.nn.log_softmax(logits), (logits, log_belief, h)
+        def one(k, p, s, h, log_belief):
+            def apply(p, s, h, log_belief):
+                return self.apply_unit(k, p, s, inp._replace(h=h, log_belief=log_belief), key, train=train)
 
-        prior = uniform_log_belief(h0.shape[0], self.num_classes)
+            (h_out, logits), s = (jax.checkpoint(apply) if remat else apply)(p, s, h, log_belief)
+            nxt = self.next_input(inp, h_out, logits, cut)
+            return (nxt.h, nxt.log_belief), (logits, log_belief, h, s)
+
         if self.stacked:
-
-            def body(carry, params_k):
-                h_out, log_belief, out = step(0, params_k, *carry)
-                return (h_out, log_belief), out
-
-            _, (logits, prev, inputs) = jax.lax.scan(body, (h0, prior), units)
+            _, (logits, prev, inputs, unit_stats) = jax.lax.scan(
+                lambda carry, xs: one(*xs, *carry),
+                (inp.h, inp.log_belief),
+                (jnp.arange(self.num_units), params, stats),
+            )
         else:
-            h, log_belief, outs = h0, prior, []
+            carry, outs = (inp.h, inp.log_belief), []
             for k in range(self.num_units):
-                h, log_belief, out = step(k, units[k], h, log_belief)
+                carry, out = one(k, params[k], stats[k], *carry)
                 outs.append(out)
-            logits = jnp.stack([o[0] for o in outs])
-            prev = jnp.stack([o[1] for o in outs])
-            inputs = [o[2] for o in outs]
-        chex.assert_shape(logits, (self.num_units, h0.shape[0], self.num_classes))
-        return Chain(logits, prev, inputs)
+            logits, prev = jnp.stack([o[0] for o in outs]), jnp.stack([o[1] for o in outs])
+            inputs, unit_stats = [o[2] for o in outs], tuple(o[3] for o in outs)
+        chex.assert_shape(logits, (self.num_units, inp.h.shape[0], self.num_classes))
+        return Chain(logits, prev, inputs, Parts(variables.stats.stem, unit_stats))
 
-    def chain(self, params: NetParams, x: chex.Array, *, cut: bool, remat: bool = False) -> Chain:
-        """``run_units`` after the stem."""
-        return self.run_units(params.units, self.stem(params.stem, x), cut=cut, remat=remat)
-
-    def apply(self, params: NetParams, x: chex.Array) -> chex.Array:
-        """Inference: every unit's logits ``[K, B, N]``; the prediction is row -1."""
-        return self.chain(params, x, cut=False).logits
-
-
-def _split_params(module: nnx.Module | None) -> tuple[nnx.GraphDef | None, Any]:
-    if module is None:
-        return None, {}
-    graphdef, params = nnx.split(module)
-    return graphdef, params
-
-
-def make_network(
-    model: str,
-    input_shape: tuple[int, ...],
-    num_classes: int,
-    num_modules: int,
-    key: chex.PRNGKey,
-    *,
-    feature_dim: int = 128,
-    module_hidden: int = 256,
-    conv_impl: ConvImpl = "xla",
-    tiny: bool = False,
-) -> tuple[Network, NetParams]:
-    """Shared-trunk SID: extractor + L stacked belief modules.
-
-    Args:
-      model: backbone name, a key of ``sidjax.architectures.ARCHITECTURES``.
-      input_shape: one example's shape ``(H, W, C)``.
-      num_classes: N.
-      num_modules: L >= 1 belief modules.
-      key: PRNG key; the extractor and the (vmapped) modules get their own.
-      feature_dim: d, the extractor's output width.
-      module_hidden: hidden width of each belief module.
-      conv_impl: convolution backward implementation (``sidjax.ops``).
-      tiny: the backbone's tiny variant (tests).
-
-    Returns:
-      ``(network, params)``.
-    """
-    _check_model(model)
-    if num_modules < 1:
-        raise ValueError(f"num_modules must be >= 1, got {num_modules}")
-    extractor_key, modules_key = jax.random.split(key)
-    rngs = nnx.Rngs(params=extractor_key)
-    backbone = ARCHITECTURES[model](tuple(input_shape), tiny, conv_impl, rngs)
-    stem_def, stem_params = _split_params(Extractor(backbone, feature_dim, rngs=rngs))
-
-    def new_module(k):
-        return BeliefModule(feature_dim, num_classes, module_hidden, rngs=nnx.Rngs(params=k))
-
-    module_def = nnx.split(nnx.eval_shape(lambda: new_module(jax.random.key(0))))[0]
-    module_params = jax.vmap(lambda k: nnx.split(new_module(k))[1])(
-        jax.random.split(modules_key, num_modules)
-    )
-    network = Network(
-        stem_def, (module_def,), True, num_modules, num_classes, cut_features=False, name=f"{model}/trunk"
-    )
-    return network, NetParams(stem_params, module_params)
-
-
-def make_blockwise_network(
-    model: str,
-    input_shape: tuple[int, ...],
-    num_classes: int,
-    num_blocks: int,
-    key: chex.PRNGKey,
-    *,
-    head_hidden: int = 256,
-    belief_input: bool = True,
-    conv_impl: ConvImpl = "xla",
-    tiny: bool = False,
-) -> tuple[Network, NetParams]:
-    """Blockwise SID: K backbone blocks, each with a belief head.
-
-    Args:
-      model: backbone name (``sidjax.architectures.ARCHITECTURES``).
-      input_shape: ``(H, W, C)``.
-      num_classes: N.
-      num_blocks: K; the backbone's cut rule says which K are allowed.
-      key: PRNG key.
-      head_hidden: hidden width of each head.
-      belief_input: heads read ``sg(p_{k-1})`` (SID) or not (DGL).
-      conv_impl: convolution backward implementation.
-      tiny: the backbone's tiny variant (tests).
-
-    Returns:
-      ``(network, params)``; units are stacked when all K blocks have the
-      same structure (e.g. ViT with K dividing its depth).
-
-    Raises:
-      ValueError: unknown model, or a cut the architecture does not allow.
-    """
-    _check_model(model)
-    if num_blocks < 1:
-        raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")
-    rngs = nnx.Rngs(params=key)
-    backbone = ARCHITECTURES[model](tuple(input_shape), tiny, conv_impl, rngs)
-    groups = backbone.cut(num_blocks)
-    units = [
-        BlockUnit(
-            [backbone.layers[i] for i in group],
-            BeliefHead(backbone.widths[group[-1]], num_classes, head_hidden, belief_input, rngs=rngs),
+    def forward(
+        self, variables: Variables, x: chex.Array, labels: chex.Array | None = None, key=None, *,
+        train: bool, cut: bool, remat: bool = False,
+    ) -> Chain:  # fmt: skip
+        """The stem, then ``run_units`` from the uniform prior."""
+        h0, stem_stats = self.apply_stem(variables.params.stem, variables.stats.stem, x, key, train=train)
+        labels = jnp.zeros(x.shape[:1], jnp.int32) if labels is None else labels
+        chain = self.run_units(
+            variables, self.first_input(h0, labels), key, train=train, cut=cut, remat=remat
         )
-        for group in groups
-    ]
-    stem_def, stem_params = _split_params(backbone.stem)
-    defs, states = zip(*(nnx.split(u) for u in units), strict=True)
-    # Blocks stack (for scan/vmap) only if they have one structure -- graphdefs ignore
-    # array shapes, so param shapes must match too -- and keep the feature shape.
-    signature = [jax.tree.map(lambda a: (a.shape, a.dtype), st) for st in states]
-    stacked = (
-        all(d == defs[0] for d in defs)
-        and all(sig == signature[0] for sig in signature)
-        and _preserves_feature_shape(units, backbone.stem, input_shape, num_classes)
-    )
-    if stacked:
-        unit_params = stack_units(list(states))
-        defs = defs[:1]
-    else:
-        unit_params = tuple(states)
-    network = Network(
-        stem_def, tuple(defs), stacked, num_blocks, num_classes, True, belief_input, name=f"{model}/blockwise"
-    )
-    return network, NetParams(stem_params, unit_params)
+        return chain._replace(stats=chain.stats._replace(stem=stem_stats))
+
+    def apply(self, variables: Variables, x: chex.Array) -> chex.Array:
+        """Inference in evaluation mode: every unit's logits ``[K, B, N]``; the prediction is row -1."""
+        return self.forward(variables, x, train=False, cut=False).logits
 
 
-def _preserves_feature_shape(units, stem, input_shape, num_classes) -> bool:
-    h = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
-    if stem is not None:
-        h = jax.eval_shape(stem, h)
-    belief = jax.ShapeDtypeStruct((1, num_classes), jnp.float32)
-    for unit in units:
-        out = jax.eval_shape(lambda h, b, unit=unit: unit(h, b)[0], h, belief)
-        if out.shape != h.shape:
-            return False
-        h = out
-    return True
-
-
-def _check_model(model: str) -> None:
-    if model not in ARCHITECTURES:
-        raise ValueError(f"unknown model {model!r}; choose one of {sorted(ARCHITECTURES)}")
-
-
-def stack_units(trees: list[Any]) -> Any:
+def stack(trees: list[Any]) -> Any:
     """A list of K pytrees of equal structure -> one pytree with leaves ``[K, ...]``."""
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
 
 
-def unstack_units(stacked: Any, num: int | None = None) -> list[Any]:
-    """Leaves ``[K, ...]`` -> a list of K pytrees (the inverse of ``stack_units``).
+def unstack(stacked: Any, num: int | None = None) -> list[Any]:
+    """Leaves ``[K, ...]`` -> a list of K pytrees (the inverse of ``stack``).
 
     ``num`` is K; it is needed only for a pytree without leaves (e.g. SGD's empty state).
     """

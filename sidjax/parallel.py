@@ -1,10 +1,10 @@
-"""Placing a SID network on a ``(data, module)`` device mesh.
+"""Placing a SID network on a ``(data, unit)`` device mesh.
 
 The training step does not change: ``jax.jit`` compiles it for wherever its
 inputs live (``NamedSharding``), and XLA inserts the collectives. Stacked
-units and their optimizer states are split along ``module``; the batch along
-``data``; the stem (the shared extractor) is replicated, so its gradient
-(``Σ_i ∂L_i/∂θ_c`` over modules and examples) is reduced over both axes.
+units, their stats and optimizer states are split along ``unit``; the batch
+along ``data``; the stem (the shared extractor) is replicated, so its gradient
+(``Σ_i ∂L_i/∂θ_c`` over units and examples) is reduced over both axes.
 Callers choose the mesh, not a different API.
 
 Arrays are placed with ``jax.make_array_from_callback`` from host values that
@@ -25,33 +25,33 @@ from sidjax.errors import ConfigError
 from sidjax.network import Network
 from sidjax.state import TrainState
 
-DATA, MODULE = "data", "module"
+DATA, UNIT = "data", "unit"
 
 
-def make_mesh(data: int, module: int, devices: list | None = None) -> Mesh:
-    """A ``(data, module)`` mesh over ``data * module`` devices (default: the first ones)."""
+def make_mesh(data: int, unit: int, devices: list | None = None) -> Mesh:
+    """A ``(data, unit)`` mesh over ``data * unit`` devices (default: the first ones)."""
     available = devices if devices is not None else jax.devices()
-    if data < 1 or module < 1 or data * module > len(available):
+    if data < 1 or unit < 1 or data * unit > len(available):
         raise ConfigError(
-            f"placement: a ({data}, {module}) mesh needs {data * module} devices; {len(available)} are available",
+            f"placement: a ({data}, {unit}) mesh needs {data * unit} devices; {len(available)} are available",
             "placement",
         )
     auto = jax.sharding.AxisType.Auto
-    return jax.make_mesh((data, module), (DATA, MODULE), (auto, auto), devices=available[: data * module])
+    return jax.make_mesh((data, unit), (DATA, UNIT), (auto, auto), devices=available[: data * unit])
 
 
 def check_mesh(network: Network, mesh: Mesh, batch_size: int | None) -> None:
     """``ConfigError`` (one line) for a mesh that does not divide the units or the batch."""
-    modules, data = mesh.shape[MODULE], mesh.shape[DATA]
-    if modules > 1 and not network.stacked:
+    units, data = mesh.shape[UNIT], mesh.shape[DATA]
+    if units > 1 and not network.stacked:
         raise ConfigError(
-            "placement: splitting units over the mesh's module axis needs identical (stacked) units; use module=1, "
+            "placement: splitting units over the mesh's unit axis needs identical (stacked) units; use unit=1, "
             "or stages for blocks of different structure",
             "placement",
         )
-    if network.num_units % modules:
+    if network.num_units % units:
         raise ConfigError(
-            f"placement: the mesh's module axis ({modules}) must divide the number of units ({network.num_units})",
+            f"placement: the mesh's unit axis ({units}) must divide the number of units ({network.num_units})",
             "placement",
         )
     if batch_size is not None and batch_size % data:
@@ -84,26 +84,27 @@ def gather(tree: Any) -> Any:
 
 
 def shard_state(state: TrainState, network: Network, mesh: Mesh) -> TrainState:
-    """Puts params and optimizer state on the mesh: units split along ``module``, the rest replicated."""
+    """Puts params, stats and optimizer state on the mesh: units split along ``unit``, the rest replicated."""
     check_mesh(network, mesh, None)
     replicated = NamedSharding(mesh, PartitionSpec())
 
     def units(tree: Any) -> Any:
-        # A size-1 module axis is placed as replicated, which is how the step returns it
+        # A size-1 unit axis is placed as replicated, which is how the step returns it
         # (otherwise the second step would see a new input sharding and recompile).
-        if not network.stacked or mesh.shape[MODULE] == 1:
+        if not network.stacked or mesh.shape[UNIT] == 1:
             return _place(tree, lambda a: replicated)
-        split = NamedSharding(mesh, PartitionSpec(MODULE))
+        split = NamedSharding(mesh, PartitionSpec(UNIT))
         return _place(tree, lambda a: split if a.ndim else replicated)
 
-    def place(params_like):
-        return type(params_like)(_place(params_like.stem, lambda a: replicated), units(params_like.units))
+    def place(parts):
+        return parts._replace(stem=_place(parts.stem, lambda a: replicated), units=units(parts.units))
 
-    return TrainState(
-        place(state.params),
-        place(state.opt_state),
-        _place(state.step, lambda a: replicated),
-        units(state.slots),
+    return state._replace(
+        params=place(state.params),
+        stats=place(state.stats),
+        opt_state=place(state.opt_state),
+        step=_place(state.step, lambda a: replicated),
+        slots=units(state.slots),
     )
 
 

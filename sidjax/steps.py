@@ -1,9 +1,10 @@
-"""Training steps for every network, method and schedule, with one contract.
+"""The training step of every method, execution and schedule as one pure function.
 
-``step(state, batch, key) -> (state, metrics)`` where ``batch = (x [B, H, W,
-C], labels [B])`` and ``key`` is the run's train key (the step folds in
-``state.step`` itself, for augmentation). Every step is one ``jax.jit``
-program: gradient, optimizer update and state replacement together.
+``make_step(...)`` returns ``step(state, (x [B, ...], labels [B]), key) ->
+(state, metrics)``, traceable (``sidjax.make_learner`` jits it or runs it
+inside a scan). ``key`` is the run's train key: the step folds in
+``state.step`` (``step_key``), augments the batch with ``step_key`` and gives
+unit k ``fold_in(step_key, k)``, the stem ``fold_in(step_key, K)``.
 
 How a local (SID/DGL) step groups its K unit updates into computation, all
 numerically equal (tested):
@@ -18,226 +19,183 @@ numerically equal (tested):
   unit runs.
 
 Schedules (blockwise): synchronous (unit k reads unit k-1's output of this
-step) or pipelined (unit k reads unit k-1's output of the previous step, kept
-in ``TrainState.slots``; no unit waits for another).
+step) or pipelined (``sidjax.schedule``: unit k reads unit k-1's output of
+the previous step, kept in ``TrainState.slots``; no unit waits for another).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import chex
 import jax
 import jax.numpy as jnp
 import optax
 
-from sidjax.errors import ConfigError
 from sidjax.losses import SIDLoss, label_distribution
-from sidjax.methods import MethodSpec, get_method
-from sidjax.network import NetParams, Network
-from sidjax.pipelined import next_slots, pipelined_losses, unit_inputs
-from sidjax.state import TrainState, apply_gradients, state_units
-from sidjax.units import Part, UnitInput, first_input, make_unit_update, vmapped_losses, walk
+from sidjax.methods import MethodSpec
+from sidjax.network import Network, Parts, UnitInput, Variables
+from sidjax.schedule import next_slots, pipelined_losses, unit_inputs
+from sidjax.state import TrainState, apply_gradients
+from sidjax.units import PartState, make_unit_update, vmapped_losses, walk
 
-EXECUTIONS: tuple[str, ...] = ("auto", "vmap", "fused", "sequential")
 Augment = Callable[[chex.PRNGKey, chex.Array], chex.Array]
-StepFn = Callable[[TrainState, tuple[chex.Array, chex.Array], chex.PRNGKey], tuple[TrainState, dict]]
+Batch = tuple[chex.Array, chex.Array]
+StepFn = Callable[[TrainState, Batch, chex.PRNGKey], tuple[TrainState, dict]]
 sg = jax.lax.stop_gradient
-
-# "auto" execution of a local method, chosen from measurements (experiments/bench_memory.py,
-# experiments/bench_step.py): the shared trunk vmaps its stacked modules (SID/BP step time 1.004 on
-# a 2-core CPU); blockwise networks walk their units in one program, the mode with a memory saving
-# (ViT-Tiny K = 8: 0.26x BP's memory at 0.92x its step time; README.md, "Memory and time
-# against K"). Same choice on every backend until an accelerator measurement says otherwise
-# (experiments/device_check.sh measures all three there).
-AUTO_EXECUTION: dict[str, str] = {"trunk": "vmap", "blockwise": "sequential"}
 
 
 def local_losses(
-    network: Network, params: NetParams, x: chex.Array, labels: chex.Array, loss: SIDLoss, *, execution="vmap"
-) -> tuple[chex.Array, chex.Array]:
+    network: Network,
+    variables: Variables,
+    x: chex.Array,
+    labels: chex.Array,
+    loss: SIDLoss,
+    *,
+    key: chex.PRNGKey | None = None,
+    execution: str = "vmap",
+) -> tuple[chex.Array, chex.Array, Parts]:
     """All K local losses of the synchronous schedule in one differentiable function.
 
     Args:
-      network, params: the model.
-      x: ``[B, H, W, C]``; labels: ``[B]``.
+      network, variables: the model.
+      x: ``[B, ...]``; labels: ``[B]``.
       loss: local-loss hyperparameters (``docs/method.md``, equation 1).
+      key: the step's key (for dropout), or None.
       execution: ``"vmap"`` (two-phase; stacked units) or ``"fused"``.
 
     Returns:
-      ``(losses [K], logits [K, B, N])``; ``losses[k]`` is unit k's batch mean.
+      ``(losses [K], logits [K, B, N], stats)``; ``losses[k]`` is unit k's
+      batch mean, ``stats`` the variables' stats after this forward pass.
     """
     alphas = loss.alphas(network.num_units)
     if execution == "fused":
-        chain = network.chain(params, x, cut=True)
-        logits, prev = chain.logits, chain.prev_log_beliefs
-        losses = jax.vmap(lambda lg, pv, a: loss.per_example(lg, pv, labels, a).mean())(logits, prev, alphas)
-        return losses, logits
-    if execution != "vmap":
-        raise ValueError(f"execution must be 'vmap' or 'fused' here, got {execution!r}")
-    _check_vmap(network)
-    h0 = network.stem(params.stem, x)
-    teacher = network.run_units(sg(params.units), sg(h0), cut=True)  # phase 1: no gradient
+        chain = network.forward(variables, x, labels, key, train=True, cut=True)
+        losses = jax.vmap(lambda lg, pv, a: loss.unit_loss(lg, pv, labels, a))(
+            chain.logits, chain.prev_log_beliefs, alphas
+        )
+        return losses, chain.logits, chain.stats
+    if execution != "vmap" or not network.stacked:
+        raise ValueError(
+            f"local_losses: execution 'vmap' needs stacked units, else 'fused'; got {execution!r}"
+        )
+    params, stats = variables.params, variables.stats
+    h0, stem_stats = network.apply_stem(params.stem, stats.stem, x, key)
+    teacher = network.run_units(  # phase 1: no gradient; its stats are those phase 2 computes again
+        jax.tree.map(sg, variables), network.first_input(sg(h0), labels), key, train=True, cut=True
+    )
     if network.cut_features:  # unit 1 reads the stem's output, so the stem trains with it
         feats, h_axis = teacher.inputs.at[0].set(h0), 0
     else:  # shared trunk: every unit reads z, the extractor gets the sum
         feats, h_axis = h0, None
-    inputs = UnitInput(feats, teacher.prev_log_beliefs, labels, True)
-    losses, logits, _ = vmapped_losses(network, loss, params.units, inputs, alphas, h_axis, None)
-    return losses, logits
-
-
-def _check_vmap(network: Network) -> None:
-    if not network.stacked:
-        raise ConfigError(
-            f"execution 'vmap' needs identical (stacked) units; {network.name} with K={network.num_units} "
-            "has blocks of different structure: use 'fused' or 'sequential'",
-            "execution",
-        )
-
-
-def check_method(network: Network, spec: MethodSpec) -> None:
-    """``ConfigError`` where ``network`` was not built for ``spec`` (DGL's heads read no belief)."""
-    spec.check_mode("blockwise" if network.cut_features else "trunk")
-    if spec.local and not spec.belief_input and network.belief_input:
-        raise ConfigError(
-            f"method {spec.name!r} needs heads without belief input (build the network with belief_input=False)",
-            "method",
-        )
-
-
-def resolve_execution(network: Network, spec: MethodSpec, execution: str, pipelined: bool = False) -> str:
-    """The execution a step uses: ``"auto"`` from ``AUTO_EXECUTION``; ``ConfigError`` where one cannot apply."""
-    if execution not in EXECUTIONS:
-        raise ConfigError(f"execution must be one of {EXECUTIONS}, got {execution!r}", "execution")
-    if pipelined and not (spec.local and network.cut_features):
-        raise ConfigError(
-            "the pipelined schedule needs a blockwise network and a local method (sid or dgl): "
-            "a shared trunk or backprop has a backward pass across units",
-            "pipelined",
-        )
-    if not spec.local:
-        return "fused"  # backprop has a single global loss
-    if execution == "auto":
-        return AUTO_EXECUTION["blockwise" if network.cut_features else "trunk"]
-    if execution == "vmap":
-        _check_vmap(network)
-    if execution == "sequential" and not network.cut_features:
-        raise ConfigError(
-            "execution 'sequential' needs a blockwise network: in the shared trunk every module's "
-            "gradient reaches the extractor; use 'vmap' or 'fused'",
-            "execution",
-        )
-    return execution
-
-
-def _bp_objective(network, params, x, labels, loss, remat):
-    logits = network.chain(params, x, cut=False, remat=remat).logits
-    target = label_distribution(labels, network.num_classes, loss.label_smoothing)
-    return optax.softmax_cross_entropy(logits[-1], target).mean(), (jnp.zeros((network.num_units,)), logits)
-
-
-def make_grad_fn(
-    network: Network, method: str, loss: SIDLoss, execution: str = "auto"
-) -> Callable[[NetParams, chex.Array, chex.Array], tuple[tuple[chex.Array, Any], NetParams]]:
-    """``grad_fn(params, x, labels) -> ((objective, (unit_losses [K], logits)), grads)``.
-
-    The synchronous schedule's one global gradient; ``"sequential"``
-    execution never forms one (use ``make_train_step``).
-    """
-    spec = get_method(method)
-    check_method(network, spec)
-    loss = spec.loss(loss)
-    execution = resolve_execution(network, spec, execution)
-    if execution == "sequential":
-        raise ConfigError("'sequential' execution has no single gradient function; use make_train_step")
-
-    def objective(params, x, labels):
-        if not spec.local:
-            return _bp_objective(network, params, x, labels, loss, remat=spec.remat)
-        losses, logits = local_losses(network, params, x, labels, loss, execution=execution)
-        return losses.sum(), (losses, logits)
-
-    return jax.value_and_grad(objective, has_aux=True)
+    inputs = UnitInput(feats, teacher.prev_log_beliefs, labels)
+    losses, logits, _, unit_stats = vmapped_losses(
+        network, loss, params.units, stats.units, inputs, alphas, key, h_axis, None
+    )
+    return losses, logits, Parts(stem_stats, unit_stats)
 
 
 def batch_metrics(objective, unit_losses, logits, labels) -> dict[str, chex.Array]:
-    """``loss`` (the objective), ``ce`` and ``accuracy`` of the last unit, ``module_loss [K]``."""
+    """``loss`` (the objective), ``ce`` and ``accuracy`` of the last unit, ``unit_loss [K]``."""
     last = logits[-1]
     return {
         "loss": objective,
         "ce": optax.softmax_cross_entropy_with_integer_labels(last, labels).mean(),
         "accuracy": (last.argmax(-1) == labels).mean(),
-        "module_loss": unit_losses,
+        "unit_loss": unit_losses,
     }
 
 
-def make_train_step(
+def step_key(key: chex.PRNGKey, step: chex.Array) -> chex.PRNGKey:
+    """The key of step ``step``: augmentation draws from it, part k from ``fold_in(step_key, k)``."""
+    return jax.random.fold_in(key, step)
+
+
+def make_step(
     network: Network,
     tx: optax.GradientTransformation,
-    method: str = "sid",
-    loss: SIDLoss = SIDLoss(),
-    *,
-    execution: str = "auto",
+    spec: MethodSpec,
+    loss: SIDLoss,
+    execution: str,
     pipelined: bool = False,
     augment: Augment | None = None,
-    donate: bool = False,
 ) -> StepFn:
-    """Builds ``step(state, (x, labels), key) -> (state, metrics)``, one jitted program.
+    """``step(state, (x, labels), key) -> (state, metrics)`` for a resolved method and execution.
 
-    Args:
-      network: the static network (shared-trunk or blockwise).
-      tx: optax optimizer, applied per part (stem, each unit).
-      method: a key of ``sidjax.METHODS``.
-      loss: local-loss hyperparameters (BP uses only ``label_smoothing``).
-      execution: a key of ``EXECUTIONS`` (see the module docstring).
-      pipelined: the pipelined schedule (blockwise, local methods); the
-        state needs ``slots`` (``sidjax.pipelined.init_slots``).
-      augment: optional ``augment(key, x) -> x``, run with ``fold_in(key, step)``.
-      donate: donate the input state's buffers (training loops).
-
-    Returns:
-      The step. ``metrics``: ``loss`` (the objective), ``ce`` and ``accuracy``
-      of the last unit on the batch it saw, ``module_loss [K]`` (zeros for BP).
+    Callers check the rules first (``sidjax.make_learner`` does); ``loss`` is
+    the method's (``spec.loss``). ``metrics``: ``loss`` (the objective),
+    ``ce`` and ``accuracy`` of the last unit on the batch it saw,
+    ``unit_loss [K]`` (zeros for BP).
     """
-    spec = get_method(method)
-    check_method(network, spec)
-    loss = spec.loss(loss)
-    execution = resolve_execution(network, spec, execution, pipelined)
-    if execution == "sequential":
+    if spec.local and execution == "sequential":
         inner = _walk_step(network, tx, loss, pipelined)
     elif pipelined:
-        inner = _pipelined_grad_step(network, tx, loss, vmap=execution == "vmap")
+        inner = _pipelined_step(network, tx, loss, vmap=execution == "vmap")
     else:
-        inner = _grad_step(network, tx, make_grad_fn(network, method, loss, execution))
+        inner = _gradient_step(tx, make_objective(network, spec, loss, execution))
 
     def step(state, batch, key):
         x, labels = batch
+        key = step_key(key, state.step)
         if augment is not None:
-            x = augment(jax.random.fold_in(key, state.step), x)
-        return inner(state, x, labels)
+            x = augment(key, x)
+        return inner(state, x, labels, key)
 
-    return jax.jit(step, donate_argnums=(0,) if donate else ())
+    return step
 
 
-def _grad_step(network, tx, grad_fn):
-    def inner(state, x, labels):
-        (objective, (unit_losses, logits)), grads = grad_fn(state.params, x, labels)
-        return apply_gradients(state, grads, tx), batch_metrics(objective, unit_losses, logits, labels)
+def make_objective(network: Network, spec: MethodSpec, loss: SIDLoss, execution: str = "fused") -> Callable:
+    """The synchronous step's one differentiable objective (every execution but ``"sequential"``).
+
+    ``objective(params, stats, x, labels, key) -> (value, (unit_losses [K],
+    logits [K, B, N], stats))``: the sum of the local losses, or BP's
+    cross-entropy of the last unit (``unit_losses`` zeros).
+    """
+    if not spec.local:
+        return _bp_objective(network, loss, spec.remat)
+    return _local_objective(network, spec.loss(loss), execution)
+
+
+def _bp_objective(network, loss, remat):
+    def objective(params, stats, x, labels, key):
+        chain = network.forward(Variables(params, stats), x, labels, key, train=True, cut=False, remat=remat)
+        target = label_distribution(labels, network.num_classes, loss.label_smoothing)
+        value = optax.softmax_cross_entropy(chain.logits[-1], target).mean()
+        return value, (jnp.zeros((network.num_units,)), chain.logits, chain.stats)
+
+    return objective
+
+
+def _local_objective(network, loss, execution):
+    def objective(params, stats, x, labels, key):
+        losses, logits, stats = local_losses(network, Variables(params, stats), x, labels, loss, key=key,
+                                             execution=execution)  # fmt: skip
+        return losses.sum(), (losses, logits, stats)
+
+    return objective
+
+
+def _gradient_step(tx, objective):
+    """One gradient of ``objective(params, stats, x, labels, key)`` and one update of every part."""
+
+    def inner(state, x, labels, key):
+        (value, (losses, logits, stats)), grads = jax.value_and_grad(objective, has_aux=True)(
+            state.params, state.stats, x, labels, key
+        )
+        return apply_gradients(state, grads, stats, tx), batch_metrics(value, losses, logits, labels)
 
     return inner
 
 
-def _pipelined_grad_step(network, tx, loss, vmap):
-    grad_fn = jax.value_and_grad(pipelined_losses, argnums=1, has_aux=True)
+def _pipelined_step(network, tx, loss, vmap):
+    grad_fn = jax.value_and_grad(pipelined_losses, argnums=2, has_aux=True)
 
-    def inner(state, x, labels):
-        (objective, (losses, logits, slots, valid, last_labels)), grads = grad_fn(
-            network, state.params, x, labels, state.slots, loss, vmap
+    def inner(state, x, labels, key):
+        (value, (losses, logits, stats, slots, valid, last_labels)), grads = grad_fn(
+            network, loss, state.params, state.stats, x, labels, state.slots, key, vmap
         )
-        new = apply_gradients(state, grads, tx, valid)._replace(slots=slots)
-        return new, batch_metrics(objective, losses, logits, last_labels)
+        new = apply_gradients(state, grads, stats, tx, valid)._replace(slots=slots)
+        return new, batch_metrics(value, losses, logits, last_labels)
 
     return inner
 
@@ -246,23 +204,17 @@ def _walk_step(network, tx, loss, pipelined):
     """Both schedules as one walk over the units inside the program (``sidjax.units.walk``)."""
     update = make_unit_update(network, tx, loss)
     alphas = loss.alphas(network.num_units)
-    has_stem = network.stem_def is not None
 
-    def inner(state, x, labels):
-        unit_params, unit_opts = state_units(network, state)
-        units = [Part(p, o) for p, o in zip(unit_params, unit_opts, strict=True)]
-        stem = Part(state.params.stem, state.opt_state.stem) if has_stem else None
-        inputs = first_input(network, x, labels)
+    def inner(state, x, labels, key):
+        units = [unit_state(network, state, k) for k in range(network.num_units)]
+        stem = stem_state(network, state)
+        inputs = network.first_input(x, labels)
         if pipelined:
             inputs = unit_inputs(network, state.slots, inputs._replace(valid=jnp.asarray(True)))
-        units, stem, outputs = walk(update, network, units, range(network.num_units), inputs, alphas, stem, x)
-        stem = stem or Part(state.params.stem, state.opt_state.stem)
-        new = TrainState(
-            NetParams(stem.params, network.join_units([u.params for u in units])),
-            NetParams(stem.opt_state, network.join_units([u.opt_state for u in units])),
-            state.step + 1,
-            next_slots(network, state.slots, [o.next for o in outputs]) if pipelined else state.slots,
-        )
+        units, stem, outputs = walk(update, units, range(network.num_units), inputs, alphas, key, stem, x)
+        new = join_state(state, units, stem, network.join_units)
+        if pipelined:
+            new = new._replace(slots=next_slots(network, state.slots, [o.next for o in outputs]))
         losses = jnp.stack([o.loss for o in outputs])
         logits = jnp.stack([o.logits for o in outputs])
         return new, batch_metrics(losses.sum(), losses, logits, outputs[-1].next.labels)
@@ -270,13 +222,33 @@ def _walk_step(network, tx, loss, pipelined):
     return inner
 
 
-def step_memory_bytes(step: StepFn, state: TrainState, batch: tuple, key: chex.PRNGKey) -> int:
-    """XLA's compiled memory of one training step beyond its arguments, in bytes.
+def unit_state(network: Network, state: TrainState, k: int) -> PartState:
+    """Unit k as a ``PartState``, from stacked or tuple units."""
+    return PartState(*(network.unit_values(t.units, k) for t in (state.params, state.stats, state.opt_state)))
 
-    The params, optimizer state and batch it is given are arguments, common to
-    all methods, and not counted; see ``memory_beyond_arguments``.
+
+def stem_state(network: Network, state: TrainState) -> PartState | None:
+    """The stem as a ``PartState`` (None without a stem)."""
+    if network.stem is None:
+        return None
+    return PartState(state.params.stem, state.stats.stem, state.opt_state.stem)
+
+
+def join_state(
+    state: TrainState, units: list[PartState], stem: PartState | None, join: Callable
+) -> TrainState:
+    """``state`` after its units (a list, in order) and its stem were updated, one step later.
+
+    ``join`` turns the list of per-unit values into the state's layout
+    (``Network.join_units``, or ``tuple`` for units held apart).
     """
-    return memory_beyond_arguments(step.lower(state, batch, key).compile())
+    stem = stem or PartState(state.params.stem, state.stats.stem, state.opt_state.stem)
+    return state._replace(
+        params=Parts(stem.params, join([u.params for u in units])),
+        stats=Parts(stem.stats, join([u.stats for u in units])),
+        opt_state=Parts(stem.opt_state, join([u.opt_state for u in units])),
+        step=state.step + 1,
+    )
 
 
 def memory_beyond_arguments(compiled: jax.stages.Compiled) -> int:

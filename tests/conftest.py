@@ -47,7 +47,7 @@ def tiny_network(model: str = "mlp", num_modules: int = NUM_MODULES, seed: int =
     )
 
 
-def tiny_blockwise(model, k, input_shape=INPUT_SHAPE, belief_input=True, seed=0):
+def tiny_blockwise(model, k, input_shape=INPUT_SHAPE, belief_input="prob", seed=0, **kwargs):
     """A tiny blockwise network cut into ``k`` blocks (5 classes)."""
     return make_blockwise_network(
         model,
@@ -58,6 +58,7 @@ def tiny_blockwise(model, k, input_shape=INPUT_SHAPE, belief_input=True, seed=0)
         head_hidden=8,
         belief_input=belief_input,
         tiny=True,
+        **kwargs,
     )
 
 
@@ -111,7 +112,7 @@ def fashion_mnist():
 
 def tiny_config(**overrides):
     """A run that takes a second or two: MLP extractor, 3 modules, 512 real training examples."""
-    from sidjax.config import TrainConfig
+    from sidjax.train.config import TrainConfig
 
     settings = dict(
         model="mlp", num_modules=3, epochs=2, limit_train=512, limit_test=256, batch_size=64, tiny=True

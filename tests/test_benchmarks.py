@@ -28,12 +28,13 @@ def test_bench_memory_shows_blockwise_sid_holding_less_than_bp():
     assert methods["bp_remat"]["memory_vs_bp"] < 0.5
 
 
-def test_bench_epoch_keeps_the_device_as_busy_as_the_isolated_step(fashion_mnist):
-    report = bench_epoch.main(
-        ["--runs", "trunk:mlp:sid,trunk:mlp:bp", "--limit-train", "2560", "--steps", "10"]
-    )
+def test_bench_epoch_keeps_the_device_as_busy_as_the_isolated_step(fashion_mnist, tmp_path):
+    out = tmp_path / "epoch.json"
+    report = bench_epoch.main(["--runs", "trunk:mlp:sid,trunk:mlp:bp", "--limit-train", "2560", "--epochs", "2",
+                               "--rounds", "5", "--round-steps", "4", "--json", str(out)])  # fmt: skip
     for result in report["results"]:
         assert 0.5 < result["epoch_over_step_throughput"] < 2.0, result
+    assert json.loads(out.read_text())["results"] == report["results"]
 
 
 @needs_devices(2)

@@ -7,9 +7,11 @@ import sys
 
 import pytest
 
-from sidjax import cli
-from sidjax.config import GROUPS, TrainConfig, field_help, migrate
+from sidjax import __version__
 from sidjax.errors import ConfigError
+from sidjax.train import cli
+from sidjax.train.config import GROUPS, TrainConfig, field_help, migrate
+from sidjax.train.plan import make_plan
 
 FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
 
@@ -71,7 +73,18 @@ def test_records_of_earlier_versions_migrate():
         ({"limit_train": 0}, "limit_train", "limit_train must be an integer >= 1"),
         ({"method": "adam"}, "method", "method must be one of"),
         ({"method": "dgl"}, "method", "method 'dgl' trains blockwise networks, not 'trunk'"),
-        ({"model": "resnet1000"}, "model", "model must be one of"),
+        (
+            {"method": "dgl", "mode": "blockwise", "divergence": "reverse", "label_smoothing": 0.1},
+            "divergence",
+            "method 'dgl' trains the cross-entropy of each head (alpha = 1): divergence must be 'forward'",
+        ),
+        (
+            {"method": "dgl", "mode": "blockwise", "belief_input": "prob"},
+            "belief_input",
+            "method 'dgl' needs heads without belief input",
+        ),
+        ({"belief_input": "probs"}, "belief_input", "belief_input must be one of"),
+        ({"validation": -1}, "validation", "validation must be an integer >= 0"),
         ({"placement": "mesh:2"}, "placement", "placement must be one of"),
         ({"placement": "stages"}, "placement", "placement stages needs mode blockwise"),
         ({"pipelined": True}, "pipelined", "pipelined needs mode blockwise"),
@@ -81,6 +94,26 @@ def test_records_of_earlier_versions_migrate():
 def test_bad_settings_name_their_field(settings, field, message):
     with pytest.raises(ConfigError) as err:
         TrainConfig(**settings)
+    assert err.value.field == field and message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "settings,field,message",
+    [
+        ({"model": "resnet1000"}, "model", "model must be one of"),
+        (
+            {"mode": "blockwise", "model": "vit_tiny", "head": "dgl"},
+            "head",
+            "head 'dgl' needs [H, W, C] feature maps",
+        ),
+        ({"mode": "blockwise", "head": "attention"}, "head", "head must be one of"),
+        ({"limit_train": 100, "validation": 100}, "validation", "validation 100 leaves none of the 100"),
+    ],
+)
+def test_settings_that_need_the_architecture_or_the_data_are_refused_by_the_plan(settings, field, message):
+    config = TrainConfig(**settings)  # valid on its own
+    with pytest.raises(ConfigError) as err:
+        make_plan(config)
     assert err.value.field == field and message in str(err.value)
 
 
@@ -103,7 +136,12 @@ BAD_COMMAND_LINES = [
     (["--batch-size", "100000"], "error: --batch-size 100000 is larger than the 60000 training examples"),
     (["--limit-train", "100", "--batch-size", "128"], "larger than the 100 training examples"),
     (["--placement", "mesh:16,1"], "error: --placement: a (16, 1) mesh needs 16 devices"),
-    (["--placement", "mesh:1,3"], "the mesh's module axis (3) must divide the number of units (10)"),
+    (["--placement", "mesh:1,3"], "the mesh's unit axis (3) must divide the number of units (10)"),
+    (["--validation", "60000"], "error: --validation 60000 leaves none of the 60000 training examples"),
+    (
+        ["--mode", "blockwise", "--method", "dgl", "--divergence", "reverse", "--label-smoothing", "0.1"],
+        "error: method 'dgl' trains the cross-entropy of each head (alpha = 1): --divergence must be 'forward'",
+    ),
     (["--placement", "mesh:3,1", "--batch-size", "128"], "must divide the batch size (128)"),
     (["--mode", "blockwise", "--placement", "stages:5"], "error: --placement: stages must lie in [1, 4]"),
     (["--resume"], "error: --resume needs out"),
@@ -146,12 +184,16 @@ def test_a_bad_flag_from_the_shell_prints_one_line_and_no_traceback():
     assert proc.stderr.strip() == "error: --alpha must lie in [0, 1], got 2.0"
 
 
-def test_an_unknown_command_is_bad_input_and_help_is_not(capsys):
-    from sidjax.cli import main
-
+def test_an_unknown_command_is_bad_input_and_help_and_version_are_not(capsys):
     with pytest.raises(SystemExit) as exit_:
-        main(["fit"])
+        cli.main(["fit"])
     assert exit_.value.code == 2
     assert capsys.readouterr().err.startswith("error: unknown command 'fit'; usage: sidjax {train,compare}")
-    main(["--help"])
+    cli.main(["--help"])
     assert capsys.readouterr().out.startswith("usage: sidjax {train,compare}")
+    cli.main(["--version"])
+    assert capsys.readouterr().out == f"sidjax {__version__}\n"
+    proc = subprocess.run(
+        [sys.executable, "-m", "sidjax", "--version"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == f"sidjax {__version__}"

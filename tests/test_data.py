@@ -298,7 +298,7 @@ def test_training_needs_neither_tensorflow_nor_tfds(debian_dir):
         "import sys; sys.modules.update(tensorflow=None, tensorflow_datasets=None)\n"
         "import sidjax\n"
         "config = sidjax.TrainConfig(model='mlp', num_modules=2, epochs=1, limit_train=512, limit_test=256)\n"
-        "print(sidjax.run(config, progress=False)['final_test_accuracy'])\n"
+        "print(sidjax.run(config, progress=False).summary['final_test_accuracy'])\n"
     )
     env = {**os.environ, "SIDJAX_FASHION_MNIST_DIR": debian_dir}
     proc = subprocess.run(

@@ -9,7 +9,7 @@ from experiments import configs, report
 from experiments import run as runner
 from sidjax import TrainConfig
 from sidjax.data import DatasetUnavailableError
-from sidjax.trainer import make_plan
+from sidjax.train.plan import make_plan
 
 
 @pytest.mark.parametrize("name", configs.NAMES)
@@ -85,7 +85,7 @@ def _write_run(directory, final, best=None, epochs=2, **extra):
     summary = {
         "final_test_accuracy": final, "best_test_accuracy": best or final, "best_epoch": epochs,
         "epochs": epochs, "time_per_epoch_s": 2.0, "examples_per_s": 100.0,
-        "per_module_accuracy": [0.5, final], "per_module_kl": [0.9, 0.4], "num_train": 60000,
+        "per_unit_accuracy": [0.5, final], "per_unit_kl": [0.9, 0.4], "num_train": 60000,
         "host": "x86_64, 2 cpus", "backend": "cpu", "device": "cpu", "jax_version": "0.0", **extra,
     }  # fmt: skip
     (directory / "summary.json").write_text(json.dumps(summary))

@@ -13,7 +13,7 @@ from conftest import records, tiny_config
 
 from sidjax import ConfigError
 from sidjax.data import DatasetUnavailableError
-from sidjax.runner import TrainingDiverged, run
+from sidjax.train.runner import TrainingDiverged, run
 
 TRAIN = [sys.executable, "-m", "sidjax", "train", "--model", "mlp", "--num-modules", "3", "--epochs", "5",
          "--limit-train", "24000", "--limit-test", "1000", "--batch-size", "64", "--no-progress"]  # fmt: skip
@@ -164,14 +164,14 @@ def test_a_torn_metrics_line_resumes(tmp_path, fashion_mnist):
 def test_a_failed_start_leaves_nothing_and_overwrite_keeps_the_old_run_until_the_new_one_is_under_way(
     tmp_path, fashion_mnist, monkeypatch
 ):
-    import sidjax.runner
+    import sidjax.train.runner
 
     out = tmp_path / "run"
 
     def unavailable(*args, **kwargs):
         raise DatasetUnavailableError("fashion_mnist: no files here")
 
-    monkeypatch.setattr(sidjax.runner, "load_dataset", unavailable)
+    monkeypatch.setattr(sidjax.train.runner, "load_dataset", unavailable)
     with pytest.raises(DatasetUnavailableError):
         run(tiny_config(), str(out), progress=False)
     assert not out.exists() and not os.listdir(tmp_path)
@@ -184,7 +184,9 @@ def test_a_failed_start_leaves_nothing_and_overwrite_keeps_the_old_run_until_the
         run(tiny_config(lr=1e12), str(old), dataset=fashion_mnist, progress=False, overwrite=True)
     assert {p: (old / p).read_text() for p in before} == before  # the old run is untouched
     assert sorted(os.listdir(tmp_path)) == ["run"] or ".run.incoming" in os.listdir(tmp_path)
-    summary = run(tiny_config(epochs=1), str(old), dataset=fashion_mnist, progress=False, overwrite=True)
+    summary = run(
+        tiny_config(epochs=1), str(old), dataset=fashion_mnist, progress=False, overwrite=True
+    ).summary
     assert json.loads((old / "summary.json").read_text())["epochs"] == summary["epochs"] == 1
     assert sorted(os.listdir(tmp_path)) == ["run"]
 
@@ -192,10 +194,10 @@ def test_a_failed_start_leaves_nothing_and_overwrite_keeps_the_old_run_until_the
 def test_resume_refuses_other_settings_returns_a_finished_run_and_grows(tmp_path, fashion_mnist):
     out = _finished(tmp_path, fashion_mnist, epochs=1)
     first = json.loads((out / "summary.json").read_text())
-    assert _resume(out, fashion_mnist, epochs=1) == first
+    assert _resume(out, fashion_mnist, epochs=1).summary == first
     with pytest.raises(ConfigError, match=r"resume: .* other settings \(alpha=0.5\)"):
         _resume(out, fashion_mnist, epochs=1, alpha=0.9)
-    longer = _resume(out, fashion_mnist, epochs=2)
+    longer = _resume(out, fashion_mnist, epochs=2).summary
     assert [r["epoch"] for r in records(out / "metrics.jsonl")] == [1, 2] and longer["epochs"] == 2
 
 

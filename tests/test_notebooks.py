@@ -18,6 +18,7 @@ RUNS = {
     "01_quickstart.py": ((1,), r"SID: final test accuracy (0\.\d+)", 0.5),
     "02_beliefs_and_depth.py": ((1,), r"alpha 0\.5: final test accuracy (0\.\d+)", 0.5),
     "03_parallel_modules.py": ((1, 8), r"pipelined\s*: test accuracy of the last block (0\.\d+)", 0.2),
+    "04_your_own_model.py": ((1,), r"SID: final test accuracy (0\.\d+)", 0.3),
 }
 
 
@@ -48,6 +49,8 @@ def test_notebook_runs_top_to_bottom_on_the_tiny_budget(name, devices, tmp_path,
     assert f"{devices} device" in text or name != "03_parallel_modules.py", text[:300]
     _, pattern, least = RUNS[name]
     assert float(re.search(pattern, text).group(1)) > least, text
+    if name == "04_your_own_model.py":
+        assert "loaded == returned: True" in text, text
     if name == "03_parallel_modules.py":  # tiny ViT, K = 4, one program per block: measured 0.25x BP's memory
         assert float(re.search(r"^\| 4 \|.* \| (\d\.\d+) \|$", text, flags=re.M).group(1)) < 0.5, text
     pngs = [base64.b64decode(o["data"]["image/png"]) for o in outputs if "image/png" in o.get("data", {})]

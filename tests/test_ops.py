@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from sidjax import conv2d, max_pool
+from sidjax.ops import conv2d, max_pool
 
 
 @pytest.mark.parametrize("cin,cout,k", [(1, 4, 3), (3, 5, 3), (4, 2, 5)])

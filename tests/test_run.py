@@ -11,8 +11,8 @@ from conftest import needs_devices, records, tiny_config
 
 from sidjax import ConfigError
 from sidjax.data import Dataset
-from sidjax.runner import run
-from sidjax.trainer import make_plan
+from sidjax.train.plan import make_plan
+from sidjax.train.runner import run
 
 REFERENCE = os.path.join(os.path.dirname(__file__), "data", "reference_runs.json")
 REFERENCE_CONFIGS = {
@@ -52,17 +52,19 @@ def test_seeds_trained_together_equal_separate_runs(fashion_mnist, tmp_path, mod
         model=model, label_noise=0.2, seed=(0, 1, 2), epochs=1 if model == "simplecnn" else 2
     )
     exact = make_plan(config).cpu_convolutions
-    together = run(config, str(tmp_path / "together"), dataset=fashion_mnist, progress=False)
+    together = [
+        r.summary for r in run(config, str(tmp_path / "together"), dataset=fashion_mnist, progress=False)
+    ]
     for seed, summary in zip((0, 1, 2), together, strict=True):
-        alone = run(config.for_seed(seed), dataset=fashion_mnist, progress=False)
+        alone = run(config.for_seed(seed), dataset=fashion_mnist, progress=False).summary
         assert summary["realised_label_noise"] == alone["realised_label_noise"] > 0.1
         assert summary["seeds_trained_together"] == 3 and summary["seed"] == seed
         if exact:
-            assert summary["per_module_kl"] == alone["per_module_kl"]
-        np.testing.assert_allclose(summary["per_module_kl"], alone["per_module_kl"], rtol=1e-5)
+            assert summary["per_unit_kl"] == alone["per_unit_kl"]
+        np.testing.assert_allclose(summary["per_unit_kl"], alone["per_unit_kl"], rtol=1e-5)
         assert abs(summary["final_test_accuracy"] - alone["final_test_accuracy"]) <= 1 / 256
         assert (tmp_path / "together" / f"seed{seed}" / "summary.json").exists()
-    assert together[0]["per_module_kl"] != together[1]["per_module_kl"]  # the seeds really differ
+    assert together[0]["per_unit_kl"] != together[1]["per_unit_kl"]  # the seeds really differ
 
 
 @pytest.mark.parametrize("model", ["mlp", "simplecnn"])
@@ -85,12 +87,12 @@ def test_chunks_streaming_and_reruns_give_identical_numbers(fashion_mnist, tmp_p
     for name, change in variants.items():
         summary = run(
             dataclasses.replace(config, **change), str(tmp_path / name), dataset=fashion_mnist, progress=False
-        )
+        ).summary
         found = records(tmp_path / name / "metrics.jsonl")
         if name != "scanned":
             assert found == expected, name
         for new, old in zip(found, expected, strict=True):
-            for key in ("train_loss", "per_module_kl"):
+            for key in ("train_loss", "per_unit_kl"):
                 np.testing.assert_allclose(new[key], old[key], rtol=1e-5)
             assert abs(new["test_accuracy"] - old["test_accuracy"]) <= 1 / 256
         assert summary["data_on_device"] == (name != "streamed")
@@ -98,10 +100,10 @@ def test_chunks_streaming_and_reruns_give_identical_numbers(fashion_mnist, tmp_p
 
 def test_pipelined_schedule_runs_and_differs_from_synchronous(fashion_mnist):
     config = tiny_config(mode="blockwise", model="simplecnn", num_blocks=3, epochs=1)
-    sync = run(config, dataset=fashion_mnist, progress=False)
-    piped = run(dataclasses.replace(config, pipelined=True), dataset=fashion_mnist, progress=False)
-    assert piped["per_module_kl"][0] == sync["per_module_kl"][0]  # block 1 sees fresh batches either way
-    assert piped["per_module_kl"][-1] != sync["per_module_kl"][-1]
+    sync = run(config, dataset=fashion_mnist, progress=False).summary
+    piped = run(dataclasses.replace(config, pipelined=True), dataset=fashion_mnist, progress=False).summary
+    assert piped["per_unit_kl"][0] == sync["per_unit_kl"][0]  # block 1 sees fresh batches either way
+    assert piped["per_unit_kl"][-1] != sync["per_unit_kl"][-1]
 
 
 @needs_devices(8)
@@ -121,9 +123,11 @@ def test_pipelined_schedule_runs_and_differs_from_synchronous(fashion_mnist):
 )
 def test_placements_give_the_single_device_numbers(fashion_mnist, change):
     config = tiny_config(epochs=1, **change)
-    placed = run(config, dataset=fashion_mnist, progress=False)
-    single = run(dataclasses.replace(config, placement="single"), dataset=fashion_mnist, progress=False)
-    np.testing.assert_allclose(placed["per_module_kl"], single["per_module_kl"], rtol=1e-4)
+    placed = run(config, dataset=fashion_mnist, progress=False).summary
+    single = run(
+        dataclasses.replace(config, placement="single"), dataset=fashion_mnist, progress=False
+    ).summary
+    np.testing.assert_allclose(placed["per_unit_kl"], single["per_unit_kl"], rtol=1e-4)
 
 
 def test_your_own_arrays_train_without_tfds():
@@ -138,7 +142,7 @@ def test_your_own_arrays_train_without_tfds():
 
     dataset = Dataset.from_arrays(*split(512), *split(256), name="templates")
     assert dataset.num_classes == 4 and dataset.input_shape == (8, 8, 1)
-    summary = run(tiny_config(dataset="templates", epochs=3), dataset=dataset, progress=False)
+    summary = run(tiny_config(dataset="templates", epochs=3), dataset=dataset, progress=False).summary
     assert summary["final_test_accuracy"] > 0.9  # chance is 0.25
     with pytest.raises(ConfigError, match="labels must lie in"):
         Dataset.from_arrays(
@@ -151,10 +155,10 @@ def test_your_own_arrays_train_without_tfds():
 def test_real_fashion_mnist_short_run_learns(fashion_mnist, tmp_path):
     """SID, MLP extractor, 10k real training examples, 2 epochs: >= 80 % test accuracy."""
     config = tiny_config(num_modules=4, tiny=False, limit_train=10_000, limit_test=None, batch_size=128)
-    summary = run(config, str(tmp_path), dataset=fashion_mnist, progress=False)
+    summary = run(config, str(tmp_path), dataset=fashion_mnist, progress=False).summary
     assert summary["num_train"] == 10_000 and summary["num_test"] == 10_000
     assert summary["final_test_accuracy"] >= 0.80, summary
-    assert summary["per_module_kl"][-1] < summary["per_module_kl"][0]  # the belief sharpens with depth
+    assert summary["per_unit_kl"][-1] < summary["per_unit_kl"][0]  # the belief sharpens with depth
 
 
 @pytest.mark.slow
@@ -163,5 +167,5 @@ def test_real_fashion_mnist_simplecnn_sid_and_bp(fashion_mnist, tmp_path):
     for method in ("sid", "bp"):
         config = tiny_config(method=method, model="simplecnn", tiny=False, epochs=1, limit_train=12_000,
                              limit_test=2_000, batch_size=128, num_modules=10)  # fmt: skip
-        summary = run(config, str(tmp_path / method), dataset=fashion_mnist, progress=False)
+        summary = run(config, str(tmp_path / method), dataset=fashion_mnist, progress=False).summary
         assert summary["final_test_accuracy"] >= 0.6, summary

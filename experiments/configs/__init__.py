@@ -10,7 +10,7 @@ import dataclasses
 import fnmatch
 import importlib
 
-from sidjax.config import TrainConfig
+from sidjax.train.config import TrainConfig
 
 NAMES: tuple[str, ...] = ("main_table", "label_noise", "depth", "alpha", "strong_baseline", "pipeline")
 

@@ -19,7 +19,7 @@ import dataclasses
 import numpy as np
 
 from experiments.configs import Experiment
-from sidjax.config import TrainConfig
+from sidjax.train.config import TrainConfig
 
 BASE = TrainConfig(model="mlp", num_modules=10, epochs=10)
 SCHEDULE = tuple(round(float(a), 4) for a in np.linspace(0.9, 0.1, BASE.num_modules))

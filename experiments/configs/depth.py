@@ -20,7 +20,7 @@ monotonically with depth.
 import dataclasses
 
 from experiments.configs import Experiment
-from sidjax.config import TrainConfig
+from sidjax.train.config import TrainConfig
 
 TRUNK = TrainConfig(model="mlp", epochs=10)
 BLOCKWISE = {

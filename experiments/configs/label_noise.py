@@ -32,7 +32,7 @@ baseline (SID's first module sees smoothed targets).
 import dataclasses
 
 from experiments.configs import Experiment
-from sidjax.config import TrainConfig
+from sidjax.train.config import TrainConfig
 
 NOISES = (0.0, 0.2, 0.4, 0.6)
 MEMORISE = TrainConfig(

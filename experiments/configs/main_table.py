@@ -17,7 +17,7 @@ Expected (paper): SID matches BP on CIFAR-10 and beats it on CIFAR-100.
 """
 
 from experiments.configs import Experiment
-from sidjax.config import TrainConfig
+from sidjax.train.config import TrainConfig
 
 EPOCHS = {"fashion_mnist": 20, "cifar10": 50, "cifar100": 100}
 METHODS = {

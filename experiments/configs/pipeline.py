@@ -16,7 +16,7 @@ sees each batch k steps late), shrinking as training settles.
 import dataclasses
 
 from experiments.configs import Experiment
-from sidjax.config import TrainConfig
+from sidjax.train.config import TrainConfig
 
 BASE = TrainConfig(mode="blockwise", model="simplecnn", num_blocks=4, epochs=2)
 

@@ -20,7 +20,7 @@ the question is whether SID keeps up under the same recipe.
 import dataclasses
 
 from experiments.configs import Experiment
-from sidjax.config import TrainConfig
+from sidjax.train.config import TrainConfig
 
 FM = TrainConfig(model="mlp", num_modules=10, epochs=10)
 FM_SGD = dict(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="cosine")

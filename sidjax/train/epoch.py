@@ -18,7 +18,8 @@ import numpy as np
 
 from sidjax.data import Dataset, epoch_order, symmetric_label_noise
 from sidjax.data.device import nbytes
-from sidjax.trainer import Plan, Trainer
+from sidjax.train.plan import Plan
+from sidjax.train.programs import RunPrograms
 
 
 class RunData(NamedTuple):
@@ -58,9 +59,7 @@ def fits_on_device(plan: Plan, dataset: Dataset) -> bool:
     )
 
 
-def prepare_data(
-    plan: Plan, dataset: Dataset, seeds: tuple[int, ...], trainer: Trainer, resident: bool
-) -> RunData:
+def prepare_data(plan: Plan, dataset: Dataset, seeds: tuple[int, ...], resident: bool) -> RunData:
     """Limits, label noise per seed (each seed's own, as a separate run would draw), the
     validation hold-out (the last ``config.validation`` examples), placement."""
     config = plan.config
@@ -75,7 +74,7 @@ def prepare_data(
     num = len(data.train_labels) - config.validation
     val_images, val_labels = None, None
     if config.validation:
-        val_images, val_labels = trainer.put(data.train_images[num:]), noisy_all[:, num:]
+        val_images, val_labels = plan.learner.put(data.train_images[num:]), noisy_all[:, num:]
     data = dataclasses.replace(
         data, train_images=data.train_images[:num], train_labels=data.train_labels[:num]
     )
@@ -84,13 +83,13 @@ def prepare_data(
     train_labels = noisy_labels[0] if len(seeds) == 1 else noisy_labels
     train_images = data.train_images
     if resident:
-        train_images, train_labels = trainer.put((train_images, train_labels))
-    test_images, test_labels = trainer.put((data.test_images, data.test_labels))
+        train_images, train_labels = plan.learner.put((train_images, train_labels))
+    test_images, test_labels = plan.learner.put((data.test_images, data.test_labels))
     return RunData(data, train_images, train_labels, test_images, test_labels, resident, realised, noisy_labels,
                    val_images, val_labels)  # fmt: skip
 
 
-def _streamed(trainer: Trainer, data: RunData, order: np.ndarray, starts) -> Any:
+def _streamed(plan: Plan, data: RunData, order: np.ndarray, starts) -> Any:
     """Each chunk's examples gathered on the host and sent; the next is sent while one computes."""
     for start, length in starts:
         idx = order[..., start : start + length, :]  # [S?, length, B]
@@ -101,10 +100,10 @@ def _streamed(trainer: Trainer, data: RunData, order: np.ndarray, starts) -> Any
             images = np.stack([data.train_images[f] for f in flat])
             labels = np.stack([lab[f] for lab, f in zip(data.train_labels, flat, strict=True)])
         local = np.broadcast_to(np.arange(flat.shape[-1], dtype=np.int32).reshape(length, -1), idx.shape)
-        yield (*trainer.put((images, labels, np.ascontiguousarray(local))), 0, length)
+        yield (*plan.learner.put((images, labels, np.ascontiguousarray(local))), 0, length)
 
 
-def epoch_chunks(plan: Plan, trainer: Trainer, data: RunData, seeds: tuple[int, ...], epoch: int):
+def epoch_chunks(plan: Plan, data: RunData, seeds: tuple[int, ...], epoch: int):
     """The arguments of every chunk of ``epoch``: ``(images, labels, order, start, length)``."""
     steps, chunk = plan.steps_per_epoch, plan.steps_per_chunk
     num, batch = len(data.dataset.train_labels), plan.config.batch_size
@@ -112,14 +111,14 @@ def epoch_chunks(plan: Plan, trainer: Trainer, data: RunData, seeds: tuple[int, 
     order = orders[0] if len(seeds) == 1 else np.stack(orders)
     starts = [(start, min(chunk, steps - start)) for start in range(0, steps, chunk)]
     if not data.resident:
-        return _streamed(trainer, data, order, starts)
-    order_on_device = trainer.put(order)
+        return _streamed(plan, data, order, starts)
+    order_on_device = plan.learner.put(order)
     return ((data.train_images, data.train_labels, order_on_device, s, n) for s, n in starts)
 
 
 def train_epoch(
     plan: Plan,
-    trainer: Trainer,
+    programs: RunPrograms,
     state: Any,
     data: RunData,
     seeds: tuple[int, ...],
@@ -134,8 +133,8 @@ def train_epoch(
     """
     begin = time.perf_counter()
     results, pending = [], None
-    for args in epoch_chunks(plan, trainer, data, seeds, epoch):
-        state, metrics = trainer.chunk(state, *args)
+    for args in epoch_chunks(plan, data, seeds, epoch):
+        state, metrics = programs.chunk(state, *args)
         if pending is not None:
             jax.block_until_ready(pending[0])
             if on_chunk:

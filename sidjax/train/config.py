@@ -1,12 +1,14 @@
 """``TrainConfig``: everything that defines a run, validated on construction.
 
 Each field's help is its entry in the class docstring (``field_help``) and
-its group is ``GROUPS``; the command line (``sidjax.cli``) is generated from
-both. Each object validates what it owns: ``SIDLoss`` its alpha, divergence
-and smoothing, ``MethodSpec`` the modes a method trains, the network its cut
-rules; ``TrainConfig`` checks each field's range and the rules that tie
-fields together. Rules that need the devices or the data are checked where
-those are used (``sidjax.trainer.make_plan``), still before any data is read.
+its group is ``GROUPS``; the command line (``sidjax.train.cli``) is generated
+from both. Each rule is checked by its owner and worded there: ``SIDLoss``
+its alpha, divergence and smoothing, ``sidjax.methods`` what a method trains
+how (called here with the config's mode), ``Placement`` its syntax;
+``TrainConfig`` checks each field's range. What needs the architecture, the
+devices or the data (a model name, a cut, a head, a mesh) is checked where
+those are used (``sidjax.train.plan.make_plan``), still before any data is
+read.
 """
 
 from __future__ import annotations
@@ -19,57 +21,29 @@ from typing import Any
 
 import optax
 
-from sidjax.architectures import ARCHITECTURES
 from sidjax.errors import ConfigError
 from sidjax.losses import SIDLoss
-from sidjax.methods import get_method
-from sidjax.ops import CONV_IMPLS
-from sidjax.steps import EXECUTIONS
+from sidjax.methods import (
+    EXECUTIONS,
+    MODES,
+    check_belief_input,
+    check_mode,
+    check_pipelined,
+    check_stages,
+    get_method,
+    resolve_execution,
+)
+from sidjax.placement import Placement, check_seeds
 
-MODES: tuple[str, ...] = ("trunk", "blockwise")
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
 LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
-PLACEMENTS: tuple[str, ...] = ("single", "mesh:DATA,MODULE", "stages[:N]")
 MAX_SEED = 2**32 - 1
-
-
-@dataclasses.dataclass(frozen=True)
-class Placement:
-    """Where a run's arrays live.
-
-    Attributes:
-      kind: ``"single"`` (one device), ``"mesh"`` (one program on a
-        ``(data, module)`` mesh: the batch split ``data`` ways, stacked units
-        ``module`` ways) or ``"stages"`` (blockwise units in contiguous
-        stages, one program per stage, ``sidjax.pipeline``).
-      mesh: ``(data, module)`` for ``"mesh"``.
-      stages: the number of stages (0: one per device, at most K).
-    """
-
-    kind: str = "single"
-    mesh: tuple[int, int] = (1, 1)
-    stages: int = 0
-
-    @classmethod
-    def parse(cls, text: str) -> Placement:
-        """``"single"``, ``"mesh:2,4"``, ``"stages"`` or ``"stages:4"``."""
-        m = re.fullmatch(r"single|mesh:(\d+),(\d+)|stages(?::(\d+))?", text.strip())
-        if not m:
-            raise ConfigError(f"placement must be one of {PLACEMENTS}, got {text!r}", "placement")
-        if text.startswith("mesh"):
-            data, module = int(m.group(1)), int(m.group(2))
-            if data < 1 or module < 1:
-                raise ConfigError(f"placement mesh sizes must be >= 1, got {text!r}", "placement")
-            return cls("mesh", (data, module))
-        if text.startswith("stages"):
-            return cls("stages", stages=int(m.group(3) or 0))
-        return cls()
 
 
 GROUPS: dict[str, tuple[str, ...]] = {
     "data": ("dataset", "image_size", "limit_train", "limit_test", "validation", "label_noise", "augment",
              "device_data_mb"),
-    "model": ("model", "mode", "num_modules", "num_blocks", "tiny", "conv_impl"),
+    "model": ("model", "mode", "num_modules", "num_blocks", "head", "belief_input", "tiny", "conv_impl"),
     "method": ("method", "alpha", "divergence", "label_smoothing", "pipelined"),
     "optimisation": ("optimizer", "lr", "momentum", "weight_decay", "schedule", "epochs", "batch_size",
                      "eval_batch_size", "seed"),
@@ -91,10 +65,12 @@ class TrainConfig:
       label_noise: symmetric noise rate on the training labels, in [0, 1].
       augment: random crop (4-pixel padding) and horizontal flip on the device; default: on for CIFAR and folders.
       device_data_mb: keep the dataset on the device if it fits in this many MB (0: always stream from the host).
-      model: the backbone: mlp, simplecnn, vgg11, resnet18 or vit_tiny.
+      model: the backbone: mlp, simplecnn, vgg11, resnet18 (BatchNorm), resnet18_gn (GroupNorm) or vit_tiny; with run(model=...), your network's name.
       mode: trunk (the authors' shared extractor with L belief modules) or blockwise (K blocks, no global backprop).
       num_modules: L, belief modules of the shared trunk.
       num_blocks: K, blocks of the blockwise mode.
+      head: blockwise belief heads: mlp (pool, MLP), dgl (1x1 conv, 2x2 pool, MLP) or infopro (strided 3x3 conv, pool, linear).
+      belief_input: how units read the previous belief: prob, log (log-probabilities) or none; default: the method's (none for dgl, else prob).
       tiny: narrow variants of the architectures (smoke runs and tests).
       conv_impl: the convolution's backward pass: xla, or shifted (kh*kw matmuls, for slow XLA:CPU builds).
       method: sid, dgl (greedy local learning, blockwise), bp (backprop), bp_remat (backprop with remat).
@@ -129,6 +105,8 @@ class TrainConfig:
     mode: str = "trunk"
     num_modules: int = 10
     num_blocks: int = 4
+    head: str = "mlp"
+    belief_input: str | None = None
     tiny: bool = False
     conv_impl: str = "xla"
     method: str = "sid"
@@ -178,6 +156,13 @@ class TrainConfig:
 
     def placement_spec(self) -> Placement:
         return Placement.parse(self.placement)
+
+    @property
+    def belief(self) -> str:
+        """How units read the previous belief: ``belief_input``, else the method's default."""
+        if self.belief_input is not None:
+            return self.belief_input
+        return "prob" if get_method(self.method).belief_input else "none"
 
     def for_seed(self, seed: int) -> TrainConfig:
         """This config with one seed: what a separate run of that seed would be."""
@@ -232,11 +217,11 @@ def _choice(config, name: str, choices) -> None:
 def _check_choices(c: TrainConfig) -> None:
     get_method(c.method)
     _choice(c, "mode", MODES)
-    _choice(c, "model", ARCHITECTURES)
     _choice(c, "execution", EXECUTIONS)
     _choice(c, "optimizer", OPTIMIZERS)
     _choice(c, "schedule", LR_SCHEDULES)
-    _choice(c, "conv_impl", CONV_IMPLS)
+    if c.belief_input is not None:
+        _choice(c, "belief_input", ("prob", "log", "none"))
     c.placement_spec()
     c.loss()  # SIDLoss checks alpha, divergence and label_smoothing
 
@@ -281,24 +266,15 @@ def _check_ranges(c: TrainConfig) -> None:
 
 
 def _check_rules(c: TrainConfig) -> None:
-    get_method(c.method).check_mode(c.mode)
-    if len(c.alpha_values) not in (1, c.depth):
-        raise ConfigError(
-            f"alpha has {len(c.alpha_values)} values but the network has {c.depth} units; "
-            "give one value or one per unit",
-            "alpha",
-        )
+    spec = get_method(c.method)
+    check_mode(spec, c.mode)
+    c.loss().check_units(c.depth)
+    spec.loss(c.loss())
+    check_belief_input(spec, c.belief != "none")
+    resolve_execution(spec, c.mode, c.execution)
+    if c.pipelined:
+        check_pipelined(spec, c.mode)
     placement = c.placement_spec()
-    local = get_method(c.method).local
-    if c.pipelined and not (c.mode == "blockwise" and local):
-        raise ConfigError("pipelined needs mode blockwise and a local method (sid or dgl)", "pipelined")
-    if placement.kind == "stages" and not (c.mode == "blockwise" and local):
-        raise ConfigError(
-            "placement stages needs mode blockwise and a local method (sid or dgl)", "placement"
-        )
-    if placement.kind != "single" and len(c.seeds) > 1:
-        raise ConfigError(
-            "several seeds train together on a single device only; use placement single", "seed"
-        )
-    if c.execution == "sequential" and c.mode != "blockwise":
-        raise ConfigError("execution 'sequential' needs mode blockwise", "execution")
+    if placement.kind == "stages":
+        check_stages(spec, c.mode)
+    check_seeds(placement, len(c.seeds))

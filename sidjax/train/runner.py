@@ -1,11 +1,11 @@
-"""``run``: one configuration trained end to end, as a short composition.
+"""``run``: one configuration trained end to end, as a short composition; ``load_run`` gives it back.
 
-    plan = make_plan(config)            # validate, build the network: no data yet
-    dirs = run directories, checked     # refuse before any data is loaded
-    data, trainer = prepare_data(...), make_trainer(...)
+    plan = make_plan(config, model=...)  # validate, build the network and its learner: no data yet
+    dirs = run directories, checked      # refuse before any data is loaded
+    data, programs = prepare_data(...), make_programs(...)
     state = restored or fresh
     for epoch: train_epoch, evaluate, record (metrics line, checkpoint)
-    summarize
+    summarize; the trained state comes back
 
 S seeds (``config.seed`` a tuple) train together in one program and each
 writes the files a separate run of that seed writes, in ``out_dir/seed<k>/``.
@@ -17,19 +17,23 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from sidjax.config import TrainConfig
-from sidjax.data import Dataset, load_dataset
-from sidjax.epoch import RunData, epoch_chunks, fits_on_device, prepare_data, train_epoch
+from sidjax.data import Dataset, DatasetInfo, load_dataset
 from sidjax.errors import ConfigError
-from sidjax.evaluation import summarise_sums
-from sidjax.rundir import RunDir
-from sidjax.trainer import Plan, build_network, make_plan, make_trainer, seed_keys
+from sidjax.evaluation import split_metrics
+from sidjax.network import Network, Variables
+from sidjax.schedule import init_slots
+from sidjax.state import TrainState, new_state
+from sidjax.train.config import TrainConfig
+from sidjax.train.epoch import RunData, epoch_chunks, fits_on_device, prepare_data, train_epoch
+from sidjax.train.plan import Model, Plan, make_plan
+from sidjax.train.programs import RunPrograms, init_states, load_states, make_programs, unload_states
+from sidjax.train.rundir import RunDir, provenance
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -38,6 +42,28 @@ class RunInterrupted(KeyboardInterrupt):
 
 class TrainingDiverged(FloatingPointError):
     """The loss stopped being finite; the message names the epoch and the likely cause."""
+
+
+class RunResult(NamedTuple):
+    """A trained (or loaded) run of one seed.
+
+    Attributes:
+      summary: the run's summary (``summary.json``): its config, final and
+        best accuracies, per-unit diagnostics, speed, provenance.
+      network: the static network.
+      state: the final ``TrainState`` on the host (params, stats, optimizer
+        states, step), or None for a finished run returned by ``resume``
+        without a checkpoint to read it from.
+    """
+
+    summary: dict[str, Any]
+    network: Network
+    state: TrainState | None
+
+    @property
+    def variables(self) -> Variables | None:
+        """``Variables(params, stats)``: what ``sidjax.predict`` and ``sidjax.evaluate`` read."""
+        return None if self.state is None else self.state.variables
 
 
 def seed_dirs(out_dir: str | None, config: TrainConfig, log) -> dict[int, RunDir | None]:
@@ -54,6 +80,7 @@ def run(
     config: TrainConfig,
     out_dir: str | None = None,
     *,
+    model: Model | None = None,
     dataset: Dataset | None = None,
     data_dir: str | None = None,
     manual_dir: str | None = None,
@@ -62,14 +89,19 @@ def run(
     resume: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     log: Callable[[str], None] = tqdm.write,
-) -> dict[str, Any] | list[dict[str, Any]]:
-    """Trains and evaluates one configuration (all its seeds together).
+) -> RunResult | list[RunResult]:
+    """Trains and evaluates one configuration (all its seeds together); returns what it trained.
 
     Args:
       config: the run.
-      out_dir: if given, ``config.json``, ``metrics.jsonl`` (a line per
-        epoch), orbax checkpoints and ``summary.json`` go here (one
-        ``seed<k>/`` directory per seed when ``config.seed`` is a tuple).
+      out_dir: if given, ``config.json``, ``provenance.json``,
+        ``metrics.jsonl`` (a line per epoch), orbax checkpoints and
+        ``summary.json`` go here (one ``seed<k>/`` directory per seed when
+        ``config.seed`` is a tuple).
+      model: your own network instead of the config's architecture: a
+        factory ``key -> (network, variables)`` (each seed initialised from
+        its own key) or a built ``(network, variables)`` (every seed starts
+        from it). The config then takes the network's name, mode and depth.
       dataset: already loaded data (``load_dataset`` or
         ``Dataset.from_arrays``); its name must be ``config.dataset``.
       data_dir, manual_dir: passed to ``load_dataset``.
@@ -84,8 +116,8 @@ def run(
       log: where messages go.
 
     Returns:
-      The summary (also ``summary.json``); a list, one per seed, when
-      ``config.seed`` is a tuple.
+      A ``RunResult`` (summary, network, final state); a list, one per seed,
+      when ``config.seed`` is a tuple.
 
     Raises:
       ConfigError, DatasetUnavailableError: one line, before any data is
@@ -93,7 +125,8 @@ def run(
       TrainingDiverged: the loss stopped being finite.
       RunInterrupted: Ctrl-C; what was saved is kept.
     """
-    plan = make_plan(config, dataset)
+    plan = make_plan(config, dataset, model)
+    config = plan.config
     if jax.process_count() > 1:  # every process trains; process 0 alone writes the files
         if resume:
             raise ConfigError("resume is for single-process runs; start multi-process runs anew", "resume")
@@ -106,8 +139,9 @@ def run(
     for d in dirs.values():
         if d is not None:
             d.check(resume=resume, overwrite=overwrite)
-    done = {s: d.finished_summary() for s, d in dirs.items() if d is not None and resume}
-    seeds = tuple(s for s in config.seeds if not done.get(s))
+    done = {s: _finished(plan, d) for s, d in dirs.items() if d is not None and resume}
+    done = {s: r for s, r in done.items() if r is not None}
+    seeds = tuple(s for s in config.seeds if s not in done)
     if seeds:
         if dataset is None:
             dataset = load_dataset(config.dataset, data_dir, manual_dir, image_size=config.image_size)
@@ -118,31 +152,55 @@ def run(
         done.update(
             _train(plan, dataset, seeds, {s: dirs[s] for s in seeds}, resume, progress, on_epoch, log)
         )
-    summaries = [done[s] for s in config.seeds]
-    return summaries[0] if isinstance(config.seed, int) else summaries
+    results = [done[s] for s in config.seeds]
+    return results[0] if isinstance(config.seed, int) else results
 
 
-def _train(plan: Plan, dataset: Dataset, seeds, dirs, resume, progress, on_epoch, log) -> dict[int, dict]:
-    """Trains ``seeds`` together from their resume point to the end; returns each seed's summary."""
+def _finished(plan: Plan, run_dir: RunDir) -> RunResult | None:
+    """A finished run of this config's length, with its last checkpoint's state where there is one."""
+    summary = run_dir.finished_summary()
+    if summary is None:
+        return None
+    epochs = run_dir.checkpoint_epochs()
+    state = run_dir.restore(epochs[0], layout_template(plan)) if epochs else None
+    return RunResult(summary, plan.network, state)
+
+
+def layout_template(plan: Plan) -> TrainState:
+    """The shapes of a ``TrainState`` in the network's layout (how checkpoints hold it); nothing is computed."""
+    config = plan.config
+
+    def fresh(key):
+        variables = plan.build(key)[1]
+        slots = init_slots(plan.network, variables, config.batch_size) if config.pipelined else ()
+        return new_state(variables, config.optimizer_tx(plan.steps_per_epoch * config.epochs), slots)
+
+    return jax.eval_shape(fresh, jax.random.key(0))
+
+
+def _train(
+    plan: Plan, dataset: Dataset, seeds, dirs, resume, progress, on_epoch, log
+) -> dict[int, RunResult]:
+    """Trains ``seeds`` together from their resume point to the end; returns each seed's result."""
     config = plan.config
     resident = fits_on_device(plan, dataset)
-    trainer = make_trainer(plan, dataset, seeds, streamed=not resident)
-    data = prepare_data(plan, dataset, seeds, trainer, resident)
-    state, start = _start_state(plan, trainer, seeds, dirs, resume, log)
+    programs = make_programs(plan, dataset, seeds, streamed=not resident)
+    data = prepare_data(plan, dataset, seeds, resident)
+    state, start = _start_state(plan, seeds, dirs, resume, log)
     compile_time = 0.0
     if start < config.epochs:  # compiled ahead, so that epoch times exclude compilation
-        compile_time = trainer.chunk.compile(
-            state, *next(iter(epoch_chunks(plan, trainer, data, seeds, start + 1)))
-        )
+        compile_time = programs.chunk.compile(state, *next(iter(epoch_chunks(plan, data, seeds, start + 1))))
     histories = {s: (dirs[s].history()[:start] if dirs[s] else []) for s in seeds}
     for d in dirs.values():
         if d is not None:
-            d.begin(start)
+            d.begin(start, plan.info._asdict())
     try:
         for epoch in range(start + 1, config.epochs + 1):
-            state, records = _epoch(plan, trainer, state, data, seeds, epoch, progress)
+            state, records = _epoch(plan, programs, state, data, epoch, progress)
             host = (
-                trainer.unload(state) if any(d and d.checkpoint_due(epoch) for d in dirs.values()) else None
+                unload_states(plan, state, len(seeds))
+                if any(d and d.checkpoint_due(epoch) for d in dirs.values())
+                else None
             )
             for i, (seed, record) in enumerate(zip(seeds, records, strict=True)):
                 histories[seed].append(record)
@@ -159,37 +217,37 @@ def _train(plan: Plan, dataset: Dataset, seeds, dirs, resume, progress, on_epoch
         for d in dirs.values():
             if d is not None:
                 d.close()
-    summaries = {}
+    final = unload_states(plan, state, len(seeds))
+    results = {}
     for i, seed in enumerate(seeds):
-        summaries[seed] = summarize(
-            plan, config.for_seed(seed), histories[seed], data, i, len(seeds), compile_time
-        )
+        summary = summarize(plan, config.for_seed(seed), histories[seed], data, i, len(seeds), compile_time)
         if dirs[seed] is not None:
-            dirs[seed].finish(summaries[seed])
-    return summaries
+            dirs[seed].finish(summary)
+        results[seed] = RunResult(summary, plan.network, final[i])
+    return results
 
 
-def _epoch(plan, trainer, state, data: RunData, seeds, epoch, progress) -> tuple[Any, list[dict]]:
-    config = plan.config
+def _epoch(plan, programs: RunPrograms, state, data: RunData, epoch, progress) -> tuple[Any, list[dict]]:
+    config, seeds = plan.config, programs.seeds
     bar = tqdm(total=plan.steps_per_epoch, desc=f"{config.method} epoch {epoch}/{config.epochs}",
                disable=not progress, leave=False, mininterval=1.0 if os.isatty(2) else 30.0)  # fmt: skip
-    state, means, seconds = train_epoch(plan, trainer, state, data, seeds, epoch, bar.update)
+    state, means, seconds = train_epoch(plan, programs, state, data, seeds, epoch, bar.update)
     bar.close()
     begin = time.perf_counter()
-    sums = trainer.evaluate(state, data.test_images, data.test_labels)
-    diagnostics = _label_diagnostics(plan, trainer, state, data)
+    sums = programs.evaluate(state, data.test_images, data.test_labels)
+    diagnostics = _label_diagnostics(plan, programs, state, data)
     eval_time = time.perf_counter() - begin
     records = []
     for seed, mean, sum_, extra in zip(seeds, means, sums, diagnostics, strict=True):
-        test = summarise_sums(sum_, len(data.dataset.test_labels))
+        test = split_metrics(sum_, len(data.dataset.test_labels))
         record = {
             "epoch": epoch,
             "train_loss": float(mean["loss"]),
             "train_ce": float(mean["ce"]),
             "train_accuracy": float(mean["accuracy"]),
             "test_accuracy": test["accuracy"],
-            "per_module_accuracy": test["per_module_accuracy"],
-            "per_module_kl": test["per_module_kl"],
+            "per_unit_accuracy": test["per_unit_accuracy"],
+            "per_unit_kl": test["per_unit_kl"],
             **extra,
             "epoch_time_s": seconds,
             "eval_time_s": eval_time,
@@ -204,7 +262,7 @@ def _epoch(plan, trainer, state, data: RunData, seeds, epoch, progress) -> tuple
     return state, records
 
 
-def _label_diagnostics(plan: Plan, trainer, state, data: RunData) -> list[dict[str, float]]:
+def _label_diagnostics(plan: Plan, programs: RunPrograms, state, data: RunData) -> list[dict[str, float]]:
     """Per seed: validation accuracy (on its labels as given), and with label noise the memorisation curve.
 
     With noise, the training examples are predicted once more (evaluation mode) and split by
@@ -214,15 +272,14 @@ def _label_diagnostics(plan: Plan, trainer, state, data: RunData) -> list[dict[s
     """
     found = [{} for _ in data.noisy_labels]
     if data.val_images is not None:
-        for extra, predicted, labels in zip(found, trainer.predict(state, data.val_images), data.val_labels,
-                                            strict=True):  # fmt: skip
+        predictions = programs.predict(state, data.val_images)
+        for extra, predicted, labels in zip(found, predictions, data.val_labels, strict=True):
             extra["val_accuracy"] = float((predicted == labels).mean())
     if plan.config.label_noise > 0:
-        images = data.train_images if data.resident else trainer.put(data.train_images)
+        images = data.train_images if data.resident else plan.learner.put(data.train_images)
         clean = data.dataset.train_labels
-        for extra, predicted, noisy in zip(
-            found, trainer.predict(state, images), data.noisy_labels, strict=True
-        ):
+        predictions = programs.predict(state, images)
+        for extra, predicted, noisy in zip(found, predictions, data.noisy_labels, strict=True):
             flipped = noisy != clean
             extra["train_clean_accuracy"] = _mean(predicted[~flipped] == clean[~flipped])
             extra["train_flipped_memorised"] = _mean(predicted[flipped] == noisy[flipped])
@@ -234,27 +291,23 @@ def _mean(hits: np.ndarray) -> float:
     return float(hits.mean()) if hits.size else float("nan")
 
 
-def _start_state(plan: Plan, trainer, seeds, dirs, resume: bool, log) -> tuple[Any, int]:
+def _start_state(plan: Plan, seeds, dirs, resume: bool, log) -> tuple[Any, int]:
     """The placed state to start from and the epoch it finished: a common intact checkpoint, or fresh."""
     config = plan.config
-    params = [
-        build_network(config, plan.info.input_shape, plan.info.num_classes, seed_keys(s)[0])[1] for s in seeds
-    ]
-    fresh = trainer.init(params)
     runs = [d for d in dirs.values() if d is not None]
     if not (resume and runs and any(d.history() for d in runs)):
-        return fresh, 0
+        return init_states(plan, seeds), 0
     common = set.intersection(*(set(d.checkpoint_epochs()) for d in runs))
-    templates = trainer.unload(fresh)
+    template = layout_template(plan)
     for epoch in sorted(common, reverse=True):
-        restored = [d.restore(epoch, template) for d, template in zip(runs, templates, strict=True)]
+        restored = [d.restore(epoch, template) for d in runs]
         if all(r is not None for r in restored):
             finished = max(len(d.history()) for d in runs)
             if finished > epoch:
                 log(
                     f"resuming from the checkpoint of epoch {epoch}; epochs {epoch + 1}..{finished} run again"
                 )
-            return trainer.load(restored), epoch
+            return load_states(plan, restored), epoch
     first = max(runs, key=lambda d: len(d.history()))
     why = (
         "checkpoint_every is 0"
@@ -307,8 +360,8 @@ def summarize(
         "best_test_accuracy": best["test_accuracy"],
         "best_epoch": best["epoch"],
         **validated,
-        "per_module_accuracy": history[-1]["per_module_accuracy"],
-        "per_module_kl": history[-1]["per_module_kl"],
+        "per_unit_accuracy": history[-1]["per_unit_accuracy"],
+        "per_unit_kl": history[-1]["per_unit_kl"],
         "train_time_s": train_time,
         "time_per_epoch_s": train_time / config.epochs,
         "examples_per_s": examples / train_time,
@@ -323,4 +376,41 @@ def summarize(
         "host": f"{platform.machine()}, {os.cpu_count()} cpus",
         "jax_version": jax.__version__,
         "num_processes": jax.process_count(),
+        **provenance(),
     }
+
+
+def load_run(path: str, epoch: int | None = None, *, model: Model | None = None) -> RunResult:
+    """A run directory's trained network, ready to use: ``(summary, network, state)``.
+
+    Args:
+      path: a run directory (``out_dir``, or ``out_dir/seed<k>`` of several seeds).
+      epoch: the checkpoint to load (default: the latest intact one).
+      model: the same ``model`` the run was given, for your own network
+        (built-in architectures are rebuilt from ``config.json``).
+
+    Returns:
+      A ``RunResult``; its summary is ``summary.json``'s, or for an
+      unfinished run ``{"epochs_done": n}`` and the last epoch's record.
+
+    Raises:
+      ConfigError: not a run directory, no such or no intact checkpoint, in one line.
+    """
+    config = RunDir.read_config(path)
+    saved = RunDir(path, config).run_info().get("dataset")
+    info = None if saved is None else DatasetInfo(**{**saved, "input_shape": tuple(saved["input_shape"])})
+    plan = make_plan(config, model=model, info=info)
+    run_dir = RunDir(path, plan.config)
+    epochs = run_dir.checkpoint_epochs()
+    if epoch is None:
+        epoch = next((e for e in epochs if run_dir.intact(e)), None)
+    elif epoch not in epochs:
+        raise ConfigError(
+            f"{path} has no checkpoint of epoch {epoch}; it has {sorted(epochs) or 'none'}", "epoch"
+        )
+    state = None if epoch is None else run_dir.restore(epoch, layout_template(plan))
+    if state is None:
+        raise ConfigError(f"{path} holds no intact checkpoint to load (epochs {sorted(epochs) or 'none'})")
+    history = run_dir.history()
+    summary = run_dir.finished_summary() or {"epochs_done": len(history), **(history[-1] if history else {})}
+    return RunResult({**summary, "loaded_epoch": epoch}, plan.network, state)

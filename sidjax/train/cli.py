@@ -20,19 +20,22 @@ import typing
 from typing import Any
 
 from sidjax import distributed
+from sidjax._version import __version__
 from sidjax.architectures import ARCHITECTURES
-from sidjax.config import GROUPS, LR_SCHEDULES, MODES, OPTIMIZERS, TrainConfig, field_help
 from sidjax.data import DATASETS, DatasetUnavailableError
 from sidjax.errors import ConfigError
+from sidjax.heads import BELIEF_INPUTS, HEADS
 from sidjax.losses import DIVERGENCES
-from sidjax.methods import METHODS
+from sidjax.methods import EXECUTIONS, METHODS, MODES
 from sidjax.ops import CONV_IMPLS
-from sidjax.steps import EXECUTIONS
+from sidjax.train.config import GROUPS, LR_SCHEDULES, OPTIMIZERS, TrainConfig, field_help
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "method": tuple(METHODS),
     "mode": MODES,
     "model": tuple(ARCHITECTURES),
+    "head": tuple(HEADS),
+    "belief_input": BELIEF_INPUTS,
     "divergence": DIVERGENCES,
     "optimizer": OPTIMIZERS,
     "schedule": LR_SCHEDULES,
@@ -140,11 +143,11 @@ FIELDS_WITH_UNDERSCORES = tuple(f.name for f in dataclasses.fields(TrainConfig) 
 
 
 def error_line(err: Exception) -> str:
-    """One line for the user: the setting it names first, and any field with an underscore, become flags."""
+    """One line for the user: the setting it names (its first mention), and any field with an underscore, become flags."""
     message = str(err).splitlines()[0] if str(err) else type(err).__name__
     field = getattr(err, "field", None)
-    if field and message.startswith(field):
-        message = flag(field) + message[len(field) :]
+    if field and "_" not in field:
+        message = re.sub(rf"(?<![-\w']){field}\b", flag(field), message, count=1)
     for name in FIELDS_WITH_UNDERSCORES:
         message = re.sub(rf"(?<![-\w]){name}\b", flag(name), message)
     return f"error: {message}"
@@ -164,7 +167,7 @@ def guarded(parser: argparse.ArgumentParser, argv: list[str], work) -> Any:
 
     ``argv`` is the command's flags; the parser's prog (``sidjax train``) names the command.
     """
-    from sidjax.runner import RunInterrupted, TrainingDiverged
+    from sidjax.train.runner import RunInterrupted, TrainingDiverged
 
     try:
         return work()
@@ -189,11 +192,13 @@ def _start(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[arg
     return args, argv
 
 
-def _run(args: argparse.Namespace, config: TrainConfig, out: str | None, dataset=None):
-    from sidjax.runner import run
+def _run(args: argparse.Namespace, config: TrainConfig, out: str | None, dataset=None) -> list[dict]:
+    """The run's summaries, one per seed."""
+    from sidjax.train.runner import run
 
-    return run(config, out, dataset=dataset, data_dir=args.data_dir, manual_dir=args.manual_dir,
-               progress=not args.no_progress, overwrite=args.overwrite, resume=args.resume)  # fmt: skip
+    result = run(config, out, dataset=dataset, data_dir=args.data_dir, manual_dir=args.manual_dir,
+                 progress=not args.no_progress, overwrite=args.overwrite, resume=args.resume)  # fmt: skip
+    return [r.summary for r in (result if isinstance(result, list) else [result])]
 
 
 def _describe(config: TrainConfig, s: dict) -> str:
@@ -204,24 +209,24 @@ def _describe(config: TrainConfig, s: dict) -> str:
     )
 
 
-def train(argv: list[str] | None = None) -> dict | list[dict]:
+def train(argv: list[str] | None = None) -> list[dict]:
     """``sidjax train``: one configuration (several seeds together where ``--seed`` lists them)."""
     parser = build_parser("sidjax train", "Train one network with SID, DGL or BP and write its results.")
     args, argv = _start(parser, argv)
-    result = guarded(parser, argv, lambda: _run(args, config_from_args(args), args.out))
-    for summary in result if isinstance(result, list) else [result]:
+    summaries = guarded(parser, argv, lambda: _run(args, config_from_args(args), args.out))
+    for summary in summaries:
         print(_describe(TrainConfig.from_record(summary), summary))
-    return result
+    return summaries
 
 
-def comparison_table(summaries: dict[str, dict | list[dict]]) -> str:
-    """Markdown: one row per method (and seed): final test accuracy, best beside it, speed."""
+def comparison_table(summaries: dict[str, list[dict]]) -> str:
+    """Markdown: one row per method and seed: final test accuracy, best beside it, speed."""
     lines = [
         "| method | seed | final test acc. | best (epoch) | s/epoch | examples/s |",
         "|---|---|---|---|---|---|",
     ]
     for method, result in summaries.items():
-        for s in result if isinstance(result, list) else [result]:
+        for s in result:
             lines.append(
                 f"| {method.upper()} | {s['seed']} | {100 * s['final_test_accuracy']:.2f} % | "
                 f"{100 * s['best_test_accuracy']:.2f} % ({s['best_epoch']}) | "
@@ -230,7 +235,7 @@ def comparison_table(summaries: dict[str, dict | list[dict]]) -> str:
     return "\n".join(lines)
 
 
-def compare(argv: list[str] | None = None) -> dict[str, dict | list[dict]]:
+def compare(argv: list[str] | None = None) -> dict[str, list[dict]]:
     """``sidjax compare``: several methods on the same network, data and budget; a table."""
     parser = build_parser("sidjax compare", "SID vs BP (or any --methods) side by side on the same data.")
     parser.set_defaults(model="mlp", epochs=10, out="runs/compare")
@@ -241,7 +246,7 @@ def compare(argv: list[str] | None = None) -> dict[str, dict | list[dict]]:
 
     def work():
         from sidjax.data import load_dataset
-        from sidjax.trainer import make_plan
+        from sidjax.train.plan import make_plan
 
         base = config_from_args(args)
         configs = {m: dataclasses.replace(base, method=m) for m in args.methods.split(",")}
@@ -252,8 +257,7 @@ def compare(argv: list[str] | None = None) -> dict[str, dict | list[dict]]:
 
     summaries = guarded(parser, argv, work)
     base = config_from_args(args)
-    first = next(iter(summaries.values()))
-    first = first[0] if isinstance(first, list) else first
+    first = next(iter(summaries.values()))[0]
     header = (
         f"{base.dataset}, {base.model} ({base.mode}), {'L' if base.mode == 'trunk' else 'K'}={base.depth}, "
         f"alpha={base.alpha}, {base.optimizer} lr {base.lr} ({base.schedule}), batch {base.batch_size}, "
@@ -273,9 +277,12 @@ COMMANDS = {"train": train, "compare": compare}
 def main(argv: list[str] | None = None) -> None:
     """``sidjax {train,compare} [flags]``."""
     argv = sys.argv[1:] if argv is None else argv
-    usage = "usage: sidjax {train,compare} [flags]   (sidjax train --help for the flags)"
+    usage = "usage: sidjax {train,compare} [flags]   (sidjax train --help for the flags; sidjax --version)"
     if argv and argv[0] in ("-h", "--help"):
         print(usage)
+        return
+    if argv and argv[0] in ("-V", "--version"):
+        print(f"sidjax {__version__}")
         return
     if not argv or argv[0] not in COMMANDS:
         print(f"error: unknown command {argv[0]!r}; {usage}" if argv else usage, file=sys.stderr)

@@ -25,16 +25,38 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import time
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
-from sidjax.config import TrainConfig
+from sidjax._version import __version__
 from sidjax.errors import ConfigError
+from sidjax.train.config import TrainConfig
 
-RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "checkpoints")
+RUN_FILES = ("config.json", "run.json", "metrics.jsonl", "summary.json", "checkpoints")
+
+
+def provenance() -> dict[str, Any]:
+    """The sidjax version and, where sidjax runs from a git checkout, its commit (and whether it was modified)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()  # fmt: skip
+        changed = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no", "--", ".."],
+                                 capture_output=True, text=True, timeout=10, check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        commit, changed = None, ""
+    return {
+        "sidjax_version": __version__,
+        "git_commit": commit,
+        "git_modified": bool(changed) if commit else None,
+    }
+
+
 # Fields that may differ when a run is resumed: they change neither the numbers nor the files.
 RESUMABLE = ("checkpoint_every", "steps_per_chunk", "device_data_mb", "eval_batch_size")
 
@@ -212,8 +234,38 @@ class RunDir:
             return "its checksum manifest is unreadable"
         return None if file_digests(step) == expected else "file checksum mismatch"
 
-    def begin(self, epoch: int) -> None:
-        """Starts writing: continue this directory after ``epoch`` (> 0), or a new run beside it (0)."""
+    @staticmethod
+    def read_config(path: str) -> TrainConfig:
+        """The config of the run in ``path`` (``ConfigError`` where there is none)."""
+        file = os.path.join(path, "config.json")
+        try:
+            with open(file) as f:
+                return TrainConfig.from_record(json.load(f))
+        except FileNotFoundError:
+            raise ConfigError(f"{path} is not a run directory: it has no config.json") from None
+        except (json.JSONDecodeError, TypeError) as err:
+            raise ConfigError(f"{file} is damaged ({err})") from None
+
+    def run_info(self) -> dict[str, Any]:
+        """``run.json``: provenance, start and resumes, the dataset's shape and sizes ({} for older runs)."""
+        try:
+            with open(os.path.join(self.path, "run.json")) as f:
+                return json.load(f)
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+
+    def intact(self, epoch: int) -> bool:
+        """The checkpoint of ``epoch`` matches its manifest."""
+        return self._damage(epoch) is None
+
+    def begin(self, epoch: int, dataset: dict[str, Any]) -> None:
+        """Starts writing: continue this directory after ``epoch`` (> 0), or a new run beside it (0).
+
+        ``dataset`` (its shape, classes and split sizes) goes into ``run.json``
+        with the provenance and the time, so that the run can be loaded
+        without its data (``sidjax.load_run``).
+        """
+        now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         if epoch:
             self.live = self.path
             self._drop_checkpoints_after(epoch)
@@ -224,6 +276,8 @@ class RunDir:
             summary = os.path.join(self.path, "summary.json")
             if os.path.exists(summary):
                 os.remove(summary)  # the run is longer now; written again at its end
+            info = self.run_info() or {"dataset": dataset}
+            info["resumed"] = [*info.get("resumed", []), {"at": now, "after_epoch": epoch, **provenance()}]
         else:
             shutil.rmtree(self.incoming, ignore_errors=True)  # a start that failed before
             os.makedirs(self.incoming)
@@ -231,6 +285,8 @@ class RunDir:
             write_atomic(
                 os.path.join(self.incoming, "config.json"), json.dumps(self.config.record(), indent=2)
             )
+            info = {**provenance(), "started": now, "dataset": dataset}
+        write_atomic(os.path.join(self.live, "run.json"), json.dumps(info, indent=2))
         self._manager = self._open(self.live) if self._checkpointing else None
 
     def _drop_checkpoints_after(self, epoch: int) -> None:

@@ -1,0 +1,123 @@
+"""``make_learner``: one factory, one ``Learner`` record, for every method, execution, schedule and placement.
+
+    learner = sidjax.make_learner(network, optax.adam(1e-3), "sid")
+    state = learner.init(variables)
+    state, metrics = learner.step(state, (x, labels), key)
+
+Placements (``sidjax.placement.Placement``):
+
+* ``"single"``: the step is one ``jax.jit`` program on the default device.
+* ``"mesh:DATA,UNIT"``: the same program on a ``(data, unit)`` mesh: the
+  batch split ``DATA`` ways, stacked units and their optimizer states
+  ``UNIT`` ways, the stem replicated; XLA inserts the collectives
+  (``sidjax.parallel``).
+* ``"stages[:N]"``: blockwise units in N stages, one program each, placed
+  over the devices (``sidjax.stages``).
+
+Every rule of what a method can train how is checked here, by its owner
+(``sidjax.methods``), before anything is compiled.
+"""
+
+from __future__ import annotations
+
+import jax
+import optax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from sidjax.losses import SIDLoss
+from sidjax.methods import (
+    check_belief_input,
+    check_mode,
+    check_pipelined,
+    check_stages,
+    get_method,
+    resolve_execution,
+)
+from sidjax.network import Network, Variables
+from sidjax.parallel import DATA, check_mesh, make_mesh, replicate, shard_state
+from sidjax.placement import Placement
+from sidjax.schedule import init_slots
+from sidjax.stages import make_stages
+from sidjax.state import Learner, TrainState, new_state
+from sidjax.steps import Augment, make_step, memory_beyond_arguments
+
+
+def make_learner(
+    network: Network,
+    tx: optax.GradientTransformation,
+    method: str = "sid",
+    loss: SIDLoss = SIDLoss(),
+    *,
+    execution: str = "auto",
+    pipelined: bool = False,
+    placement: str | Placement = "single",
+    devices: list | None = None,
+    augment: Augment | None = None,
+    batch_size: int | None = None,
+    donate: bool = False,
+) -> Learner:
+    """The ``Learner`` that trains ``network`` with ``method``.
+
+    Args:
+      network: from ``sidjax.blockwise``, ``sidjax.trunk``,
+        ``sidjax.make_network``, ...
+      tx: optax optimizer, applied per part (the stem and each unit, each on
+        its own state).
+      method: a key of ``sidjax.METHODS``.
+      loss: local-loss hyperparameters (BP uses only ``label_smoothing``).
+      execution: how a local step groups its unit updates: ``"auto"``,
+        ``"vmap"``, ``"fused"`` or ``"sequential"`` (``sidjax.steps``).
+      pipelined: the pipelined schedule (blockwise, local methods;
+        ``sidjax.schedule``).
+      placement: ``"single"``, ``"mesh:DATA,UNIT"`` or ``"stages[:N]"``.
+      devices: the devices of a mesh or of stages (default: all).
+      augment: optional ``augment(key, x) -> x`` run on each batch.
+      batch_size: examples per step; the pipelined schedule (its slots) and
+        a mesh (its data axis) need it.
+      donate: the single-device step donates its input state (training
+        loops that do not keep the old state).
+
+    Returns:
+      A ``Learner``.
+
+    Raises:
+      ConfigError: a combination the method, network or devices cannot
+        train, in one line naming the setting.
+    """
+    spec = get_method(method)
+    check_mode(spec, network.mode)
+    check_belief_input(spec, network.belief_input)
+    loss = spec.loss(loss)
+    loss.check_units(network.num_units)
+    execution = resolve_execution(spec, network.mode, execution, network.stacked)
+    if pipelined:
+        check_pipelined(spec, network.mode)
+    placement = Placement.parse(placement)
+    if placement.kind == "stages":
+        check_stages(spec, network.mode)
+        return make_stages(network, tx, loss, pipelined=pipelined, num_stages=placement.stages or None,
+                           devices=devices, augment=augment, batch_size=batch_size)  # fmt: skip
+    step = make_step(network, tx, spec, loss, execution, pipelined, augment)
+
+    def init(variables: Variables) -> TrainState:
+        slots = init_slots(network, variables, batch_size) if pipelined else ()
+        return new_state(variables, tx, slots)
+
+    def memory_bytes(state, batch, key) -> int:
+        return memory_beyond_arguments(jax.jit(step, donate_argnums=0).lower(state, batch, key).compile())
+
+    if placement.kind == "mesh":
+        mesh = make_mesh(*placement.mesh, devices)
+        check_mesh(network, mesh, batch_size)
+        data = NamedSharding(mesh, PartitionSpec(DATA))
+
+        def sharded(state, batch, key):
+            return step(state, jax.lax.with_sharding_constraint(batch, data), key)
+
+        def place(state):
+            return shard_state(state, network, mesh)
+
+        return Learner(network, lambda v: place(init(v)), jax.jit(sharded, donate_argnums=(0,) if donate else ()),
+                       place, lambda state: state, lambda tree: replicate(tree, mesh), memory_bytes)  # fmt: skip
+    return Learner(network, init, jax.jit(step, donate_argnums=(0,) if donate else ()), jax.device_put,
+                   lambda state: state, jax.device_put, memory_bytes)  # fmt: skip

@@ -1,0 +1,197 @@
+"""The compiled programs of a run: chunks of training steps, evaluation and prediction, for S seeds.
+
+The training step and its state come from the plan's ``Learner``; this
+module runs it: a *chunk* is ``steps_per_chunk`` steps as one compiled
+``lax.scan`` over batches gathered on the device (stages, whose step is
+driven from Python, loop instead). S seeds train together in one program:
+their states are stacked along a leading axis and the chunk, evaluation and
+prediction are ``jax.vmap``-ed over it (or, for convolutions on XLA:CPU,
+unrolled: ``Plan.cpu_convolutions``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sidjax.data import Dataset, normalised_batch
+from sidjax.evaluation import make_split_evaluator, make_split_predictor
+from sidjax.network import Variables, stack, unstack
+from sidjax.parallel import gather as to_host
+from sidjax.state import TrainState
+from sidjax.train.plan import Plan, seed_keys
+
+
+class RunPrograms(NamedTuple):
+    """What a run compiles for its S seeds, beside its ``Learner``.
+
+    Attributes:
+      chunk: ``chunk(state, images, labels, order, start, length) -> (state,
+        metrics)``: ``length`` steps whose batches are ``order[start: start +
+        length]`` (``[steps, B]`` indices into ``images``); every metric has
+        a leading ``[length]`` axis (after the seed axis).
+        ``chunk.compile(...)`` compiles ahead of time and returns the
+        seconds it took.
+      evaluate: ``(state, images, labels) -> per-seed sums`` over a split.
+      predict: ``(state, images) -> per-seed int [N]``, the last unit's classes.
+      seeds: the seeds trained together.
+    """
+
+    chunk: Any
+    evaluate: Callable[[Any, Any, Any], list[dict[str, np.ndarray]]]
+    predict: Callable[[Any, Any], list[np.ndarray]]
+    seeds: tuple[int, ...]
+
+
+def over_seeds(fn: Callable, in_axes: tuple, count: int, unroll: bool) -> Callable:
+    """``fn`` over ``count`` seeds in one program: ``jax.vmap``, or with ``unroll`` its contract unrolled.
+
+    Unrolled, the seeds follow one another: XLA:CPU turns a vmapped
+    convolution into a grouped one, measured 3.7x slower per seed (SimpleCNN,
+    batch 128, two seeds) than the seeds apart.
+    """
+    if not unroll:
+        return jax.vmap(fn, in_axes=in_axes)
+
+    def unrolled(*args):
+        outs = [
+            fn(
+                *(
+                    a if axis is None else jax.tree.map(lambda v, i=i: v[i], a)
+                    for a, axis in zip(args, in_axes, strict=True)
+                )
+            )
+            for i in range(count)
+        ]
+        return stack(outs)
+
+    return unrolled
+
+
+class CompiledChunks:
+    """A jitted chunk with a static length, compiled ahead of time once per length.
+
+    ``keys`` (each seed's train key) is bound here, so callers pass the data only.
+    """
+
+    def __init__(self, jitted: Callable, keys: jax.Array):
+        self.jitted, self.keys = jitted, keys
+        self.compiled: dict[int, Any] = {}
+
+    def compile(self, state, images, labels, order, start, length: int) -> float:
+        begin = time.perf_counter()
+        lowered = self.jitted.lower(state, images, labels, order, start, self.keys, length)
+        self.compiled[length] = lowered.compile()
+        return time.perf_counter() - begin
+
+    def __call__(self, state, images, labels, order, start, length: int):
+        if length not in self.compiled:
+            self.compile(state, images, labels, order, start, length)
+        return self.compiled[length](state, images, labels, order, start, self.keys)
+
+
+class PythonChunks:
+    """Chunks of a learner whose step is driven from Python (stages): one step at a time."""
+
+    def __init__(self, step: Callable, dataset: Dataset, key: jax.Array):
+        self.step, self.key = step, key
+        self.batch = jax.jit(
+            lambda images, labels, order, i: normalised_batch(dataset, images, labels, order[i])
+        )
+        self.stack = jax.jit(lambda metrics: jax.tree.map(lambda *m: jnp.stack(m), *metrics))
+
+    def compile(self, state, images, labels, order, start, length: int) -> float:
+        """Compiles every program of a step by one step on a copy of the state."""
+        begin = time.perf_counter()
+        copy = jax.tree.map(jnp.copy, state)
+        jax.block_until_ready(self.step(copy, self.batch(images, labels, order, start), self.key))
+        return time.perf_counter() - begin
+
+    def __call__(self, state, images, labels, order, start, length: int):
+        per_step = []
+        for i in range(start, start + length):
+            state, metrics = self.step(state, self.batch(images, labels, order, i), self.key)
+            per_step.append(metrics)
+        return state, self.stack(per_step)
+
+
+def make_chunks(plan: Plan, dataset: Dataset, seeds: tuple[int, ...], streamed: bool) -> Any:
+    """The chunk program of ``plan``'s learner for ``seeds`` (images shared, or per seed when ``streamed``)."""
+    learner = plan.learner
+    keys = jnp.stack([seed_keys(s)[1] for s in seeds]) if len(seeds) > 1 else seed_keys(seeds[0])[1]
+    if not learner.traceable:
+        return PythonChunks(learner.step, dataset, keys)
+
+    def chunk(state, images, labels, order, start, key, length):
+        idxs = jax.lax.dynamic_slice_in_dim(order, start, length)
+
+        def body(state, idx):
+            return learner.step(state, normalised_batch(dataset, images, labels, idx), key)
+
+        if length == 1:  # no loop at all (see plan.auto_chunk)
+            state, metrics = body(state, idxs[0])
+            return state, jax.tree.map(lambda m: m[None], metrics)
+        return jax.lax.scan(body, state, idxs)
+
+    if len(seeds) > 1:
+        axes = (0, 0 if streamed else None, 0, 0, None, 0, None)
+        chunk = over_seeds(chunk, axes, len(seeds), plan.cpu_convolutions)
+    return CompiledChunks(jax.jit(chunk, static_argnums=6, donate_argnums=0), keys)
+
+
+def make_programs(
+    plan: Plan, dataset: Dataset, seeds: tuple[int, ...], streamed: bool = False
+) -> RunPrograms:
+    """The programs that train ``plan`` on ``dataset`` for ``seeds`` together.
+
+    ``dataset`` supplies the normalisation statistics (constants in the
+    programs); ``streamed``: the training split is sent chunk by chunk.
+    """
+    config, learner = plan.config, plan.learner
+    evaluate_split = make_split_evaluator(
+        plan.network, dataset, config.eval_batch_size, config.label_smoothing
+    )
+    predict_split = make_split_predictor(plan.network, dataset, config.eval_batch_size)
+    if len(seeds) > 1:
+        evaluate_split = over_seeds(evaluate_split, (0, None, None), len(seeds), plan.cpu_convolutions)
+        predict_split = over_seeds(predict_split, (0, None), len(seeds), plan.cpu_convolutions)
+    evaluate_jit, predict_jit = jax.jit(evaluate_split), jax.jit(predict_split)
+
+    def per_seed(tree) -> list:
+        host = to_host(tree)
+        return [host] if len(seeds) == 1 else unstack(host, len(seeds))
+
+    return RunPrograms(
+        chunk=make_chunks(plan, dataset, seeds, streamed),
+        evaluate=lambda state, images, labels: per_seed(
+            evaluate_jit(_variables(learner, state), images, labels)
+        ),
+        predict=lambda state, images: per_seed(predict_jit(_variables(learner, state), images)),
+        seeds=seeds,
+    )
+
+
+def _variables(learner, state: TrainState) -> Variables:
+    return learner.gather(state).variables
+
+
+def init_states(plan: Plan, seeds: tuple[int, ...]) -> Any:
+    """Each seed's fresh state from its own init key, placed (stacked along axis 0 for several seeds)."""
+    states = [plan.learner.init(plan.build(seed_keys(s)[0])[1]) for s in seeds]
+    return states[0] if len(seeds) == 1 else stack(states)
+
+
+def load_states(plan: Plan, states: list[TrainState]) -> Any:
+    """Per-seed ``TrainState``s in the network's layout (restored checkpoints) -> placed."""
+    return plan.learner.place(states[0]) if len(states) == 1 else jax.device_put(stack(states))
+
+
+def unload_states(plan: Plan, state: Any, count: int) -> list[TrainState]:
+    """The placed state -> per-seed ``TrainState``s on the host, in the network's layout."""
+    host = to_host(plan.learner.gather(state))
+    return [host] if count == 1 else unstack(host, count)

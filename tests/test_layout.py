@@ -1,0 +1,74 @@
+"""The package's shape: no import cycle (imports inside functions included), the library apart from the application."""
+
+import ast
+import glob
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGE = os.path.join(ROOT, "sidjax")
+
+
+def _module(path: str) -> str:
+    name = os.path.relpath(path, ROOT)[: -len(".py")].replace(os.sep, ".")
+    return name[: -len(".__init__")] if name.endswith(".__init__") else name
+
+
+MODULES = {_module(p): p for p in glob.glob(os.path.join(PACKAGE, "**", "*.py"), recursive=True)}
+
+
+def _imports(path: str) -> set[str]:
+    """The sidjax modules ``path`` imports anywhere in its body (functions included)."""
+    found = set()
+    for node in ast.walk(ast.parse(open(path).read())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("sidjax")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("sidjax"):
+            for alias in node.names:  # ``from sidjax.train import cli`` imports a module
+                sub = f"{node.module}.{alias.name}"
+                found.add(sub if sub in MODULES else node.module)
+    return found
+
+
+GRAPH = {name: {m for m in _imports(path) if m in MODULES and m != name} for name, path in MODULES.items()}
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state, stack = {}, []
+
+    def visit(node):
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                return stack[stack.index(nxt) :] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = "done"
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_no_import_cycle_counting_imports_inside_functions():
+    inner = {name: deps - {"sidjax"} for name, deps in GRAPH.items() if name != "sidjax"}
+    assert _cycle(inner) is None, " -> ".join(_cycle(inner))
+    users = sorted(name for name, deps in GRAPH.items() if "sidjax" in deps and name not in ("sidjax",))
+    assert users == [], f"modules that import the package's __init__ (import the submodule instead): {users}"
+
+
+def test_the_library_does_not_import_the_application():
+    entry_points = ("sidjax", "sidjax.__main__")  # the package exports run and load_run; python -m runs the CLI
+    library = [name for name in GRAPH if not name.startswith("sidjax.train") and name not in entry_points]
+    assert {name: sorted(d for d in GRAPH[name] if d.startswith("sidjax.train")) for name in library} == {
+        name: [] for name in library
+    }
+
+
+def test_the_configuration_does_not_import_the_engine():
+    engine = {"sidjax.architectures", "sidjax.builders", "sidjax.steps", "sidjax.ops", "sidjax.network",
+              "sidjax.learner", "sidjax.units", "sidjax.stages", "sidjax.schedule", "sidjax.heads"}  # fmt: skip
+    assert GRAPH["sidjax.train.config"] & engine == set()

@@ -1,0 +1,294 @@
+"""Your own NNX model through the public API: a 3-block CNN with BatchNorm and Dropout.
+
+It trains blockwise (SID and DGL) and as a shared-trunk extractor through ``run``, with
+checkpoints, resume, seeds together and evaluation on running statistics, and comes back
+from ``run`` and from ``load_run``. Its randomness and statistics follow the engine's rules
+in every execution and placement.
+"""
+
+import dataclasses
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import needs_devices, records, tiny_config, tree_max_abs
+from flax import nnx
+
+import sidjax
+from sidjax import Variables
+
+NUM_CLASSES = 10
+
+
+class ConvBlock(nnx.Module):
+    """3x3 conv, BatchNorm, ReLU, dropout, then an optional 2x2 average pool."""
+
+    def __init__(self, cin: int, cout: int, *, pool: bool, rngs: nnx.Rngs):
+        self.conv = nnx.Conv(cin, cout, (3, 3), rngs=rngs)
+        self.norm = nnx.BatchNorm(
+            cout, momentum=0.9, rngs=rngs
+        )  # few steps here: statistics that settle fast
+        self.drop = nnx.Dropout(0.2, rngs=rngs)
+        self.pool = pool
+
+    def __call__(self, x):
+        x = self.drop(jax.nn.relu(self.norm(self.conv(x))))
+        return nnx.avg_pool(x, (2, 2), strides=(2, 2)) if self.pool else x
+
+
+def cnn_blocks(rngs: nnx.Rngs, channels: int = 1) -> list[nnx.Module]:
+    return [ConvBlock(channels, 8, pool=True, rngs=rngs), ConvBlock(8, 16, pool=True, rngs=rngs),
+            ConvBlock(16, 16, pool=False, rngs=rngs)]  # fmt: skip
+
+
+def blockwise_cnn(key, belief_input="prob", input_shape=(28, 28, 1)):
+    rngs = nnx.Rngs(params=key, dropout=jax.random.fold_in(key, 1))
+    return sidjax.blockwise(cnn_blocks(rngs, input_shape[-1]), num_classes=NUM_CLASSES, input_shape=input_shape,
+                            rngs=rngs, head_hidden=32, belief_input=belief_input, name="my_cnn")  # fmt: skip
+
+
+class Extractor(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs):
+        self.blocks = nnx.List(cnn_blocks(rngs))
+        self.out = nnx.Linear(16, 32, rngs=rngs)
+
+    def __call__(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return self.out(x.mean(axis=(1, 2)))
+
+
+def trunk_cnn(key):
+    rngs = nnx.Rngs(params=key, dropout=jax.random.fold_in(key, 1))
+    return sidjax.trunk(Extractor(rngs), num_classes=NUM_CLASSES, input_shape=(28, 28, 1), num_modules=3,
+                        key=jax.random.fold_in(key, 2), module_hidden=32, name="my_cnn_trunk")  # fmt: skip
+
+
+MODELS = {
+    "sid": blockwise_cnn,
+    "dgl": functools.partial(blockwise_cnn, belief_input="none"),
+    "trunk": trunk_cnn,
+}
+
+
+def _config(case: str, **changes):
+    """A config for your network: its mode and depth come from the network (DGL's config must say blockwise)."""
+    settings = {"method": "dgl", "mode": "blockwise"} if case == "dgl" else {"method": "sid"}
+    return tiny_config(**{"limit_train": 512, "limit_test": 256, "batch_size": 64, **settings, **changes})
+
+
+def _leaf(stats, *path):
+    for p in path:
+        stats = stats[p]
+    return np.asarray(stats[...])
+
+
+@pytest.mark.parametrize("case", list(MODELS))
+def test_your_model_trains_through_run_checkpoints_resumes_and_comes_back(case, fashion_mnist, tmp_path):
+    model = MODELS[case]
+    whole = sidjax.run(_config(case, epochs=2), str(tmp_path / "whole"), model=model, dataset=fashion_mnist,
+                       progress=False)  # fmt: skip
+    assert whole.summary["model"] == ("my_cnn_trunk" if case == "trunk" else "my_cnn")
+    assert whole.summary["mode"] == ("trunk" if case == "trunk" else "blockwise")
+    assert whole.summary["final_test_accuracy"] > 0.2  # chance is 0.1; 2 epochs of 512 examples
+    # resume: one epoch, then grown to two, equals the uninterrupted run to the last digit
+    sidjax.run(
+        _config(case, epochs=1), str(tmp_path / "split"), model=model, dataset=fashion_mnist, progress=False
+    )
+    resumed = sidjax.run(_config(case, epochs=2), str(tmp_path / "split"), model=model, dataset=fashion_mnist,
+                         progress=False, resume=True)  # fmt: skip
+    assert records(tmp_path / "split" / "metrics.jsonl") == records(tmp_path / "whole" / "metrics.jsonl")
+    chex.assert_trees_all_equal(resumed.state, whole.state)
+    # the parameters and statistics come back from run and from the run directory alike
+    loaded = sidjax.load_run(str(tmp_path / "whole"), model=model)
+    chex.assert_trees_all_equal(loaded.state, whole.state)
+    assert loaded.summary["final_test_accuracy"] == whole.summary["final_test_accuracy"]
+    # evaluation reads the running statistics the training forward passes left
+    test = fashion_mnist.subset(None, 256)
+    assert (
+        sidjax.evaluate(whole.network, whole.variables, test)["accuracy"]
+        == whole.summary["final_test_accuracy"]
+    )
+    fresh = model(jax.random.key(0))[1]
+    assert tree_max_abs(jax.tree.map(jnp.subtract, whole.state.stats, fresh.stats)) > 1e-3
+    with_fresh_stats = Variables(whole.variables.params, fresh.stats)
+    assert (
+        sidjax.evaluate(whole.network, with_fresh_stats, test)["per_unit_kl"] != whole.summary["per_unit_kl"]
+    )
+
+
+def test_your_model_with_seeds_together_equals_separate_runs(fashion_mnist):
+    together = sidjax.run(_config("sid", seed=(0, 1), epochs=1), model=blockwise_cnn, dataset=fashion_mnist,
+                          progress=False)  # fmt: skip
+    for seed, result in zip((0, 1), together, strict=True):
+        alone = sidjax.run(_config("sid", seed=seed, epochs=1), model=blockwise_cnn, dataset=fashion_mnist,
+                           progress=False)  # fmt: skip
+        chex.assert_trees_all_close(result.state.params, alone.state.params, atol=1e-5)
+        chex.assert_trees_all_close(result.state.stats, alone.state.stats, atol=1e-5)
+    assert together[0].summary["per_unit_kl"] != together[1].summary["per_unit_kl"]
+
+
+def test_a_built_network_through_run_starts_every_seed_from_it(fashion_mnist):
+    built = blockwise_cnn(jax.random.key(5))
+    results = sidjax.run(
+        _config("sid", seed=(0, 1), epochs=1), model=built, dataset=fashion_mnist, progress=False
+    )
+    assert results[0].summary["final_test_accuracy"] != results[1].summary["final_test_accuracy"] or (
+        results[0].summary["per_unit_kl"] != results[1].summary["per_unit_kl"]
+    )  # one init, but each seed's own data order and dropout
+    with pytest.raises(sidjax.ConfigError, match=r"the given model takes \(8, 8, 1\) inputs"):
+        sidjax.run(_config("sid"), model=blockwise_cnn(jax.random.key(0), input_shape=(8, 8, 1)),
+                   dataset=fashion_mnist, progress=False)  # fmt: skip
+
+
+# --- the engine's rules for statistics and randomness, on the same model (8x8 inputs, fast) ---
+
+SHAPE = (8, 8, 1)
+TX = optax.sgd(0.1)
+
+
+def _batch(seed=1, size=16):
+    kx, ky = jax.random.split(jax.random.key(seed))
+    return jax.random.normal(kx, (size, *SHAPE)), jax.random.randint(ky, (size,), 0, NUM_CLASSES)
+
+
+def small(key=jax.random.key(0), belief_input="prob"):
+    return blockwise_cnn(key, belief_input, input_shape=SHAPE)
+
+
+def _steps(learner, variables, n=3):
+    state = learner.init(variables)
+    for t in range(n):
+        state, metrics = learner.step(state, _batch(seed=t), jax.random.key(7))
+    return state, metrics
+
+
+def test_no_gradient_crosses_a_block_of_your_model_with_dropout_on():
+    network, variables = small()
+    x, y = _batch()
+
+    def losses(params):
+        v = Variables(params, variables.stats)
+        return sidjax.local_losses(
+            network, v, x, y, sidjax.SIDLoss(0.5), key=jax.random.key(3), execution="fused"
+        )[0]
+
+    jac = jax.jit(jax.jacrev(losses))(variables.params)
+    for i in range(network.num_units):
+        row = jax.tree.map(lambda a, i=i: a[i], jac)
+        for j in range(network.num_units):
+            block = tree_max_abs(network.unit_values(row.units, j))
+            assert (block > 0) if i == j else (block == 0.0), (i, j)
+
+
+@pytest.mark.parametrize("method", ["sid", "dgl", "bp"])
+def test_executions_agree_on_params_and_statistics(method):
+    network, variables = small(belief_input="none" if method == "dgl" else "prob")
+    executions = ("fused", "sequential") if method != "bp" else ("fused",)
+    found = {e: _steps(sidjax.make_learner(network, TX, method, execution=e), variables) for e in executions}
+    for e in executions[1:]:
+        chex.assert_trees_all_close(found[e][0].params, found["fused"][0].params, atol=1e-5)
+        chex.assert_trees_all_close(found[e][0].stats, found["fused"][0].stats, atol=1e-5)
+    state = found["fused"][0]
+    # the running statistics moved (momentum 0.9, 3 steps)
+    assert tree_max_abs(jax.tree.map(jnp.subtract, state.stats, variables.stats)) > 1e-3
+
+
+def test_dropout_keys_are_per_step_and_per_unit_and_the_same_for_the_same_seed():
+    network, variables = small()
+    learner = sidjax.make_learner(network, TX, "sid")
+    state = learner.init(variables)
+    batch = _batch()
+    one, m1 = learner.step(state, batch, jax.random.key(7))
+    two, m2 = learner.step(state, batch, jax.random.key(7))
+    other, m3 = learner.step(state, batch, jax.random.key(8))
+    chex.assert_trees_all_equal(one.params, two.params)
+    assert float(m1["loss"]) == float(m2["loss"]) != float(m3["loss"])
+    # a unit's dropout mask changes from step to step: the same batch at step 1 gives another loss
+    _, later = learner.step(state._replace(step=state.step + 1), batch, jax.random.key(7))
+    assert float(later["loss"]) != float(m1["loss"])
+    # ... and no dropout in evaluation: two predictions agree
+    x = batch[0]
+    np.testing.assert_array_equal(
+        sidjax.predict(network, one.variables, x), sidjax.predict(network, one.variables, x)
+    )
+
+
+@pytest.mark.parametrize("execution", ["sequential", "fused"])
+def test_pipelined_schedule_keeps_statistics_of_empty_slots(execution):
+    network, variables = small()
+    learner = sidjax.make_learner(network, TX, "sid", execution=execution, pipelined=True, batch_size=16)
+    state = learner.init(variables)
+    state, _ = learner.step(state, _batch(), jax.random.key(7))  # only unit 1 has an input yet
+    moved = [tree_max_abs(jax.tree.map(jnp.subtract, network.unit_values(state.stats.units, k),
+                                       network.unit_values(variables.stats.units, k)))  # fmt: skip
+             for k in range(network.num_units)]  # fmt: skip
+    assert moved[0] > 0 and moved[1] == moved[2] == 0.0, moved
+
+
+@needs_devices(4)
+def test_stages_and_a_data_mesh_give_the_single_device_statistics():
+    network, variables = small()
+    single = _steps(sidjax.make_learner(network, TX, "sid", batch_size=16), variables)[0]
+    for placement in ("stages:3", "mesh:4,1"):
+        learner = sidjax.make_learner(network, TX, "sid", placement=placement, devices=jax.devices()[:4],
+                                      batch_size=16)  # fmt: skip
+        placed = learner.gather(_steps(learner, variables)[0])
+        chex.assert_trees_all_close(placed.params, single.params, atol=1e-5)
+        chex.assert_trees_all_close(placed.stats, single.stats, atol=1e-5)
+
+
+def test_seeds_together_in_one_program_equal_each_seed_alone():
+    network, variables = small()
+    learner = sidjax.make_learner(network, TX, "sid")
+    keys = jax.random.split(jax.random.key(0), 2)
+    states = jax.tree.map(lambda *a: jnp.stack(a), *[learner.init(variables)] * 2)
+    batch = _batch()
+    together, _ = jax.jit(jax.vmap(learner.step, in_axes=(0, None, 0)))(states, batch, keys)
+    for i in range(2):
+        alone, _ = learner.step(learner.init(variables), batch, keys[i])
+        chex.assert_trees_all_close(jax.tree.map(lambda a, i=i: a[i], together.stats), alone.stats, atol=1e-5)
+        chex.assert_trees_all_close(
+            jax.tree.map(lambda a, i=i: a[i], together.params), alone.params, atol=1e-5
+        )
+
+
+def test_a_dgl_network_ignores_the_belief_it_is_given():
+    """DGL's defining property: its heads do not read the previous belief."""
+    network, variables = small(belief_input="none")
+    x, y = _batch()
+    h = jax.random.normal(jax.random.key(2), (16, 4, 4, 8))
+    for k, h_in in ((0, x), (1, h)):
+        outs = []
+        for b in (0, 1):
+            log_belief = jax.nn.log_softmax(jax.random.normal(jax.random.key(10 + b), (16, NUM_CLASSES)))
+            params, stats = (network.unit_values(t.units, k) for t in variables)
+            outs.append(
+                network.apply_unit(k, params, stats, sidjax.UnitInput(h_in, log_belief, y), train=False)[0]
+            )
+        chex.assert_trees_all_equal(outs[0], outs[1])
+    sid_network, sid_variables = small()
+    params, stats = (sid_network.unit_values(t.units, 0) for t in sid_variables)
+    a, b = (
+        sid_network.apply_unit(0, params, stats, sidjax.UnitInput(x, jnp.full((16, 10), lb), y), train=False)[
+            0
+        ][1]
+        for lb in (-2.3, -0.1)
+    )
+    assert tree_max_abs(a - b) > 0  # while SID's heads do read it
+
+
+def test_config_fields_the_network_defines_are_taken_from_it(fashion_mnist):
+    plan = sidjax.train.plan.make_plan(
+        _config("sid", num_blocks=7, mode="blockwise"), fashion_mnist, blockwise_cnn
+    )
+    assert (plan.config.mode, plan.config.num_blocks, plan.config.model) == ("blockwise", 3, "my_cnn")
+    with pytest.raises(sidjax.ConfigError, match="method 'dgl' needs heads without belief input"):
+        sidjax.run(dataclasses.replace(_config("dgl"), epochs=1), model=blockwise_cnn, dataset=fashion_mnist,
+                   progress=False)  # fmt: skip
+    with pytest.raises(sidjax.ConfigError, match="method 'dgl' trains blockwise networks, not 'trunk'"):
+        sidjax.run(_config("dgl"), model=trunk_cnn, dataset=fashion_mnist, progress=False)
