@@ -4,12 +4,14 @@ import gzip
 import hashlib
 import io
 import os
+import re
 import shutil
 import struct
 import subprocess
 import sys
 import tarfile
 import time
+import warnings
 
 import chex
 import jax
@@ -306,3 +308,53 @@ def test_training_needs_neither_tensorflow_nor_tfds(debian_dir):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert float(proc.stdout.split()[-1]) > 0.3  # 4 steps of 128 examples; chance is 0.1
+
+
+def _arrays(n=8):
+    rng = np.random.default_rng(0)
+    return rng.random((n, 6, 6, 1)).astype(np.float32), np.arange(n) % 4
+
+
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        (lambda x, y: (np.where(np.arange(len(x))[:, None, None, None] == 2, np.inf, x), y),
+         "train_images have non-finite values (nan or inf) in 1 example, e.g. [2]; drop or repair them before "
+         "training"),
+        (lambda x, y: (x, y[:, None]), "train_labels have shape (8, 1); give class ids [num]: train_labels.reshape(-1)"),
+        (lambda x, y: (x, np.eye(4, dtype=int)[y]), "train_labels have shape (8, 4) and look one-hot; give class "
+                                                    "ids: train_labels.argmax(-1)"),
+        (lambda x, y: (x.transpose(0, 3, 1, 2), y), "train_images have shape (8, 1, 6, 6), which looks channels-first"
+                                                    " [num, C, H, W]; sidjax reads [num, H, W, C]: pass "
+                                                    "train_images.transpose(0, 2, 3, 1)"),
+        (lambda x, y: (x.reshape(len(x), -1), y), "train_images have shape (8, 36): flattened images; give "
+                                                  "[num, H, W, C], e.g. train_images.reshape(-1, 6, 6, 1)"),
+        (lambda x, y: (x, y.astype(np.float32)), "train_labels must be integer class ids, got float32: pass "
+                                                  "train_labels.astype(int)"),
+        (lambda x, y: (x, y - 1), "train_labels must lie in [0, 4), got [-1, 2]"),
+    ],
+)  # fmt: skip
+def test_arrays_that_cannot_train_or_would_be_misread_are_refused_with_the_fix(damage, message):
+    x, y = _arrays()
+    bad_x, bad_y = damage(x, y)
+    with pytest.raises(ConfigError) as err:
+        Dataset.from_arrays(bad_x, bad_y, x, y)
+    assert str(err.value) == message
+    test_side = str(err.value).replace("train_", "test_")
+    if test_side.startswith(
+        "test_"
+    ):  # the test split is checked alike: a non-finite test image is refused too
+        with pytest.raises(ConfigError, match=re.escape(test_side)):
+            Dataset.from_arrays(x, y, bad_x, bad_y)
+
+
+def test_labels_that_start_at_one_are_warned_about_not_refused():
+    x, y = _arrays()
+    with pytest.warns(
+        UserWarning, match=r"labels run from 1 to 4: class 0 has no example, so the network gets 5"
+    ):
+        dataset = Dataset.from_arrays(x, y + 1, x, y + 1)
+    assert dataset.num_classes == 5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Dataset.from_arrays(x, y + 1, x, y + 1, num_classes=5)  # said explicitly: no warning

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sidjax.data.checks import check_arrays
 from sidjax.errors import ConfigError
 
 
@@ -54,23 +55,22 @@ class Dataset:
 
         Args:
           train_images, test_images: ``[num, H, W, C]`` (``[num, H, W]`` is
-            read as one channel), uint8 (scaled by 1/255) or float.
+            read as one channel), uint8 (scaled by 1/255) or finite floats.
           train_labels, test_labels: integer class ids ``[num]``.
           num_classes: N (default: the largest label + 1).
           name: what ``TrainConfig.dataset`` must say to train on it.
 
         Raises:
-          ConfigError: shapes or labels that do not fit together, in one line.
+          ConfigError: arrays no training can use or sidjax would misread
+            (non-finite values, channels-first or flattened images, one-hot
+            or ``[num, 1]`` labels, labels out of range), in one line naming
+            the likely fix (``sidjax.data.checks``). Labels that start at 1
+            are only warned about.
         """
-        arrays = [np.asarray(a) for a in (train_images, train_labels, test_images, test_labels)]
-        train_x, train_y, test_x, test_y = arrays
-        train_x, test_x = (x[..., None] if x.ndim == 3 else x for x in (train_x, test_x))
-        _check_arrays(train_x, train_y, test_x, test_y)
-        num_classes = int(max(train_y.max(), test_y.max())) + 1 if num_classes is None else num_classes
-        if min(train_y.min(), test_y.min()) < 0 or max(train_y.max(), test_y.max()) >= num_classes:
-            raise ConfigError(
-                f"labels must lie in [0, {num_classes}), got [{train_y.min()}, {train_y.max()}]"
-            )
+        train_x, train_y, test_x, test_y = (
+            np.asarray(a) for a in (train_images, train_labels, test_images, test_labels)
+        )
+        train_x, test_x, num_classes = check_arrays(train_x, train_y, test_x, test_y, num_classes)
         mean, std = channel_stats(train_x)
         return cls(
             name,
@@ -120,21 +120,6 @@ class Dataset:
             test_images=self.test_images[:limit_test],
             test_labels=self.test_labels[:limit_test],
         )
-
-
-def _check_arrays(train_x, train_y, test_x, test_y) -> None:
-    if train_x.ndim != 4 or test_x.ndim != 4 or train_x.shape[1:] != test_x.shape[1:]:
-        raise ConfigError(
-            f"images must be [num, H, W, C] with one shape for train and test, got {train_x.shape} and {test_x.shape}"
-        )
-    if len(train_x) != len(train_y) or len(test_x) != len(test_y):
-        raise ConfigError(
-            f"{len(train_x)} train images but {len(train_y)} labels, {len(test_x)} test images but {len(test_y)} labels"
-        )
-    if not len(train_y) or not len(test_y):
-        raise ConfigError("both splits need at least one example")
-    if not (np.issubdtype(train_y.dtype, np.integer) and np.issubdtype(test_y.dtype, np.integer)):
-        raise ConfigError(f"labels must be integers, got {train_y.dtype} and {test_y.dtype}")
 
 
 def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
