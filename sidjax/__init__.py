@@ -33,7 +33,7 @@ from sidjax.placement import Placement
 from sidjax.state import Learner, TrainState
 from sidjax.steps import local_losses
 from sidjax.train.config import TrainConfig
-from sidjax.train.runner import RunInterrupted, RunResult, TrainingDiverged, load_run, run
+from sidjax.train.runner import RunInterrupted, RunResult, RunStopped, TrainingDiverged, load_run, run
 
 __all__ = [
     "ARCHITECTURES",
@@ -56,6 +56,7 @@ __all__ = [
     "Placement",
     "RunInterrupted",
     "RunResult",
+    "RunStopped",
     "SIDLoss",
     "TrainConfig",
     "TrainState",

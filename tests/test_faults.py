@@ -84,10 +84,18 @@ def _resume(out, fashion_mnist, epochs=3, log=lambda message: None, **changes):
                log=log)  # fmt: skip
 
 
+STEPS_PER_EPOCH = 8  # tiny_config: 512 examples in batches of 64; checkpoints are named by the global step
+
+
+def _checkpoint(out, epoch: int):
+    """The directory of the checkpoint taken at the end of ``epoch``."""
+    return out / "checkpoints" / str(epoch * STEPS_PER_EPOCH)
+
+
 def _damage(out, epoch: int) -> None:
     """Overwrites the middle of every array file of the checkpoint of ``epoch``."""
     damaged = 0
-    for root, _, files in os.walk(out / "checkpoints" / str(epoch) / "state"):
+    for root, _, files in os.walk(_checkpoint(out, epoch) / "state"):
         for name in files:
             path = os.path.join(root, name)
             size = os.path.getsize(path)
@@ -128,7 +136,7 @@ def test_a_checkpoint_without_its_manifest_is_not_trusted(tmp_path, fashion_mnis
     out = _finished(tmp_path, fashion_mnist)
     expected = records(out / "metrics.jsonl")
     os.remove(out / "summary.json")
-    os.remove(out / "checkpoints" / "3" / "files.sha256.json")
+    os.remove(_checkpoint(out, 3) / "files.sha256.json")
     messages = []
     _resume(out, fashion_mnist, log=messages.append)
     assert messages[0].endswith("the checkpoint of epoch 3 is damaged (no checksum manifest: the run was stopped "
@@ -225,3 +233,104 @@ def test_a_damaged_checkpoint_from_the_command_line_is_one_line_and_no_traceback
         f"{out}: the checkpoint of epoch 2 is damaged (file checksum mismatch); skipped",
         "resuming from the checkpoint of epoch 1; epochs 2..2 run again",
     ]
+
+
+# --- a cluster's faults: stop signals, two writers, stale claims, kills between step checkpoints ---
+
+STEPS = [
+    "--checkpoint-steps",
+    "100",
+]  # 375 steps per epoch in chunks of 25: checkpoints at steps 100, 200, 300
+
+
+def _start(out, *extra) -> subprocess.Popen:
+    return subprocess.Popen([*TRAIN, *STEPS, *extra, "--out", str(out)], env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def _wait_for(proc, path, timeout=240) -> None:
+    deadline = time.time() + timeout
+    while not path.exists() and time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
+    assert path.exists(), f"{path} never appeared"
+
+
+def _resume_cli(out) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*TRAIN, *STEPS, "--out", str(out), "--resume"], env=ENV, capture_output=True, text=True
+    )
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+def test_a_stop_signal_checkpoints_where_the_run_is_and_resumes_to_the_same_numbers(tmp_path, whole, sig):
+    out = tmp_path / "run"
+    proc = _start(out)
+    _wait_for(proc, out / "checkpoints" / "100" / "files.sha256.json")  # under way, inside epoch 1
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig, stderr
+    line = stderr.strip()
+    assert "\n" not in line and "Traceback" not in line, line
+    assert line.startswith(f"stopped by {sig.name} ") and f"{out} holds a checkpoint of that point" in line, (
+        line
+    )
+    command = line.split("continue with: ")[1].split()
+    assert command[:4] == ["python", "-m", "sidjax", "train"] and command[-1] == "--resume"
+    assert not (out / "summary.json").exists()
+    resumed = subprocess.run([sys.executable, *command[1:]], env=ENV, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from the checkpoint of epoch" in resumed.stdout
+    assert records(out / "metrics.jsonl") == whole  # the partial epoch's metrics included
+
+
+def test_a_kill_between_step_checkpoints_resumes_to_the_same_numbers_and_takes_over_the_stale_claim(
+    tmp_path, whole
+):
+    out = tmp_path / "run"
+    proc = _start(out)
+    _wait_for(proc, out / "checkpoints" / "200" / "files.sha256.json")
+    proc.kill()  # SIGKILL: no handler runs, the claim's file still names the dead process
+    proc.communicate()
+    assert f"pid {proc.pid} " in (tmp_path / ".run.lock").read_text()
+    resumed = _resume_cli(out)
+    assert resumed.returncode == 0, resumed.stderr
+    assert (
+        f"its last writer (pid {proc.pid} on " in resumed.stdout and "taking the run over" in resumed.stdout
+    )
+    assert records(out / "metrics.jsonl") == whole
+
+
+def test_a_second_process_on_a_run_directory_is_refused_and_writes_nothing(tmp_path, whole):
+    out = tmp_path / "run"
+    first = _start(out, "--epochs", "100")  # long enough to be running throughout; stopped below
+    _wait_for(first, out / "checkpoints" / "100" / "files.sha256.json")
+    for extra in (["--resume"], ["--overwrite"]):
+        second = subprocess.run([*TRAIN, *STEPS, "--epochs", "100", *extra, "--out", str(out)], env=ENV,
+                                capture_output=True, text=True)  # fmt: skip
+        line = second.stderr.strip()
+        assert second.returncode == 2 and "\n" not in line, line
+        assert f"is being written by another sidjax process (pid {first.pid} on " in line, line
+    assert first.poll() is None, "the first run ended before the second was refused"
+    assert not (tmp_path / ".run.incoming").exists() and not (tmp_path / ".run.replaced").exists()
+    first.send_signal(signal.SIGTERM)
+    _, stderr = first.communicate(timeout=240)
+    assert first.returncode == 128 + signal.SIGTERM, stderr
+    found = records(out / "metrics.jsonl")
+    assert (
+        found == whole[: len(found)]
+    )  # the first run went on undisturbed (a constant schedule: the same epochs)
+    assert not (tmp_path / ".run.lock").exists()  # released cleanly: nothing to take over
+
+
+def test_stop_signals_are_recorded_inside_and_restored_outside():
+    from sidjax.train.signals import STOP_SIGNALS, stop_signals
+
+    before = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    for sig in STOP_SIGNALS:
+        with stop_signals() as stop:
+            assert not stop
+            os.kill(os.getpid(), sig)
+            os.kill(os.getpid(), signal.SIGTERM)  # a second signal does not replace the first
+            assert stop.signum == sig and stop.name == sig.name
+    assert {s: signal.getsignal(s) for s in STOP_SIGNALS} == before

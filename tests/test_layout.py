@@ -61,7 +61,8 @@ def test_no_import_cycle_counting_imports_inside_functions():
 
 
 def test_the_library_does_not_import_the_application():
-    entry_points = ("sidjax", "sidjax.__main__")  # the package exports run and load_run; python -m runs the CLI
+    # the package exports run and load_run; python -m runs the command line
+    entry_points = ("sidjax", "sidjax.__main__")
     library = [name for name in GRAPH if not name.startswith("sidjax.train") and name not in entry_points]
     assert {name: sorted(d for d in GRAPH[name] if d.startswith("sidjax.train")) for name in library} == {
         name: [] for name in library

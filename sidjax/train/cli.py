@@ -167,8 +167,9 @@ def guarded(parser: argparse.ArgumentParser, argv: list[str], work) -> Any:
 
     ``argv`` is the command's flags; the parser's prog (``sidjax train``) names the command.
     """
-    from sidjax.train.runner import RunInterrupted, TrainingDiverged
+    from sidjax.train.runner import RunInterrupted, RunStopped, TrainingDiverged
 
+    command = [parser.prog.split()[-1], *argv]
     try:
         return work()
     except (ConfigError, DatasetUnavailableError) as err:
@@ -177,9 +178,13 @@ def guarded(parser: argparse.ArgumentParser, argv: list[str], work) -> Any:
         parser.exit(1, error_line(err) + "\n")
     except RunInterrupted as err:
         saved = "holds epochs" in str(err)
-        command = [parser.prog.split()[-1], *argv]
         hint = f"; continue with: {resume_command(command)}" if saved else "; run the same command again"
         parser.exit(130, f"{err}{hint}\n")
+    except (
+        RunStopped
+    ) as err:  # a scheduler's or a cloud's stop signal: 128 + its number, as the shell reports it
+        hint = f"; continue with: {resume_command(command)}" if err.saved else "; run the same command again"
+        parser.exit(128 + err.signum, f"{err}{hint}\n")
 
 
 def _start(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:

@@ -48,7 +48,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "optimisation": ("optimizer", "lr", "momentum", "weight_decay", "schedule", "epochs", "batch_size",
                      "eval_batch_size", "seed"),
     "devices": ("placement", "execution", "steps_per_chunk"),
-    "output": ("checkpoint_every",),
+    "output": ("checkpoint_every", "checkpoint_steps"),
 }  # fmt: skip
 
 
@@ -91,6 +91,7 @@ class TrainConfig:
       execution: how a local step groups its unit updates: auto, vmap, fused or sequential.
       steps_per_chunk: training steps per compiled chunk, between host syncs (0: the largest divisor of the epoch's steps up to 64; 1 for convolutional networks on CPU).
       checkpoint_every: epochs between checkpoints when writing to a directory (0: none).
+      checkpoint_steps: also checkpoint inside an epoch, every N training steps (at the end of the chunk that reaches them; 0: only at epoch ends); a stop signal (SIGTERM, SIGUSR1, SIGUSR2, SIGHUP) always checkpoints where the run is.
     """
 
     dataset: str = "fashion_mnist"
@@ -127,6 +128,7 @@ class TrainConfig:
     execution: str = "auto"
     steps_per_chunk: int = 0
     checkpoint_every: int = 1
+    checkpoint_steps: int = 0
 
     def __post_init__(self):
         if isinstance(self.alpha, list):
@@ -237,7 +239,7 @@ def _at_least(c: TrainConfig, name: str, low: int, optional: bool = False) -> No
 def _check_ranges(c: TrainConfig) -> None:
     for name in ("image_size", "num_modules", "num_blocks", "epochs", "batch_size", "eval_batch_size"):
         _at_least(c, name, 1)
-    for name in ("device_data_mb", "steps_per_chunk", "checkpoint_every", "validation"):
+    for name in ("device_data_mb", "steps_per_chunk", "checkpoint_every", "checkpoint_steps", "validation"):
         _at_least(c, name, 0)
     for name in ("limit_train", "limit_test"):
         _at_least(c, name, 1, optional=True)

@@ -103,17 +103,43 @@ def _streamed(plan: Plan, data: RunData, order: np.ndarray, starts) -> Any:
         yield (*plan.learner.put((images, labels, np.ascontiguousarray(local))), 0, length)
 
 
-def epoch_chunks(plan: Plan, data: RunData, seeds: tuple[int, ...], epoch: int):
-    """The arguments of every chunk of ``epoch``: ``(images, labels, order, start, length)``."""
+def epoch_chunks(plan: Plan, data: RunData, seeds: tuple[int, ...], epoch: int, first: int = 0):
+    """The arguments of every chunk of ``epoch`` from its step ``first``: ``(images, labels, order, start, length)``."""
     steps, chunk = plan.steps_per_epoch, plan.steps_per_chunk
     num, batch = len(data.dataset.train_labels), plan.config.batch_size
     orders = [epoch_order(num, batch, seed, epoch) for seed in seeds]
     order = orders[0] if len(seeds) == 1 else np.stack(orders)
-    starts = [(start, min(chunk, steps - start)) for start in range(0, steps, chunk)]
+    starts = [(start, min(chunk, steps - start)) for start in range(first, steps, chunk)]
     if not data.resident:
         return _streamed(plan, data, order, starts)
     order_on_device = plan.learner.put(order)
     return ((data.train_images, data.train_labels, order_on_device, s, n) for s, n in starts)
+
+
+class Progress(NamedTuple):
+    """An epoch's training so far.
+
+    Attributes:
+      steps: the epoch's steps done.
+      metrics: per seed, every step's metrics so far: host arrays ``[steps, ...]``.
+      seconds: training time so far (the segments of a resumed epoch add up).
+    """
+
+    steps: int = 0
+    metrics: list[dict[str, np.ndarray]] | None = None
+    seconds: float = 0.0
+
+    def means(self) -> list[dict[str, np.ndarray]]:
+        """Per seed, each metric's mean over the steps done (float64)."""
+        return [{k: v.astype(np.float64).mean(0) for k, v in m.items()} for m in self.metrics]
+
+
+def _per_seed(results: list, count: int) -> list[dict[str, np.ndarray]]:
+    """Chunk metrics ``[S?, length, ...]`` -> per seed, every step's metrics ``[steps, ...]``."""
+    host = jax.device_get(results)
+    if count == 1:
+        return [{k: np.concatenate([r[k] for r in host]) for k in host[0]}]
+    return [{k: np.concatenate([r[k][i] for r in host]) for k in host[0]} for i in range(count)]
 
 
 def train_epoch(
@@ -123,17 +149,23 @@ def train_epoch(
     data: RunData,
     seeds: tuple[int, ...],
     epoch: int,
+    progress: Progress | None = None,
+    pause: Callable[[int], bool] | None = None,
     on_chunk: Callable[[int], None] | None = None,
-) -> tuple[Any, list[dict[str, np.ndarray]], float]:
-    """One epoch: ``(state, per-seed metric means, seconds)``.
+) -> tuple[Any, Progress]:
+    """Trains ``epoch`` from ``progress`` (None: its start) to its end, or to the first chunk boundary
+    where ``pause(steps_done)`` says so (to checkpoint, or to stop).
 
-    The order of batches comes from ``(seed, epoch)`` alone (``epoch_order``).
-    Chunk i+1 is queued before chunk i's metrics are waited for, so the
-    device never waits for the host; ``on_chunk(steps)`` reports progress.
+    The order of batches comes from ``(seed, epoch)`` alone (``epoch_order``),
+    and a resumed epoch continues on the same chunk boundaries, so an epoch
+    trained in segments gives the numbers of one trained at once. Chunk i+1 is
+    queued before chunk i's metrics are waited for, so the device never waits
+    for the host; ``on_chunk(steps)`` reports progress.
     """
+    progress = progress or Progress()
     begin = time.perf_counter()
-    results, pending = [], None
-    for args in epoch_chunks(plan, data, seeds, epoch):
+    results, pending, done = [], None, progress.steps
+    for args in epoch_chunks(plan, data, seeds, epoch, done):
         state, metrics = programs.chunk(state, *args)
         if pending is not None:
             jax.block_until_ready(pending[0])
@@ -141,15 +173,17 @@ def train_epoch(
                 on_chunk(pending[1])
         pending = (metrics, args[-1])
         results.append(metrics)
+        done += args[-1]
+        if done < plan.steps_per_epoch and pause is not None and pause(done):
+            break
     jax.block_until_ready((state, pending[0]))
     seconds = time.perf_counter() - begin
     if on_chunk:
         on_chunk(pending[1])
-    axis = 0 if len(seeds) == 1 else 1  # each chunk's metrics: [S?, length, ...]
-    means = jax.tree.map(
-        lambda *m: np.concatenate(m, axis).astype(np.float64).mean(axis), *jax.device_get(results)
-    )
-    per_seed = (
-        [means] if len(seeds) == 1 else [jax.tree.map(lambda a, i=i: a[i], means) for i in range(len(seeds))]
-    )
-    return state, per_seed, seconds
+    new = _per_seed(results, len(seeds))
+    if progress.metrics is not None:
+        new = [
+            {k: np.concatenate([old[k], m[k]]) for k in m}
+            for old, m in zip(progress.metrics, new, strict=True)
+        ]
+    return state, Progress(done, new, progress.seconds + seconds)

@@ -30,10 +30,11 @@ from sidjax.network import Network, Variables
 from sidjax.schedule import init_slots
 from sidjax.state import TrainState, new_state
 from sidjax.train.config import TrainConfig
-from sidjax.train.epoch import RunData, epoch_chunks, fits_on_device, prepare_data, train_epoch
+from sidjax.train.epoch import Progress, RunData, epoch_chunks, fits_on_device, prepare_data, train_epoch
 from sidjax.train.plan import Model, Plan, make_plan
 from sidjax.train.programs import RunPrograms, init_states, load_states, make_programs, unload_states
-from sidjax.train.rundir import RunDir, provenance
+from sidjax.train.rundir import Position, RunDir, provenance
+from sidjax.train.signals import StopRequest, stop_signals
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -42,6 +43,19 @@ class RunInterrupted(KeyboardInterrupt):
 
 class TrainingDiverged(FloatingPointError):
     """The loss stopped being finite; the message names the epoch and the likely cause."""
+
+
+class RunStopped(Exception):
+    """A stop signal (SIGTERM, SIGUSR1, SIGUSR2, SIGHUP) ended the run at a checkpoint.
+
+    Attributes:
+      signum: the signal.
+      saved: whether the point it stopped at was checkpointed (``resume`` continues there).
+    """
+
+    def __init__(self, message: str, signum: int, saved: bool):
+        super().__init__(message)
+        self.signum, self.saved = signum, saved
 
 
 class RunResult(NamedTuple):
@@ -66,14 +80,18 @@ class RunResult(NamedTuple):
         return None if self.state is None else self.state.variables
 
 
-def seed_dirs(out_dir: str | None, config: TrainConfig, log) -> dict[int, RunDir | None]:
+def seed_dirs(
+    out_dir: str | None, config: TrainConfig, log, steps_per_epoch: int
+) -> dict[int, RunDir | None]:
     """One ``RunDir`` per seed: ``out_dir`` itself for one seed, ``out_dir/seed<k>`` for several."""
     seeds = config.seeds
     if out_dir is None:
         return dict.fromkeys(seeds)
     if isinstance(config.seed, int):
-        return {config.seed: RunDir(out_dir, config, log)}
-    return {s: RunDir(os.path.join(out_dir, f"seed{s}"), config.for_seed(s), log) for s in seeds}
+        return {config.seed: RunDir(out_dir, config, log, steps_per_epoch)}
+    return {
+        s: RunDir(os.path.join(out_dir, f"seed{s}"), config.for_seed(s), log, steps_per_epoch) for s in seeds
+    }
 
 
 def run(
@@ -135,23 +153,32 @@ def run(
         raise ConfigError(
             "resume needs out (--out on the command line): the directory of the run to continue", "resume"
         )
-    dirs = seed_dirs(out_dir, config, log)
-    for d in dirs.values():
-        if d is not None:
-            d.check(resume=resume, overwrite=overwrite)
-    done = {s: _finished(plan, d) for s, d in dirs.items() if d is not None and resume}
-    done = {s: r for s, r in done.items() if r is not None}
-    seeds = tuple(s for s in config.seeds if s not in done)
-    if seeds:
-        if dataset is None:
-            dataset = load_dataset(config.dataset, data_dir, manual_dir, image_size=config.image_size)
-        if dataset.input_shape != plan.info.input_shape:
-            raise ConfigError(
-                f"{config.dataset} images are {dataset.input_shape}, expected {plan.info.input_shape}"
+    dirs = seed_dirs(out_dir, config, log, plan.steps_per_epoch)
+    claimed = []
+    try:
+        for d in dirs.values():
+            if d is not None:
+                d.check(resume=resume, overwrite=overwrite)
+        for d in dirs.values():  # every check before any claim: a refused run writes nothing
+            if d is not None:
+                d.claim()
+                claimed.append(d)
+        done = {s: _finished(plan, d) for s, d in dirs.items() if d is not None and resume}
+        done = {s: r for s, r in done.items() if r is not None}
+        seeds = tuple(s for s in config.seeds if s not in done)
+        if seeds:
+            if dataset is None:
+                dataset = load_dataset(config.dataset, data_dir, manual_dir, image_size=config.image_size)
+            if dataset.input_shape != plan.info.input_shape:
+                raise ConfigError(
+                    f"{config.dataset} images are {dataset.input_shape}, expected {plan.info.input_shape}"
+                )
+            done.update(
+                _train(plan, dataset, seeds, {s: dirs[s] for s in seeds}, resume, progress, on_epoch, log)
             )
-        done.update(
-            _train(plan, dataset, seeds, {s: dirs[s] for s in seeds}, resume, progress, on_epoch, log)
-        )
+    finally:
+        for d in claimed:
+            d.release()
     results = [done[s] for s in config.seeds]
     return results[0] if isinstance(config.seed, int) else results
 
@@ -161,9 +188,9 @@ def _finished(plan: Plan, run_dir: RunDir) -> RunResult | None:
     summary = run_dir.finished_summary()
     if summary is None:
         return None
-    epochs = run_dir.checkpoint_epochs()
-    state = run_dir.restore(epochs[0], layout_template(plan)) if epochs else None
-    return RunResult(summary, plan.network, state)
+    positions = run_dir.checkpoints()
+    restored = run_dir.restore(positions[0], layout_template(plan)) if positions else None
+    return RunResult(summary, plan.network, restored[0] if restored else None)
 
 
 def layout_template(plan: Plan) -> TrainState:
@@ -186,31 +213,42 @@ def _train(
     resident = fits_on_device(plan, dataset)
     programs = make_programs(plan, dataset, seeds, streamed=not resident)
     data = prepare_data(plan, dataset, seeds, resident)
-    state, start = _start_state(plan, seeds, dirs, resume, log)
+    state, position, partial = _start_state(plan, seeds, dirs, resume, log)
+    first = 1 if position is None else position.epochs + 1
+    resumed = (
+        Progress(position.step, partial, partial_seconds(dirs, position))
+        if position and position.step
+        else None
+    )
     compile_time = 0.0
-    if start < config.epochs:  # compiled ahead, so that epoch times exclude compilation
-        compile_time = programs.chunk.compile(state, *next(iter(epoch_chunks(plan, data, seeds, start + 1))))
-    histories = {s: (dirs[s].history()[:start] if dirs[s] else []) for s in seeds}
+    if first <= config.epochs:  # compiled ahead, so that epoch times exclude compilation
+        start = resumed.steps if resumed else 0
+        compile_time = programs.chunk.compile(
+            state, *next(iter(epoch_chunks(plan, data, seeds, first, start)))
+        )
+    histories = {s: (dirs[s].history()[: first - 1] if dirs[s] else []) for s in seeds}
     for d in dirs.values():
         if d is not None:
-            d.begin(start, plan.info._asdict())
+            d.begin(position, plan.info._asdict())
     try:
-        for epoch in range(start + 1, config.epochs + 1):
-            state, records = _epoch(plan, programs, state, data, epoch, progress)
-            host = (
-                unload_states(plan, state, len(seeds))
-                if any(d and d.checkpoint_due(epoch) for d in dirs.values())
-                else None
-            )
-            for i, (seed, record) in enumerate(zip(seeds, records, strict=True)):
-                histories[seed].append(record)
-                if dirs[seed] is not None:
-                    dirs[seed].write_epoch(record, host[i] if host else None)
-                if on_epoch:
-                    on_epoch({**record, "seed": seed})
-                if progress:
-                    log(f"{config.method} seed {seed} epoch {epoch}: loss {record['train_loss']:.4f}, "
-                        f"test acc {record['test_accuracy']:.4f}, {record['epoch_time_s']:.1f}s")  # fmt: skip
+        with stop_signals() as stop:
+            for epoch in range(first, config.epochs + 1):
+                state, records = _epoch(plan, programs, state, data, dirs, epoch,
+                                        resumed if epoch == first else None, stop, progress)  # fmt: skip
+                stopping = bool(stop) and epoch < config.epochs
+                due = any(d and (d.checkpoint_due(epoch) or stopping) for d in dirs.values())
+                host = unload_states(plan, state, len(seeds)) if due else None
+                for i, (seed, record) in enumerate(zip(seeds, records, strict=True)):
+                    histories[seed].append(record)
+                    if dirs[seed] is not None:
+                        dirs[seed].write_epoch(record, host[i] if host else None)
+                    if on_epoch:
+                        on_epoch({**record, "seed": seed})
+                    if progress:
+                        log(f"{config.method} seed {seed} epoch {epoch}: loss {record['train_loss']:.4f}, "
+                            f"test acc {record['test_accuracy']:.4f}, {record['epoch_time_s']:.1f}s")  # fmt: skip
+                if stopping:
+                    raise _stopped(stop, dirs, f"after epoch {epoch}", saved=host is not None)
     except KeyboardInterrupt:
         raise RunInterrupted(_interrupted(dirs, histories)) from None
     finally:
@@ -227,18 +265,40 @@ def _train(
     return results
 
 
-def _epoch(plan, programs: RunPrograms, state, data: RunData, epoch, progress) -> tuple[Any, list[dict]]:
+def partial_seconds(dirs, position: Position) -> float:
+    """The training time of a resumed epoch's steps before the checkpoint, as recorded with it."""
+    first = next((d for d in dirs.values() if d is not None), None)
+    return first.partial_seconds(position) if first else 0.0
+
+
+def _epoch(plan, programs: RunPrograms, state, data: RunData, dirs, epoch, resumed: Progress | None,
+           stop: StopRequest, progress: bool) -> tuple[Any, list[dict]]:  # fmt: skip
+    """Trains and evaluates one epoch; inside it, checkpoints every ``checkpoint_steps`` steps and at a stop signal."""
     config, seeds = plan.config, programs.seeds
-    bar = tqdm(total=plan.steps_per_epoch, desc=f"{config.method} epoch {epoch}/{config.epochs}",
+    every, steps = config.checkpoint_steps, plan.steps_per_epoch
+    bar = tqdm(total=steps, initial=resumed.steps if resumed else 0, desc=f"{config.method} epoch {epoch}/{config.epochs}",
                disable=not progress, leave=False, mininterval=1.0 if os.isatty(2) else 30.0)  # fmt: skip
-    state, means, seconds = train_epoch(plan, programs, state, data, seeds, epoch, bar.update)
+    saved = {"at": resumed.steps if resumed else 0}
+
+    def pause(done: int) -> bool:  # at a chunk boundary inside the epoch
+        return bool(stop) or bool(every) and done // every > saved["at"] // every
+
+    state, run = train_epoch(plan, programs, state, data, seeds, epoch, resumed, pause, bar.update)
+    while run.steps < steps:  # paused inside the epoch: checkpoint, then stop or go on
+        host = unload_states(plan, state, len(seeds))
+        wrote = [d.save(host[i], epoch - 1, run.steps, run.metrics[i], run.seconds)
+                 for i, d in enumerate(dirs.values()) if d is not None]  # fmt: skip
+        saved["at"] = run.steps
+        if stop:
+            raise _stopped(stop, dirs, f"in epoch {epoch} at step {run.steps} of {steps}", saved=any(wrote))
+        state, run = train_epoch(plan, programs, state, data, seeds, epoch, run, pause, bar.update)
     bar.close()
     begin = time.perf_counter()
     sums = programs.evaluate(state, data.test_images, data.test_labels)
     diagnostics = _label_diagnostics(plan, programs, state, data)
     eval_time = time.perf_counter() - begin
     records = []
-    for seed, mean, sum_, extra in zip(seeds, means, sums, diagnostics, strict=True):
+    for seed, mean, sum_, extra in zip(seeds, run.means(), sums, diagnostics, strict=True):
         test = split_metrics(sum_, len(data.dataset.test_labels))
         record = {
             "epoch": epoch,
@@ -249,7 +309,7 @@ def _epoch(plan, programs: RunPrograms, state, data: RunData, epoch, progress) -
             "per_unit_accuracy": test["per_unit_accuracy"],
             "per_unit_kl": test["per_unit_kl"],
             **extra,
-            "epoch_time_s": seconds,
+            "epoch_time_s": run.seconds,
             "eval_time_s": eval_time,
         }
         if not np.isfinite(record["train_loss"]):
@@ -260,6 +320,17 @@ def _epoch(plan, programs: RunPrograms, state, data: RunData, epoch, progress) -
             )
         records.append(record)
     return state, records
+
+
+def _stopped(stop: StopRequest, dirs, where: str, saved: bool) -> RunStopped:
+    runs = [d for d in dirs.values() if d is not None]
+    if saved:
+        place = runs[0].path if len(runs) == 1 else os.path.dirname(runs[0].path)
+        message = f"stopped by {stop.name} {where}; {place} holds a checkpoint of that point"
+    else:
+        why = "no out directory" if not runs else "checkpoint_every is 0"
+        message = f"stopped by {stop.name} {where}; nothing could be saved ({why})"
+    return RunStopped(message, stop.signum, saved)
 
 
 def _label_diagnostics(plan: Plan, programs: RunPrograms, state, data: RunData) -> list[dict[str, float]]:
@@ -291,23 +362,26 @@ def _mean(hits: np.ndarray) -> float:
     return float(hits.mean()) if hits.size else float("nan")
 
 
-def _start_state(plan: Plan, seeds, dirs, resume: bool, log) -> tuple[Any, int]:
-    """The placed state to start from and the epoch it finished: a common intact checkpoint, or fresh."""
+def _start_state(plan: Plan, seeds, dirs, resume: bool, log) -> tuple[Any, Position | None, list | None]:
+    """The placed state to start from, the checkpoint's position and the partial epoch's per-step
+    metrics of each seed (None at an epoch's end): a common intact checkpoint, or fresh."""
     config = plan.config
     runs = [d for d in dirs.values() if d is not None]
-    if not (resume and runs and any(d.history() for d in runs)):
-        return init_states(plan, seeds), 0
-    common = set.intersection(*(set(d.checkpoint_epochs()) for d in runs))
+    if not (resume and runs and any(d.history() or d.checkpoints() for d in runs)):
+        return init_states(plan, seeds), None, None
+    common = set.intersection(*({(p.epochs, p.step) for p in d.checkpoints()} for d in runs))
     template = layout_template(plan)
-    for epoch in sorted(common, reverse=True):
-        restored = [d.restore(epoch, template) for d in runs]
+    for epochs, step in sorted(common, reverse=True):
+        restored = [d.restore(next(p for p in d.checkpoints() if (p.epochs, p.step) == (epochs, step)), template)
+                    for d in runs]  # fmt: skip
         if all(r is not None for r in restored):
+            position = next(p for p in runs[0].checkpoints() if (p.epochs, p.step) == (epochs, step))
             finished = max(len(d.history()) for d in runs)
-            if finished > epoch:
-                log(
-                    f"resuming from the checkpoint of epoch {epoch}; epochs {epoch + 1}..{finished} run again"
-                )
-            return load_states(plan, restored), epoch
+            if finished > epochs or step:
+                later = f"; epochs {epochs + 1}..{finished} run again" if finished > epochs else ""
+                log(f"resuming from the checkpoint of {position.describe()}{later}")
+            partial = [r[1] for r in restored] if step else None
+            return load_states(plan, [r[0] for r in restored]), position, partial
     first = max(runs, key=lambda d: len(d.history()))
     why = (
         "checkpoint_every is 0"
@@ -400,17 +474,18 @@ def load_run(path: str, epoch: int | None = None, *, model: Model | None = None)
     saved = RunDir(path, config).run_info().get("dataset")
     info = None if saved is None else DatasetInfo(**{**saved, "input_shape": tuple(saved["input_shape"])})
     plan = make_plan(config, model=model, info=info)
-    run_dir = RunDir(path, plan.config)
-    epochs = run_dir.checkpoint_epochs()
+    run_dir = RunDir(path, plan.config, steps_per_epoch=plan.steps_per_epoch)
+    positions = run_dir.checkpoints()
     if epoch is None:
-        epoch = next((e for e in epochs if run_dir.intact(e)), None)
-    elif epoch not in epochs:
-        raise ConfigError(
-            f"{path} has no checkpoint of epoch {epoch}; it has {sorted(epochs) or 'none'}", "epoch"
-        )
-    state = None if epoch is None else run_dir.restore(epoch, layout_template(plan))
-    if state is None:
-        raise ConfigError(f"{path} holds no intact checkpoint to load (epochs {sorted(epochs) or 'none'})")
+        chosen = next((p for p in positions if run_dir.intact(p)), None)
+    else:
+        chosen = next((p for p in positions if (p.epochs, p.step) == (epoch, 0)), None)
+        if chosen is None:
+            ends = sorted(p.epochs for p in positions if not p.step)
+            raise ConfigError(f"{path} has no checkpoint of epoch {epoch}; it has {ends or 'none'}", "epoch")
+    restored = None if chosen is None else run_dir.restore(chosen, layout_template(plan))
+    if restored is None:
+        raise ConfigError(f"{path} holds no intact checkpoint to load")
     history = run_dir.history()
     summary = run_dir.finished_summary() or {"epochs_done": len(history), **(history[-1] if history else {})}
-    return RunResult({**summary, "loaded_epoch": epoch}, plan.network, state)
+    return RunResult({**summary, "loaded_checkpoint": chosen.describe()}, plan.network, restored[0])
