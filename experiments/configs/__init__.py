@@ -12,7 +12,15 @@ import importlib
 
 from sidjax.train.config import TrainConfig
 
-NAMES: tuple[str, ...] = ("main_table", "label_noise", "depth", "alpha", "strong_baseline", "pipeline")
+NAMES: tuple[str, ...] = (
+    "main_table",
+    "label_noise",
+    "blockwise_heads",
+    "depth",
+    "alpha",
+    "strong_baseline",
+    "pipeline",
+)
 
 
 @dataclasses.dataclass(frozen=True)
