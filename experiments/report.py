@@ -192,14 +192,143 @@ def _final_series(found, groups: dict[str, dict[float, str]]):
     return series
 
 
-def training_curves(found, names: dict[str, str]):
+def training_curves(found, names: dict[str, str], field: str = "test_accuracy"):
+    """label -> (epochs, mean, std) of a per-epoch metric (in %) over the seeds."""
     series = {}
     for label, name in names.items():
         if name in found:
-            curves = [[r["test_accuracy"] * 100 for r in run["metrics"]] for run in found[name].values()]
+            curves = [[r[field] * 100 for r in run["metrics"]] for run in found[name].values()]
             mean, std = _stats(curves)
             series[label] = (np.arange(1, len(mean) + 1), mean, std)
     return series
+
+
+def paired(found, a: str, b: str, field: str = "final_test_accuracy", scale: float = 100.0) -> str:
+    """``a - b`` per seed (the seeds both have), mean ± std: a paired difference in points."""
+    seeds = sorted(set(found.get(a, {})) & set(found.get(b, {})))
+    if not seeds:
+        return "—"
+    diffs = [scale * (found[a][s]["summary"][field] - found[b][s]["summary"][field]) for s in seeds]
+    return f"{np.mean(diffs):+.2f}" + (f" ± {np.std(diffs, ddof=1):.2f}" if len(diffs) > 1 else "")
+
+
+def _curve_grid(path: str, title: str, ylabel: str, panels: dict[str, dict]) -> None:
+    """One panel per title in ``panels`` (title -> series), side by side."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), sharey=True, squeeze=False)
+    for ax, (panel, series) in zip(axes[0], panels.items(), strict=True):
+        for label, (x, y, err) in series.items():
+            ax.plot(x, y, label=label)
+            if err is not None:
+                ax.fill_between(x, y - err, y + err, alpha=0.2)
+        ax.set(title=panel, xlabel="epoch")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(ylabel)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def memorisation_section(exp, found, plots: str, rel: str) -> str:
+    """The label-noise runs in the memorisation regime: final, best, their gap, paired differences, curves."""
+    methods = sorted({n.split("/")[2] for n in exp.runs if n.startswith("memorise/")}, key=_method_order)
+    noises = sorted({int(n.split("/")[1][5:]) for n in exp.runs if n.startswith("memorise/")})
+    lines = [
+        "| noise % | method | final % | best % | best − final | test % at best val. epoch | "
+        "flipped labels reproduced, final % | epoch they pass 50 % |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for noise in noises:
+        for method in methods:
+            runs = found.get(f"memorise/noise{noise}/{method}")
+            if not runs:
+                continue
+            gap = [
+                r["summary"]["best_test_accuracy"] - r["summary"]["final_test_accuracy"]
+                for r in runs.values()
+            ]
+            at_val = [r["summary"].get("test_accuracy_at_best_val", float("nan")) for r in runs.values()]
+            memorised = [r["metrics"][-1].get("train_flipped_memorised", float("nan")) for r in runs.values()]
+            half = [_first_epoch(r["metrics"], "train_flipped_memorised", 0.5) for r in runs.values()]
+            lines.append(
+                f"| {noise} | {method} | {mean_std(_values(runs, 'final_test_accuracy'), 100)} | "
+                f"{mean_std(_values(runs, 'best_test_accuracy'), 100)} | {mean_std(gap, 100)} | "
+                f"{mean_std(at_val, 100)} | {mean_std(memorised, 100) if noise else '—'} | "
+                f"{mean_std(half, digits=1) if noise and None not in half else '—'} |"
+            )
+    out = ["\n".join(lines)]
+    pairs = [("sid_a0.5", "bp"), ("sid_a0.5", "bp_ls0.5"), ("sid_a0.5", "bp_ls0.1"), ("sid_a0.3", "bp")]
+    rows = ["| noise % (epoch) | " + " | ".join(f"{a} − {b}" for a, b in pairs) + " |",
+            "|---|" + "---|" * len(pairs)]  # fmt: skip
+    for field, when in (("final_test_accuracy", "final"), ("test_accuracy_at_best_val", "best val.")):
+        for noise in noises:
+            names = [(f"memorise/noise{noise}/{a}", f"memorise/noise{noise}/{b}") for a, b in pairs]
+            rows.append(
+                f"| {noise} ({when}) | " + " | ".join(paired(found, a, b, field) for a, b in names) + " |"
+            )
+    out.append(
+        "Paired differences of the test accuracy per seed, at the final epoch and at the epoch the "
+        "validation split chooses (points, mean ± std over seeds):"
+    )
+    out.append("\n".join(rows).replace(" (final) |", " |"))
+    out.append(_memorisation_findings(found))
+    noisy = [n for n in noises if n]
+    for field, name, ylabel in (
+        ("test_accuracy", "label_noise_memorise_test", "test accuracy (%)"),
+        ("train_flipped_memorised", "label_noise_memorise_flipped", "flipped labels reproduced (%)"),
+    ):
+        panels = {
+            f"{n} % noise": training_curves(found, {m: f"memorise/noise{n}/{m}" for m in methods}, field)
+            for n in noisy
+        }
+        panels = {title: series for title, series in panels.items() if series}
+        if panels:
+            title = "Test accuracy" if field == "test_accuracy" else "Training examples with a flipped label"
+            _curve_grid(f"{plots}/{name}.png", f"{title} per epoch (mean ± std over seeds)", ylabel, panels)
+            out.append(f"![{name}]({rel}/{name}.png)")
+    return "\n\n".join(out)
+
+
+def _first_epoch(metrics: list[dict], field: str, level: float) -> int | None:
+    """The first epoch whose ``field`` reaches ``level`` (None if none does)."""
+    return next((r["epoch"] for r in metrics if r.get(field, 0.0) >= level), None)
+
+
+def _memorisation_findings(found) -> str:
+    """Plain statements at 40 % noise, computed from the result files."""
+    runs = {m: found.get(f"memorise/noise40/{m}") for m in ("sid_a0.5", "bp", "bp_ls0.5", "bp_ls0.1")}
+    if not all(runs.values()):
+        return ""
+
+    def final(m):
+        return 100 * np.mean(_values(runs[m], "final_test_accuracy"))
+
+    def half(m):
+        return np.mean(
+            [_first_epoch(r["metrics"], "train_flipped_memorised", 0.5) or np.nan for r in runs[m].values()]
+        )
+
+    def side(m):
+        return "above" if final(m) > final("sid_a0.5") else "below"
+
+    verdict = "holds" if final("sid_a0.5") - final("bp") >= 3 else "does not hold"
+    later = half("sid_a0.5") - half("bp")
+    when = f"{abs(later):.0f} epochs {'later' if later > 0 else 'earlier'}" if abs(later) >= 1 else "within an epoch"
+    return (
+        f"**At 40 % noise** SID (alpha 0.5) ends at {final('sid_a0.5'):.2f} % against BP's {final('bp'):.2f} % "
+        f"(paired difference {paired(found, 'memorise/noise40/sid_a0.5', 'memorise/noise40/bp')} points): "
+        f"the paper's direction (SID at least 3 points above BP) {verdict} here. BP with label smoothing "
+        f"0.5 ends at {final('bp_ls0.5'):.2f} % ({side('bp_ls0.5')} SID) and with 0.1 at "
+        f"{final('bp_ls0.1'):.2f} % ({side('bp_ls0.1')} SID). SID reproduces half of the flipped labels "
+        f"at epoch {half('sid_a0.5'):.0f} on average, BP at {half('bp'):.0f} ({when}), and by the last "
+        f"epoch {100 * np.mean([r['metrics'][-1]['train_flipped_memorised'] for r in runs['sid_a0.5'].values()]):.0f} % "
+        f"of them (BP {100 * np.mean([r['metrics'][-1]['train_flipped_memorised'] for r in runs['bp'].values()]):.0f} %)."
+    )
+
+
+def _method_order(name: str) -> tuple:
+    return (not name.startswith("sid"), name)
 
 
 def label_noise_section(exp, found, plots: str, rel: str) -> str:
@@ -230,6 +359,9 @@ def label_noise_section(exp, found, plots: str, rel: str) -> str:
     if curves:
         _plot(f"{plots}/training_curves.png", "Test accuracy per epoch", "epoch", "test accuracy (%)", curves)
         out.append(f"![training curves]({rel}/training_curves.png)")
+    if any(n.startswith("memorise/") for n in found):
+        out.append("### In the memorisation regime")
+        out.append(memorisation_section(exp, found, plots, rel))
     return "\n\n".join(out)
 
 

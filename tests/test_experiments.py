@@ -78,9 +78,11 @@ def test_optimizer_recipes():
     )
 
 
-def _write_run(directory, final, best=None, epochs=2, **extra):
+def _write_run(directory, final, best=None, epochs=2, memorised=None, **extra):
     directory.mkdir(parents=True)
     metrics = [{"epoch": e + 1, "test_accuracy": final if e + 1 == epochs else 0.5} for e in range(epochs)]
+    for record, value in zip(metrics, memorised or [], strict=False):
+        record["train_flipped_memorised"] = value
     (directory / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
     summary = {
         "final_test_accuracy": final, "best_test_accuracy": best or final, "best_epoch": epochs,
@@ -112,6 +114,33 @@ def test_report_tables_come_from_the_result_files(tmp_path):
     for png in ("label_noise_accuracy", "training_curves", "depth_module_kl", "depth_accuracy"):
         assert (results / "plots" / f"{png}.png").stat().st_size > 1000
     assert "](results/plots/label_noise_accuracy.png)" in text
+
+
+def test_the_memorisation_report_pairs_seeds_and_states_what_it_found(tmp_path):
+    results = tmp_path / "results" / "label_noise" / "memorise" / "noise40"
+    finals = {
+        "sid_a0.5": (0.60, 0.62),
+        "bp": (0.55, 0.56),
+        "bp_ls0.5": (0.58, 0.57),
+        "bp_ls0.1": (0.61, 0.61),
+    }
+    for method, values in finals.items():
+        for seed, final in enumerate(values):
+            late = method == "sid_a0.5"  # SID passes half of the flipped labels at epoch 3, BP at epoch 2
+            _write_run(results / method / f"seed{seed}", final, best=0.8, epochs=3,
+                       memorised=[0.1, 0.3 if late else 0.6, 0.9], test_accuracy_at_best_val=0.79)  # fmt: skip
+    text = report.report(str(tmp_path / "results"), str(tmp_path / "RESULTS.md"), str(tmp_path / "plots"))
+    assert (
+        "| 40 | sid_a0.5 | 61.00 ± 1.41 | 80.00 ± 0.00 | 19.00 ± 1.41 | 79.00 ± 0.00 | 90.00 ± 0.00 | 3.0 ± 0.0 |"
+        in text
+    )
+    assert "| 40 | +5.50 ± 0.71 | +3.50 ± 2.12 | +0.00 ± 1.41 | — |" in text  # per seed: 5, 6; 2, 5; -1, 1
+    assert "SID (alpha 0.5) ends at 61.00 % against BP's 55.50 % (paired difference +5.50 ± 0.71 points): the " \
+        "paper's direction (SID at least 3 points above BP) holds here" in text  # fmt: skip
+    assert "0.1 at 61.00 % (above SID)" not in text and "0.5 ends at 57.50 % (below SID)" in text
+    assert "at epoch 3 on average, BP at 2 (1 epochs later)" in text
+    for png in ("label_noise_memorise_test", "label_noise_memorise_flipped"):
+        assert (tmp_path / "plots" / f"{png}.png").stat().st_size > 1000
 
 
 @pytest.mark.parametrize(
