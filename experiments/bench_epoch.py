@@ -49,8 +49,8 @@ def bench_run(spec: str, args, dataset) -> dict:
     state = init_states(plan, (0,))
     epochs = []
     for epoch in range(1, config.epochs + 1):  # the first epoch compiles and autotunes
-        state, _, seconds = train_epoch(plan, programs, state, data, (0,), epoch)
-        epochs.append(seconds)
+        state, progress = train_epoch(plan, programs, state, data, (0,), epoch)
+        epochs.append(progress.seconds)
     step_s = time_step(plan, dataset, args)
     examples = plan.steps_per_epoch * config.batch_size
     epoch_s = float(np.median(epochs[1:]))
