@@ -62,7 +62,7 @@ def bench(network, variables, tx, method: str, execution: str) -> Bench:
     return Bench(learner, learner.init(jax.tree.map(jnp.copy, variables)))
 
 
-def bench_k(args, k: int, shape, x, labels) -> dict:
+def bench_k(args, k: int, shape, x, labels, on_memory=None) -> dict:
     network, variables = make_blockwise_network(
         args.model, shape, args.num_classes, k, jax.random.key(0), tiny=args.tiny
     )
@@ -73,13 +73,17 @@ def bench_k(args, k: int, shape, x, labels) -> dict:
         for label, method, execution in VARIANTS
         if label in wanted and (execution != "vmap" or network.stacked)  # vmap needs equal blocks
     }
-    out = measure(benches, (x, labels), jax.random.key(1), args.steps)
-    bp = out.get("bp")
-    for v in out.values():
-        v["process_peak_device_bytes"] = peak_device_bytes()
-        v["memory_vs_bp"] = v["memory_bytes"] / bp["memory_bytes"] if bp else float("nan")
-        v["time_vs_bp"] = v["median_step_s"] / bp["median_step_s"] if bp else float("nan")
-    return {"num_blocks": k, "stacked": network.stacked, "methods": out}
+
+    def result(out):  # step times are missing while only the memory is known
+        bp, nan = out.get("bp"), float("nan")
+        for v in out.values():
+            v["process_peak_device_bytes"] = peak_device_bytes()
+            v["memory_vs_bp"] = v["memory_bytes"] / bp["memory_bytes"] if bp else nan
+            v["time_vs_bp"] = v.get("median_step_s", nan) / bp.get("median_step_s", nan) if bp else nan
+        return {"num_blocks": k, "stacked": network.stacked, "methods": out}
+
+    memory_known = None if on_memory is None else (lambda out: on_memory(result(out)))
+    return result(measure(benches, (x, labels), jax.random.key(1), args.steps, memory_known))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -94,7 +98,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per method (0: memory only)")
     parser.add_argument("--variants", default=",".join(v[0] for v in VARIANTS), help="subset to run")
     parser.add_argument("--tiny", action="store_true", help="the model's tiny variant (smoke tests)")
-    parser.add_argument("--json", default=None)
+    parser.add_argument(
+        "--json", default=None, help="write the results here, after each memory phase and each K"
+    )
     args = parser.parse_args(argv)
     shape = tuple(int(s) for s in args.input_shape.split(","))
     x = jax.random.normal(jax.random.key(2), (args.batch_size, *shape))
@@ -108,21 +114,21 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{'K':>3} {'method':<15}{'mem MiB':>10}{'vs BP':>8}{'step ms':>10}{'vs BP':>8}")
     results = []
     for k_text in args.ks.split(","):
-        try:
-            result = bench_k(args, int(k_text), shape, x, labels)
+        try:  # the results so far are written after every K, and a K's memory before its timing
+            result = bench_k(args, int(k_text), shape, x, labels,
+                             lambda partial: write_json(args.json, {**header, "results": [*results, partial]}))  # fmt: skip
         except (ValueError, ConfigError) as err:  # a cut the architecture does not allow
             print(f"{k_text:>3} skipped: {err}")
             continue
         results.append(result)
+        write_json(args.json, {**header, "results": results})
         for label, m in result["methods"].items():
             print(
                 f"{result['num_blocks']:>3} {label:<15}{m['memory_bytes'] / 2**20:>10.1f}{m['memory_vs_bp']:>8.2f}"
                 f"{1e3 * m['median_step_s']:>10.1f}{m['time_vs_bp']:>8.2f}",
                 flush=True,
             )
-    report = {**header, "results": results}
-    write_json(args.json, report)
-    return report
+    return {**header, "results": results}
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -21,17 +22,26 @@ class Bench(NamedTuple):
 
 
 def measure(
-    benches: dict[str, Bench], batch: tuple, key: jax.Array, num_steps: int
+    benches: dict[str, Bench],
+    batch: tuple,
+    key: jax.Array,
+    num_steps: int,
+    on_memory: Callable[[dict[str, dict[str, float]]], None] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Compiled memory and the median of ``num_steps`` interleaved step times per labelled learner.
 
     Each is compiled and warmed up (2 steps) first; then rounds run one step
     of each in turn, so machine-load drift hits all alike. ``num_steps=0``
-    measures memory only.
+    measures memory only. ``on_memory(results)`` is called once every memory
+    is known, before any step is timed (to write them where a cut-short run
+    keeps them).
     """
     states, results = {}, {}
     for label, bench in benches.items():
         results[label] = {"memory_bytes": bench.learner.memory_bytes(bench.state, batch, key)}
+    if on_memory is not None:
+        on_memory(results)
+    for label, bench in benches.items():
         state = bench.state
         for _ in range(2 if num_steps else 0):
             state, _ = bench.learner.step(state, batch, key)

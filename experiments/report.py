@@ -314,7 +314,11 @@ def _memorisation_findings(found) -> str:
 
     verdict = "holds" if final("sid_a0.5") - final("bp") >= 3 else "does not hold"
     later = half("sid_a0.5") - half("bp")
-    when = f"{abs(later):.0f} epochs {'later' if later > 0 else 'earlier'}" if abs(later) >= 1 else "within an epoch"
+    when = (
+        f"{abs(later):.0f} epochs {'later' if later > 0 else 'earlier'}"
+        if abs(later) >= 1
+        else "within an epoch"
+    )
     return (
         f"**At 40 % noise** SID (alpha 0.5) ends at {final('sid_a0.5'):.2f} % against BP's {final('bp'):.2f} % "
         f"(paired difference {paired(found, 'memorise/noise40/sid_a0.5', 'memorise/noise40/bp')} points): "
