@@ -6,8 +6,8 @@
 #
 # Runs `python -m experiments.run EXPERIMENT --only PATTERN` for each pattern in turn (each run's
 # seeds train together) until DEADLINE_S seconds (default 540) have passed; the run in progress
-# then stops, and its epochs so far stay in results/ (resumed from their checkpoint by the next
-# call on the same machine, or redone on a fresh one). Finished runs are skipped, so calling it
+# then gets SIGTERM and checkpoints where it is (inside its epoch), and stays in results/ (resumed
+# from there by the next call on the same machine, or redone on a fresh one). Finished runs are skipped, so calling it
 # again with the same arguments continues. At the end the results of EXPERIMENT, without
 # checkpoints, are packed into $OUT/results_EXPERIMENT.tar.gz (OUT defaults to results/); unpack
 # it at the repository's root, commit, and regenerate RESULTS.md with python -m experiments.report.
@@ -15,7 +15,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 [ $# -ge 2 ] || { echo "usage: bash experiments/gpu_sweep.sh EXPERIMENT PATTERN [PATTERN ...]" >&2; exit 2; }
-PY=${PYTHON:-python}
+PY=${PYTHON:-python3}
 EXPERIMENT=$1; shift
 DEADLINE=$((SECONDS + ${DEADLINE_S:-540}))
 OUT=${OUT:-results}
@@ -29,7 +29,7 @@ for pattern in "$@"; do
   left=$((DEADLINE - SECONDS))
   if [ $left -le 30 ]; then echo "== out of time before '$pattern'"; status=1; break; fi
   echo "== $EXPERIMENT --only '$pattern' (${left}s left)"
-  timeout --signal=INT --kill-after=20 "$left" $PY -m experiments.run "$EXPERIMENT" --only "$pattern" || status=1
+  timeout --signal=TERM --kill-after=30 "$left" $PY -m experiments.run "$EXPERIMENT" --only "$pattern" || status=1
 done
 archive="$OUT/results_$EXPERIMENT.tar.gz"
 tar --exclude=checkpoints -czf "$archive" "results/$EXPERIMENT" 2>/dev/null && echo "packed $archive"

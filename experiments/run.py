@@ -24,7 +24,7 @@ from sidjax.data import Dataset, DatasetUnavailableError, load_dataset
 from sidjax.errors import ConfigError
 from sidjax.train.cli import OneLineParser, error_line
 from sidjax.train.plan import make_plan
-from sidjax.train.runner import TrainingDiverged, run
+from sidjax.train.runner import RunStopped, TrainingDiverged, run
 
 
 def run_experiment(
@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
                                        overwrite=args.overwrite)[1]  # fmt: skip
         except ConfigError as err:
             p.exit(2, f"error: {err}\n")
+        except RunStopped as err:  # the run in progress checkpointed where it was: the same command continues
+            p.exit(128 + err.signum, f"{err}; run the same command again to continue\n")
     if failures:
         print(f"{len(failures)} run(s) failed:\n" + "\n".join(failures), file=sys.stderr)
         return 1
