@@ -30,7 +30,8 @@ def _without_times(history: list[dict]) -> list[dict]:
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the reference numbers are XLA:CPU's")
 def test_same_seed_same_numbers_as_recorded(fashion_mnist):
-    """Pins the numbers: a change of the engine that moves them must say why (and update the file)."""
+    """Pins the numbers: a change of the engine that moves them must say why. When and how the file may be
+    regenerated: tests/data/README.md (only for a change meant to move the numbers, never to pass a test)."""
     found = {}
     for name, config in REFERENCE_CONFIGS.items():
         history = []
