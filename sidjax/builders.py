@@ -27,7 +27,7 @@ from sidjax.architectures import ARCHITECTURES, Backbone, Extractor
 from sidjax.errors import ConfigError
 from sidjax.heads import HEADS
 from sidjax.models import BeliefModule, BlockUnit
-from sidjax.network import Network, PartDef, Parts, Variables, stack
+from sidjax.network import Network, PartDef, Parts, Variables, in_mode, stack
 from sidjax.ops import ConvImpl
 
 Model = str | Backbone
@@ -37,7 +37,7 @@ def _shape(module: nnx.Module | None, shape: tuple[int, ...], *extra) -> tuple[i
     """One example's output shape of ``module`` (evaluation mode: nothing is drawn or updated)."""
     if module is None:
         return shape
-    module.eval()
+    module = in_mode(module, train=False)
     x = jax.ShapeDtypeStruct((1, *shape), jnp.float32)
     out = jax.eval_shape(lambda x, *e: module(x, *e), x, *extra)
     return tuple((out[0] if isinstance(out, tuple) else out).shape[1:])

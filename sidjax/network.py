@@ -131,11 +131,13 @@ class PartDef:
 
     @classmethod
     def split(cls, module: nnx.Module) -> tuple[PartDef, nnx.State, nnx.State]:
-        """``(definition, params, stats)`` of ``module``; its own ``train()``/``eval()`` flags set both modes."""
-        module.eval()
-        eval_def = nnx.split(module, nnx.Param, nnx.RngState, ...)[0]
-        module.train()
-        train_def, params, rngs, stats = nnx.split(module, nnx.Param, nnx.RngState, ...)
+        """``(definition, params, stats)`` of ``module``, in the modes ``train()`` and ``eval()`` set.
+
+        The module itself is left as it is (copies take the flags), so modules
+        built outside a trace can be split inside one.
+        """
+        eval_def = nnx.split(in_mode(module, train=False), nnx.Param, nnx.RngState, ...)[0]
+        train_def, params, rngs, stats = nnx.split(in_mode(module, train=True), nnx.Param, nnx.RngState, ...)
         leaves, treedef = jax.tree.flatten(rngs)
         spec = (
             RngSpec(treedef, tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in leaves))
@@ -163,6 +165,13 @@ class PartDef:
         module = self.merge(params, stats, key, train)
         out = module(*args)
         return out, (nnx.state(module, STATS) if train else stats)
+
+
+def in_mode(module: nnx.Module, *, train: bool) -> nnx.Module:
+    """A copy of ``module`` in the mode its ``train()`` or ``eval()`` would set (dropout, BatchNorm statistics)."""
+    return nnx.with_attributes(
+        module, deterministic=not train, use_running_average=not train, raise_if_not_found=False
+    )
 
 
 def part_key(key: chex.PRNGKey | None, index: chex.Numeric) -> chex.PRNGKey | None:

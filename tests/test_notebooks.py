@@ -32,9 +32,15 @@ def test_ipynb_is_the_paired_source_with_outputs_cleared(source):
     assert all(not c.get("outputs") for c in paired.cells if c.cell_type == "code"), "clear the outputs"
 
 
-@pytest.mark.parametrize(
-    "name,devices", [(name, d) for name, (counts, *_) in RUNS.items() for d in counts], ids=lambda v: str(v)
-)
+# 03 on one device (the mesh skipped, the stages sharing the device) runs with the slow tests.
+CASES = [
+    pytest.param(name, d, marks=[pytest.mark.slow] if (name, d) == ("03_parallel_modules.py", 1) else [])
+    for name, (counts, *_) in RUNS.items()
+    for d in counts
+]
+
+
+@pytest.mark.parametrize("name,devices", CASES, ids=lambda v: str(v))
 def test_notebook_runs_top_to_bottom_on_the_tiny_budget(name, devices, tmp_path, monkeypatch, fashion_mnist):
     monkeypatch.setenv("SIDJAX_NOTEBOOK_TINY", "1")
     monkeypatch.setenv("SIDJAX_NOTEBOOK_DEVICES", str(devices))

@@ -292,3 +292,22 @@ def test_config_fields_the_network_defines_are_taken_from_it(fashion_mnist):
                    progress=False)  # fmt: skip
     with pytest.raises(sidjax.ConfigError, match="method 'dgl' trains blockwise networks, not 'trunk'"):
         sidjax.run(_config("dgl"), model=trunk_cnn, dataset=fashion_mnist, progress=False)
+
+
+def test_a_backbone_goes_wherever_a_model_name_goes(fashion_mnist):
+    """A Backbone of your layers: built in the config's mode and cut by its rule, like a named architecture."""
+    rngs = nnx.Rngs(params=0, dropout=1)
+    layers = cnn_blocks(rngs)
+    backbone = sidjax.Backbone(None, layers, [8, 16, 16], sidjax.architectures.even_cut(3, "mine"))
+    network, _ = sidjax.make_blockwise_network(backbone, (28, 28, 1), NUM_CLASSES, 3, jax.random.key(0))
+    assert (network.num_units, network.mode) == (3, "blockwise")
+    trunk, _ = sidjax.make_network(backbone, (28, 28, 1), NUM_CLASSES, 2, jax.random.key(0))
+    assert (trunk.num_units, trunk.mode) == (2, "trunk")
+    result = sidjax.run(_config("sid", mode="blockwise", num_blocks=3, epochs=1), model=backbone,
+                        dataset=fashion_mnist, progress=False)  # fmt: skip
+    assert result.summary["model"] == "backbone/blockwise" and result.summary["num_blocks"] == 3
+    with pytest.raises(
+        sidjax.ConfigError, match=r"num_blocks 4: mine can be cut into K in \[1, 2, 3\] blocks"
+    ):
+        sidjax.run(_config("sid", mode="blockwise", num_blocks=4), model=backbone, dataset=fashion_mnist,
+                   progress=False)  # fmt: skip

@@ -53,5 +53,5 @@ EXPERIMENT = Experiment(
         for name, change in ABLATIONS.items()
     },
     seeds=(0, 1, 2),
-    smoke_runs=("dgl/*", "infopro/sid", "ablation/sid_log_belief"),
+    smoke_runs=("dgl/sid", "infopro/dgl", "mlp/bp", "ablation/sid_log_belief"),
 )

@@ -75,5 +75,5 @@ EXPERIMENT = Experiment(
         for method in ("sid", "bp")
     },
     seeds=(0, 1, 2),
-    smoke_runs=("memorise/noise40/*", "noise40/*"),
+    smoke_runs=("memorise/noise40/sid_a0.5", "memorise/noise40/bp_ls0.5", "noise40/sid"),
 )

@@ -17,7 +17,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from sidjax.architectures import ARCHITECTURES
+from sidjax.architectures import ARCHITECTURES, Backbone
 from sidjax.builders import make_blockwise_network, make_network
 from sidjax.data import Dataset, DatasetInfo, dataset_info, is_image_folder, random_crop_flip
 from sidjax.errors import ConfigError
@@ -28,7 +28,7 @@ from sidjax.state import Learner
 from sidjax.train.config import TrainConfig
 
 ModelFactory = Callable[[chex.PRNGKey], tuple[Network, Variables]]
-Model = ModelFactory | tuple[Network, Variables]
+Model = ModelFactory | tuple[Network, Variables] | Backbone
 
 
 class Plan(NamedTuple):
@@ -60,9 +60,12 @@ class Plan(NamedTuple):
     cpu_convolutions: bool = False
 
 
-def builtin_model(config: TrainConfig, input_shape: tuple[int, ...], num_classes: int) -> ModelFactory:
-    """The factory of the config's built-in architecture; its errors name the setting."""
-    if config.model not in ARCHITECTURES:
+def builtin_model(
+    config: TrainConfig, input_shape: tuple[int, ...], num_classes: int, backbone: Backbone | None = None
+) -> ModelFactory:
+    """The factory of the config's architecture (or of ``backbone``) in its mode; its errors name the setting."""
+    architecture = config.model if backbone is None else backbone
+    if backbone is None and config.model not in ARCHITECTURES:
         raise ConfigError(
             f"model must be one of {tuple(ARCHITECTURES)}, got {config.model!r} "
             "(or pass your own network: sidjax.run(config, model=...))",
@@ -72,9 +75,9 @@ def builtin_model(config: TrainConfig, input_shape: tuple[int, ...], num_classes
     def build(key):
         try:
             if config.mode == "trunk":
-                return make_network(config.model, input_shape, num_classes, config.num_modules, key,
+                return make_network(architecture, input_shape, num_classes, config.num_modules, key,
                                     belief_input=config.belief, conv_impl=config.conv_impl, tiny=config.tiny)  # fmt: skip
-            return make_blockwise_network(config.model, input_shape, num_classes, config.num_blocks, key,
+            return make_blockwise_network(architecture, input_shape, num_classes, config.num_blocks, key,
                                           head=config.head, belief_input=config.belief,
                                           conv_impl=config.conv_impl, tiny=config.tiny)  # fmt: skip
         except ConfigError:
@@ -193,8 +196,10 @@ def make_plan(
       config: the run.
       dataset: already loaded data, if any (else the config names it).
       model: your own network: ``key -> (network, variables)`` (each seed
-        its own init) or a built ``(network, variables)``; default: the
-        config's built-in architecture.
+        its own init), a built ``(network, variables)``, or a ``Backbone``
+        built in the config's mode like a named architecture (the last two:
+        every seed starts from the same layers); default: the config's
+        built-in architecture.
       info: the dataset's metadata after the limits, where neither the data
         nor its name can give it (a saved run of your own arrays).
 
@@ -203,8 +208,8 @@ def make_plan(
       DatasetUnavailableError: an image folder that is not laid out as required.
     """
     info = info or data_info(config, dataset)
-    if model is None:
-        build = builtin_model(config, info.input_shape, info.num_classes)
+    if model is None or isinstance(model, Backbone):
+        build = builtin_model(config, info.input_shape, info.num_classes, model)
     else:
         build = _factory(model)
     network, shapes = abstract_network(build)

@@ -118,8 +118,10 @@ def run(
         ``config.seed`` is a tuple).
       model: your own network instead of the config's architecture: a
         factory ``key -> (network, variables)`` (each seed initialised from
-        its own key) or a built ``(network, variables)`` (every seed starts
-        from it). The config then takes the network's name, mode and depth.
+        its own key), a built ``(network, variables)`` (every seed starts
+        from it), or a ``sidjax.Backbone`` (built in the config's mode, as a
+        named architecture would be). The config then takes the network's
+        name, mode and depth.
       dataset: already loaded data (``load_dataset`` or
         ``Dataset.from_arrays``); its name must be ``config.dataset``.
       data_dir, manual_dir: passed to ``load_dataset``.
