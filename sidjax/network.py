@@ -149,9 +149,9 @@ class PartDef:
     def merge(self, params: Any, stats: Any, key: chex.PRNGKey | None, train: bool) -> nnx.Module:
         """The module with these arrays, in training or evaluation mode."""
         graphdef = self.train_def if train else self.eval_def
-        stats = jax.tree.map(
-            lambda a: a, stats
-        )  # new variables of this trace, which the forward pass may update
+        # Variables of this trace, which the forward pass may update (stats passed in from outside
+        # a transformation are another trace's, and BatchNorm may not mutate them).
+        stats = jax.tree.map(lambda a: a, stats)
         if self.rngs is None:
             return nnx.merge(graphdef, params, stats)
         if key is None:

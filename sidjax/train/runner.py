@@ -237,18 +237,14 @@ def _train(
             for epoch in range(first, config.epochs + 1):
                 state, records = _epoch(plan, programs, state, data, dirs, epoch,
                                         resumed if epoch == first else None, stop, progress)  # fmt: skip
-                stopping = bool(stop) and epoch < config.epochs
+                stopping = bool(stop) and epoch < config.epochs  # a stop signal during the epoch's end
                 due = any(d and (d.checkpoint_due(epoch) or stopping) for d in dirs.values())
                 host = unload_states(plan, state, len(seeds)) if due else None
                 for i, (seed, record) in enumerate(zip(seeds, records, strict=True)):
                     histories[seed].append(record)
-                    if dirs[seed] is not None:
-                        dirs[seed].write_epoch(record, host[i] if host else None)
-                    if on_epoch:
-                        on_epoch({**record, "seed": seed})
-                    if progress:
-                        log(f"{config.method} seed {seed} epoch {epoch}: loss {record['train_loss']:.4f}, "
-                            f"test acc {record['test_accuracy']:.4f}, {record['epoch_time_s']:.1f}s")  # fmt: skip
+                    _record(
+                        plan, dirs[seed], seed, record, host[i] if host else None, on_epoch, progress, log
+                    )
                 if stopping:
                     raise _stopped(stop, dirs, f"after epoch {epoch}", saved=host is not None)
     except KeyboardInterrupt:
@@ -267,6 +263,17 @@ def _train(
     return results
 
 
+def _record(plan, run_dir: RunDir | None, seed, record: dict, state, on_epoch, progress: bool, log) -> None:
+    """One seed's epoch: its metrics line (and checkpoint, if ``state``), the callback, the log line."""
+    if run_dir is not None:
+        run_dir.write_epoch(record, state)
+    if on_epoch:
+        on_epoch({**record, "seed": seed})
+    if progress:
+        log(f"{plan.config.method} seed {seed} epoch {record['epoch']}: loss {record['train_loss']:.4f}, "
+            f"test acc {record['test_accuracy']:.4f}, {record['epoch_time_s']:.1f}s")  # fmt: skip
+
+
 def partial_seconds(dirs, position: Position) -> float:
     """The training time of a resumed epoch's steps before the checkpoint, as recorded with it."""
     first = next((d for d in dirs.values() if d is not None), None)
@@ -275,32 +282,14 @@ def partial_seconds(dirs, position: Position) -> float:
 
 def _epoch(plan, programs: RunPrograms, state, data: RunData, dirs, epoch, resumed: Progress | None,
            stop: StopRequest, progress: bool) -> tuple[Any, list[dict]]:  # fmt: skip
-    """Trains and evaluates one epoch; inside it, checkpoints every ``checkpoint_steps`` steps and at a stop signal."""
-    config, seeds = plan.config, programs.seeds
-    every, steps = config.checkpoint_steps, plan.steps_per_epoch
-    bar = tqdm(total=steps, initial=resumed.steps if resumed else 0, desc=f"{config.method} epoch {epoch}/{config.epochs}",
-               disable=not progress, leave=False, mininterval=1.0 if os.isatty(2) else 30.0)  # fmt: skip
-    saved = {"at": resumed.steps if resumed else 0}
-
-    def pause(done: int) -> bool:  # at a chunk boundary inside the epoch
-        return bool(stop) or bool(every) and done // every > saved["at"] // every
-
-    state, run = train_epoch(plan, programs, state, data, seeds, epoch, resumed, pause, bar.update)
-    while run.steps < steps:  # paused inside the epoch: checkpoint, then stop or go on
-        host = unload_states(plan, state, len(seeds))
-        wrote = [d.save(host[i], epoch - 1, run.steps, run.metrics[i], run.seconds)
-                 for i, d in enumerate(dirs.values()) if d is not None]  # fmt: skip
-        saved["at"] = run.steps
-        if stop:
-            raise _stopped(stop, dirs, f"in epoch {epoch} at step {run.steps} of {steps}", saved=any(wrote))
-        state, run = train_epoch(plan, programs, state, data, seeds, epoch, run, pause, bar.update)
-    bar.close()
+    """Trains one epoch (checkpointing inside it where due) and evaluates it: each seed's record."""
+    state, run = _train_checkpointed(plan, programs, state, data, dirs, epoch, resumed, stop, progress)
     begin = time.perf_counter()
     sums = programs.evaluate(state, data.test_images, data.test_labels)
     diagnostics = _label_diagnostics(plan, programs, state, data)
     eval_time = time.perf_counter() - begin
     records = []
-    for seed, mean, sum_, extra in zip(seeds, run.means(), sums, diagnostics, strict=True):
+    for seed, mean, sum_, extra in zip(programs.seeds, run.means(), sums, diagnostics, strict=True):
         test = split_metrics(sum_, len(data.dataset.test_labels))
         record = {
             "epoch": epoch,
@@ -315,13 +304,41 @@ def _epoch(plan, programs: RunPrograms, state, data: RunData, dirs, epoch, resum
             "eval_time_s": eval_time,
         }
         if not np.isfinite(record["train_loss"]):
-            who = f" (seed {seed})" if len(seeds) > 1 else ""
+            who = f" (seed {seed})" if len(programs.seeds) > 1 else ""
             raise TrainingDiverged(
                 f"training diverged in epoch {epoch}{who}: the training loss is {record['train_loss']}; "
-                f"the learning rate is the likely cause: lower it (now {config.lr:g})"
+                f"the learning rate is the likely cause: lower it (now {plan.config.lr:g})"
             )
         records.append(record)
     return state, records
+
+
+def _train_checkpointed(plan, programs: RunPrograms, state, data: RunData, dirs, epoch, resumed: Progress | None,
+                        stop: StopRequest, progress: bool) -> tuple[Any, Progress]:  # fmt: skip
+    """Trains one epoch to its end; inside it, checkpoints every ``checkpoint_steps`` steps, and at a
+    stop signal checkpoints and raises ``RunStopped``."""
+    config, steps = plan.config, plan.steps_per_epoch
+    every, seeds = config.checkpoint_steps, programs.seeds
+    bar = tqdm(total=steps, initial=resumed.steps if resumed else 0, desc=f"{config.method} epoch {epoch}/{config.epochs}",
+               disable=not progress, leave=False, mininterval=1.0 if os.isatty(2) else 30.0)  # fmt: skip
+    saved = {"at": resumed.steps if resumed else 0}
+
+    def pause(done: int) -> bool:  # at a chunk boundary inside the epoch
+        return bool(stop) or bool(every) and done // every > saved["at"] // every
+
+    state, run = train_epoch(plan, programs, state, data, seeds, epoch, resumed, pause, bar.update)
+    while run.steps < steps:  # paused inside the epoch: checkpoint, then stop or go on
+        host = unload_states(plan, state, len(seeds))
+        runs = [d for d in dirs.values() if d is not None]  # one per seed, in the seeds' order, or none
+        wrote = [
+            d.save(host[i], epoch - 1, run.steps, run.metrics[i], run.seconds) for i, d in enumerate(runs)
+        ]
+        saved["at"] = run.steps
+        if stop:
+            raise _stopped(stop, dirs, f"in epoch {epoch} at step {run.steps} of {steps}", saved=any(wrote))
+        state, run = train_epoch(plan, programs, state, data, seeds, epoch, run, pause, bar.update)
+    bar.close()
+    return state, run
 
 
 def _stopped(stop: StopRequest, dirs, where: str, saved: bool) -> RunStopped:
