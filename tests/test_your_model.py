@@ -311,3 +311,40 @@ def test_a_backbone_goes_wherever_a_model_name_goes(fashion_mnist):
     ):
         sidjax.run(_config("sid", mode="blockwise", num_blocks=4), model=backbone, dataset=fashion_mnist,
                    progress=False)  # fmt: skip
+
+
+def stacked_cnn(key=jax.random.key(0)):
+    """A stem and three identical blocks (BatchNorm, dropout): units that stack, so vmap applies."""
+    rngs = nnx.Rngs(params=key, dropout=jax.random.fold_in(key, 1))
+    stem = nnx.Conv(1, 8, (3, 3), rngs=rngs)
+    blocks = [ConvBlock(8, 8, pool=False, rngs=rngs) for _ in range(3)]
+    return sidjax.blockwise(blocks, num_classes=NUM_CLASSES, input_shape=SHAPE, rngs=rngs, stem=stem,
+                            head_hidden=16)  # fmt: skip
+
+
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_vmapped_units_with_statistics_and_dropout_equal_the_walk(pipelined):
+    network, variables = stacked_cnn()
+    assert network.stacked
+    found = {
+        e: _steps(
+            sidjax.make_learner(network, TX, "sid", execution=e, pipelined=pipelined, batch_size=16),
+            variables,
+        )
+        for e in ("vmap", "sequential")
+    }
+    chex.assert_trees_all_close(found["vmap"][0].params, found["sequential"][0].params, atol=1e-5)
+    chex.assert_trees_all_close(found["vmap"][0].stats, found["sequential"][0].stats, atol=1e-5)
+    assert tree_max_abs(jax.tree.map(jnp.subtract, found["vmap"][0].stats, variables.stats)) > 1e-3
+
+
+@needs_devices(3)
+def test_stacked_units_with_statistics_split_over_a_unit_mesh_equal_one_device():
+    network, variables = stacked_cnn()
+    one = _steps(
+        sidjax.make_learner(network, TX, "sid", execution="vmap", pipelined=True, batch_size=16), variables
+    )
+    meshed = _steps(sidjax.make_learner(network, TX, "sid", execution="vmap", pipelined=True, placement="mesh:1,3",
+                                        batch_size=16), variables)  # fmt: skip
+    chex.assert_trees_all_close(meshed[0].params, one[0].params, atol=1e-5)
+    chex.assert_trees_all_close(meshed[0].stats, one[0].stats, atol=1e-5)
