@@ -25,14 +25,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from sidjax.losses import SIDLoss
-from sidjax.methods import (
-    check_belief_input,
-    check_mode,
-    check_pipelined,
-    check_stages,
-    get_method,
-    resolve_execution,
-)
+from sidjax.methods import check_training, get_method
 from sidjax.network import Network, Variables
 from sidjax.parallel import DATA, check_mesh, make_mesh, replicate, shard_state
 from sidjax.placement import Placement
@@ -84,17 +77,12 @@ def make_learner(
       ConfigError: a combination the method, network or devices cannot
         train, in one line naming the setting.
     """
-    spec = get_method(method)
-    check_mode(spec, network.mode)
-    check_belief_input(spec, network.belief_input)
+    spec, placement = get_method(method), Placement.parse(placement)
+    execution = check_training(spec, network.mode, reads_belief=network.belief_input, execution=execution,
+                               pipelined=pipelined, stages=placement.kind == "stages", stacked=network.stacked)  # fmt: skip
     loss = spec.loss(loss)
     loss.check_units(network.num_units)
-    execution = resolve_execution(spec, network.mode, execution, network.stacked)
-    if pipelined:
-        check_pipelined(spec, network.mode)
-    placement = Placement.parse(placement)
     if placement.kind == "stages":
-        check_stages(spec, network.mode)
         return make_stages(network, tx, loss, pipelined=pipelined, num_stages=placement.stages or None,
                            devices=devices, augment=augment, batch_size=batch_size)  # fmt: skip
     step = make_step(network, tx, spec, loss, execution, pipelined, augment)

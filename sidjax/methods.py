@@ -162,3 +162,24 @@ def resolve_execution(spec: MethodSpec, mode: str, execution: str, stacked: bool
             "execution",
         )
     return execution
+
+
+def check_training(
+    spec: MethodSpec,
+    mode: str,
+    *,
+    reads_belief: bool,
+    execution: str,
+    pipelined: bool = False,
+    stages: bool = False,
+    stacked: bool | None = None,
+) -> str:
+    """Every rule above for one way of training: the configuration calls it with its settings,
+    ``sidjax.make_learner`` with the network's. Returns the execution a local step uses."""
+    check_mode(spec, mode)
+    check_belief_input(spec, reads_belief)
+    if pipelined:
+        check_pipelined(spec, mode)
+    if stages:
+        check_stages(spec, mode)
+    return resolve_execution(spec, mode, execution, stacked)

@@ -23,16 +23,7 @@ import optax
 
 from sidjax.errors import ConfigError
 from sidjax.losses import SIDLoss
-from sidjax.methods import (
-    EXECUTIONS,
-    MODES,
-    check_belief_input,
-    check_mode,
-    check_pipelined,
-    check_stages,
-    get_method,
-    resolve_execution,
-)
+from sidjax.methods import EXECUTIONS, MODES, check_training, get_method
 from sidjax.placement import Placement, check_seeds
 
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
@@ -268,15 +259,9 @@ def _check_ranges(c: TrainConfig) -> None:
 
 
 def _check_rules(c: TrainConfig) -> None:
-    spec = get_method(c.method)
-    check_mode(spec, c.mode)
+    spec, placement = get_method(c.method), c.placement_spec()
+    check_training(spec, c.mode, reads_belief=c.belief != "none", execution=c.execution, pipelined=c.pipelined,
+                   stages=placement.kind == "stages")  # fmt: skip
     c.loss().check_units(c.depth)
     spec.loss(c.loss())
-    check_belief_input(spec, c.belief != "none")
-    resolve_execution(spec, c.mode, c.execution)
-    if c.pipelined:
-        check_pipelined(spec, c.mode)
-    placement = c.placement_spec()
-    if placement.kind == "stages":
-        check_stages(spec, c.mode)
     check_seeds(placement, len(c.seeds))
