@@ -317,8 +317,9 @@ def _train_checkpointed(plan, programs: RunPrograms, state, data: RunData, dirs,
                         stop: StopRequest, progress: bool) -> tuple[Any, Progress]:  # fmt: skip
     """Trains one epoch to its end; inside it, checkpoints every ``checkpoint_steps`` steps, and at a
     stop signal checkpoints and raises ``RunStopped``."""
-    config, steps = plan.config, plan.steps_per_epoch
-    every, seeds = config.checkpoint_steps, programs.seeds
+    config, steps, seeds = plan.config, plan.steps_per_epoch, programs.seeds
+    keeps = config.checkpoint_every and any(d is not None for d in dirs.values())  # else nothing to save
+    every = config.checkpoint_steps if keeps else 0
     bar = tqdm(total=steps, initial=resumed.steps if resumed else 0, desc=f"{config.method} epoch {epoch}/{config.epochs}",
                disable=not progress, leave=False, mininterval=1.0 if os.isatty(2) else 30.0)  # fmt: skip
     saved = {"at": resumed.steps if resumed else 0}
