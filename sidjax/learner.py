@@ -94,18 +94,40 @@ def make_learner(
     def memory_bytes(state, batch, key) -> int:
         return memory_beyond_arguments(jax.jit(step, donate_argnums=0).lower(state, batch, key).compile())
 
+    donated = (0,) if donate else ()
     if placement.kind == "mesh":
-        mesh = make_mesh(*placement.mesh, devices)
-        check_mesh(network, mesh, batch_size)
-        data = NamedSharding(mesh, PartitionSpec(DATA))
+        return _on_mesh(network, step, init, memory_bytes, placement, devices, batch_size, donated)
+    return Learner(
+        network=network,
+        init=init,
+        step=jax.jit(step, donate_argnums=donated),
+        place=jax.device_put,
+        gather=lambda state: state,
+        put=jax.device_put,
+        memory_bytes=memory_bytes,
+    )
 
-        def sharded(state, batch, key):
-            return step(state, jax.lax.with_sharding_constraint(batch, data), key)
 
-        def place(state):
-            return shard_state(state, network, mesh)
+def _on_mesh(
+    network, step, init, memory_bytes, placement: Placement, devices, batch_size, donated
+) -> Learner:
+    """The single-device step as one program on a ``(data, unit)`` mesh: the batch split along ``data``."""
+    mesh = make_mesh(*placement.mesh, devices)
+    check_mesh(network, mesh, batch_size)
+    data = NamedSharding(mesh, PartitionSpec(DATA))
 
-        return Learner(network, lambda v: place(init(v)), jax.jit(sharded, donate_argnums=(0,) if donate else ()),
-                       place, lambda state: state, lambda tree: replicate(tree, mesh), memory_bytes)  # fmt: skip
-    return Learner(network, init, jax.jit(step, donate_argnums=(0,) if donate else ()), jax.device_put,
-                   lambda state: state, jax.device_put, memory_bytes)  # fmt: skip
+    def sharded(state, batch, key):
+        return step(state, jax.lax.with_sharding_constraint(batch, data), key)
+
+    def place(state):
+        return shard_state(state, network, mesh)
+
+    return Learner(
+        network=network,
+        init=lambda variables: place(init(variables)),
+        step=jax.jit(sharded, donate_argnums=donated),
+        place=place,
+        gather=lambda state: state,  # global arrays: one program reads them where they are
+        put=lambda tree: replicate(tree, mesh),
+        memory_bytes=memory_bytes,
+    )
