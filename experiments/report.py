@@ -460,8 +460,80 @@ def pipeline_section(exp, found, plots: str, rel: str) -> str:
     return "\n".join(lines)
 
 
+def blockwise_heads_section(exp, found, plots: str, rel: str) -> str:
+    """Each head with SID, DGL and BP: final and validation-chosen accuracy, per-block accuracy, paired
+    differences; the ablations against SID on their head; plain statements of the goals."""
+    heads = [h for h in dict.fromkeys(n.split("/")[0] for n in exp.runs) if h != "ablation"]
+    lines = [
+        "| head | method | final % | test % at best val. epoch | val. % (final) | each block's test acc., 1 → K (%) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for head in heads:
+        for method in ("sid", "dgl", "bp"):
+            runs = found.get(f"{head}/{method}")
+            if runs:
+                blocks = np.mean(_values(runs, "per_unit_accuracy"), axis=0) * 100
+                lines.append(
+                    f"| {head} | {method} | {mean_std(_values(runs, 'final_test_accuracy'), 100)} | "
+                    f"{mean_std(_values(runs, 'test_accuracy_at_best_val'), 100)} | "
+                    f"{mean_std(_values(runs, 'final_val_accuracy'), 100)} | {' / '.join(f'{a:.1f}' for a in blocks)} |"
+                )
+    pairs = ["| head | SID − DGL (final) | SID − BP (final) | SID − DGL (best val.) | SID − BP (best val.) |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for head in heads:
+        sid, dgl, bp = (f"{head}/{m}" for m in ("sid", "dgl", "bp"))
+        if sid in found:
+            cells = [paired(found, sid, other, field) for field in ("final_test_accuracy", "test_accuracy_at_best_val")
+                     for other in (dgl, bp)]  # fmt: skip
+            pairs.append(f"| {head} | {cells[0]} | {cells[1]} | {cells[2]} | {cells[3]} |")
+    out = ["\n".join(lines), "Paired differences per seed (points, mean ± std over seeds):", "\n".join(pairs)]
+    ablations = [n for n in exp.runs if n.startswith("ablation/") and n in found]
+    if ablations:
+        base = f"{exp.runs[ablations[0]].head}/sid"
+        rows = [f"| variant ({base.split('/')[0]} head) | final % | − SID with its defaults (paired, final) |",
+                "|---|---|---|"]  # fmt: skip
+        for name in ablations:
+            rows.append(f"| {name.split('/')[1]} | {mean_std(_values(found[name], 'final_test_accuracy'), 100)} | "
+                        f"{paired(found, name, base)} |")  # fmt: skip
+        out.append("\n".join(rows))
+    series = {f"{h}: {m.upper()}": f"{h}/{m}" for h in heads for m in ("sid", "dgl", "bp")}
+    panels = {h: training_curves(found, {m.upper(): f"{h}/{m}" for m in ("sid", "dgl", "bp")}) for h in heads}
+    panels = {h: p for h, p in panels.items() if p}
+    if panels:
+        _curve_grid(f"{plots}/blockwise_heads_test.png", "Test accuracy per epoch, by head (mean ± std over seeds)",
+                    "test accuracy (%)", panels)  # fmt: skip
+        _plot(f"{plots}/blockwise_heads_blocks.png", "Test accuracy of each block's belief (last epoch)", "block k",
+              "test accuracy (%)", _module_series(found, {k: v for k, v in series.items() if "BP" not in k},
+                                                  "per_unit_accuracy", 100))  # fmt: skip
+        out.append(f"![test accuracy per epoch]({rel}/blockwise_heads_test.png) "
+                   f"![per-block accuracy]({rel}/blockwise_heads_blocks.png)")  # fmt: skip
+    out.append(_heads_findings(found, heads))
+    return "\n\n".join(p for p in out if p)
+
+
+def _heads_findings(found, heads: list[str]) -> str:
+    """The goals, computed: SID with the head the validation split prefers, against DGL and BP with it."""
+    done = [h for h in heads if all(f"{h}/{m}" in found for m in ("sid", "dgl", "bp"))]
+    if not done:
+        return ""
+
+    def mean(name, field="final_test_accuracy"):
+        return 100 * np.mean(_values(found[name], field))
+
+    best = max(done, key=lambda h: mean(f"{h}/sid", "final_val_accuracy"))
+    sid, dgl, bp = mean(f"{best}/sid"), mean(f"{best}/dgl"), mean(f"{best}/bp")
+    return (
+        f"**Goals.** The validation split prefers the {best!r} head for SID (of {', '.join(done)}). With it, SID ends at "
+        f"{sid:.2f} %, DGL at {dgl:.2f} % and BP at {bp:.2f} % (paired: SID − DGL "
+        f"{paired(found, f'{best}/sid', f'{best}/dgl')}, SID − BP {paired(found, f'{best}/sid', f'{best}/bp')} points): "
+        f"SID ≥ DGL {'holds' if sid >= dgl else 'does not hold'}, and SID ≥ BP − 0.5 "
+        f"{'holds' if sid >= bp - 0.5 else 'does not hold'} on the means over seeds."
+    )
+
+
 SECTIONS = {
     "label_noise": label_noise_section,
+    "blockwise_heads": blockwise_heads_section,
     "depth": depth_section,
     "alpha": alpha_section,
     "pipeline": pipeline_section,

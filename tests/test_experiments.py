@@ -162,3 +162,24 @@ def test_report_names_the_file_and_field_of_a_bad_result(tmp_path, damage, messa
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and str(run_dir / "summary.json") in err and message in err
     assert "\n" not in err
+
+
+def test_the_heads_report_pairs_seeds_and_checks_the_goals_with_the_validation_choice(tmp_path):
+    results = tmp_path / "results" / "blockwise_heads"
+    finals = {  # (final test, final validation) per seed
+        "mlp/sid": [(0.80, 0.70), (0.82, 0.70)], "mlp/dgl": [(0.81, 0.7), (0.81, 0.7)],
+        "mlp/bp": [(0.83, 0.7), (0.83, 0.7)], "dgl/sid": [(0.84, 0.90), (0.86, 0.90)],
+        "dgl/dgl": [(0.83, 0.8), (0.84, 0.8)], "dgl/bp": [(0.85, 0.8), (0.86, 0.8)],
+    }  # fmt: skip
+    for name, values in finals.items():
+        for seed, (final, val) in enumerate(values):
+            _write_run(
+                results / name / f"seed{seed}", final, final_val_accuracy=val, test_accuracy_at_best_val=final
+            )
+    text = report.report(str(tmp_path / "results"), str(tmp_path / "RESULTS.md"), str(tmp_path / "plots"))
+    assert "| dgl | sid | 85.00 ± 1.41 | 85.00 ± 1.41 | 90.00 ± 0.00 | 50.0 / 85.0 |" in text
+    assert "| dgl | +1.50 ± 0.71 | -0.50 ± 0.71 | +1.50 ± 0.71 | -0.50 ± 0.71 |" in text
+    assert "The validation split prefers the 'dgl' head for SID (of mlp, dgl)" in text  # 90 % against 70 %
+    assert "SID ≥ DGL holds, and SID ≥ BP − 0.5 holds on the means over seeds" in text  # 85 vs 83.5 and 85.5
+    for png in ("blockwise_heads_test", "blockwise_heads_blocks"):
+        assert (tmp_path / "plots" / f"{png}.png").stat().st_size > 1000
