@@ -11,7 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "experiments", "device_check.sh")
 
 
-def _check(tmp_path, timeout=60, **env):
+def _check(tmp_path, timeout=300, **env):  # the checks start Python ~10 times: slow on a loaded machine
     return subprocess.run(["bash", SCRIPT], env={**os.environ, "OUT": str(tmp_path / "out"), **env},
                           capture_output=True, text=True, timeout=timeout)  # fmt: skip
 

@@ -262,7 +262,8 @@ def _resume_cli(out) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+# SIGTERM end to end here; every stop signal is recorded in test_stop_signals_are_recorded_inside_and_restored_outside.
+@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGUSR1, marks=pytest.mark.slow)])
 def test_a_stop_signal_checkpoints_where_the_run_is_and_resumes_to_the_same_numbers(tmp_path, whole, sig):
     out = tmp_path / "run"
     proc = _start(out)

@@ -101,8 +101,9 @@ def reference_pipelined(network, variables, data):
 
 
 @needs_devices(4)
-@pytest.mark.parametrize(
-    "model,k,shape,ndev", [("simplecnn", 3, (8, 8, 1), 3), ("vit_tiny", 4, (8, 8, 1), 2)]
+@pytest.mark.parametrize(  # stacked (ViT) stages are tested synchronously above; pipelined, slow-marked
+    "model,k,shape,ndev",
+    [("simplecnn", 3, (8, 8, 1), 3), pytest.param("vit_tiny", 4, (8, 8, 1), 2, marks=pytest.mark.slow)],
 )
 def test_pipelined_stages_equal_the_one_step_stale_recurrence(model, k, shape, ndev):
     network, variables = tiny_blockwise(model, k, shape)
