@@ -181,5 +181,10 @@ def test_the_heads_report_pairs_seeds_and_checks_the_goals_with_the_validation_c
     assert "| dgl | +1.50 ± 0.71 | -0.50 ± 0.71 | +1.50 ± 0.71 | -0.50 ± 0.71 |" in text
     assert "The validation split prefers the 'dgl' head for SID (of mlp, dgl)" in text  # 90 % against 70 %
     assert "SID ≥ DGL holds, and SID ≥ BP − 0.5 holds on the means over seeds" in text  # 85 vs 83.5 and 85.5
+    assert (
+        "SID − DGL +1.50 ± 0.71, beyond its spread over seeds; SID − BP -0.50 ± 0.71, within its spread"
+        in text
+    )
+    assert "The SID setting that ends highest is 'dgl/sid' at 85.00 %" in text
     for png in ("blockwise_heads_test", "blockwise_heads_blocks"):
         assert (tmp_path / "plots" / f"{png}.png").stat().st_size > 1000
