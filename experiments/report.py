@@ -203,12 +203,19 @@ def training_curves(found, names: dict[str, str], field: str = "test_accuracy"):
     return series
 
 
+def _paired_diffs(
+    found, a: str, b: str, field: str = "final_test_accuracy", scale: float = 100.0
+) -> list[float]:
+    """``a - b`` for each seed both runs have."""
+    seeds = sorted(set(found.get(a, {})) & set(found.get(b, {})))
+    return [scale * (found[a][s]["summary"][field] - found[b][s]["summary"][field]) for s in seeds]
+
+
 def paired(found, a: str, b: str, field: str = "final_test_accuracy", scale: float = 100.0) -> str:
     """``a - b`` per seed (the seeds both have), mean ± std: a paired difference in points."""
-    seeds = sorted(set(found.get(a, {})) & set(found.get(b, {})))
-    if not seeds:
+    diffs = _paired_diffs(found, a, b, field, scale)
+    if not diffs:
         return "—"
-    diffs = [scale * (found[a][s]["summary"][field] - found[b][s]["summary"][field]) for s in seeds]
     return f"{np.mean(diffs):+.2f}" + (f" ± {np.std(diffs, ddof=1):.2f}" if len(diffs) > 1 else "")
 
 
@@ -513,7 +520,7 @@ def blockwise_heads_section(exp, found, plots: str, rel: str) -> str:
 
 def _heads_findings(found, heads: list[str]) -> str:
     """The goals, computed: SID with the head the validation split prefers, against DGL and BP with it;
-    whether each difference exceeds its spread over seeds; and the SID setting that comes closest to BP."""
+    whether each difference exceeds its spread over seeds; and the SID setting that ends highest."""
     done = [h for h in heads if all(f"{h}/{m}" in found for m in ("sid", "dgl", "bp"))]
     if not done:
         return ""
@@ -522,10 +529,8 @@ def _heads_findings(found, heads: list[str]) -> str:
         return 100 * np.mean(_values(found[name], field))
 
     def spread(a, b):
-        diffs = 100 * (
-            np.array(_values(found[a], "final_test_accuracy")) - _values(found[b], "final_test_accuracy")
-        )
-        return "within" if len(diffs) > 1 and abs(diffs.mean()) <= diffs.std(ddof=1) else "beyond"
+        diffs = _paired_diffs(found, a, b)
+        return "within" if len(diffs) > 1 and abs(np.mean(diffs)) <= np.std(diffs, ddof=1) else "beyond"
 
     best = max(done, key=lambda h: mean(f"{h}/sid", "final_val_accuracy"))
     sid, dgl, bp = (f"{best}/{m}" for m in ("sid", "dgl", "bp"))
