@@ -150,10 +150,37 @@ def predict(
 
     Returns:
       float32 probabilities, rows summing to one.
+
+    Raises:
+      ValueError: ``x`` is not a batch of the network's inputs (one example
+        without its batch axis, another shape, or raw integer images).
     """
-    x = np.asarray(x)
+    x = _inputs(network, x)
+    if not len(x):
+        return np.zeros(
+            (network.num_units, 0, network.num_classes) if per_unit else (0, network.num_classes), np.float32
+        )
     parts = [
         jax.device_get(_probabilities(network, variables, x[i : i + batch_size], per_unit))
         for i in range(0, len(x), batch_size)
     ]
     return np.concatenate(parts, axis=1 if per_unit else 0)
+
+
+def _inputs(network: Network, x) -> np.ndarray:
+    """``x`` as a host array of the network's inputs ``[num, *input_shape]``, or one ``ValueError`` line."""
+    x, shape = np.asarray(x), tuple(network.input_shape)
+    if not np.issubdtype(x.dtype, np.floating):
+        hint = "raw images; normalise them as in training, e.g. dataset.normalise(images)"
+        raise ValueError(
+            f"predict: x is {x.dtype}: {hint if np.issubdtype(x.dtype, np.integer) else 'give floats'}"
+        )
+    if x.shape == shape:
+        raise ValueError(
+            f"predict: x is one example of shape {shape}; give a batch [num, *{shape}], e.g. x[None]"
+        )
+    if x.shape[1:] != shape:
+        raise ValueError(
+            f"predict: x has shape {x.shape}; this network takes a batch of {shape} inputs, [num, *{shape}]"
+        )
+    return x

@@ -358,3 +358,14 @@ def test_labels_that_start_at_one_are_warned_about_not_refused():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Dataset.from_arrays(x, y + 1, x, y + 1, num_classes=5)  # said explicitly: no warning
+
+
+def test_a_constant_training_channel_is_centred_not_blown_up():
+    rng = np.random.default_rng(0)
+    train = rng.random((32, 4, 4, 2)).astype(np.float32)
+    train[..., 1] = 0.5
+    test = rng.random((8, 4, 4, 2)).astype(np.float32)
+    with pytest.warns(UserWarning, match=r"channel \[1\] is constant \(value \[0.5\]"):
+        data = Dataset.from_arrays(train, np.arange(32) % 3, test, np.arange(8) % 3)
+    assert data.std[1] == 1.0 and data.std[0] == train.std(axis=(0, 1, 2))[0] + np.float32(1e-8)
+    np.testing.assert_allclose(data.normalise(test)[..., 1], test[..., 1] - 0.5, atol=1e-6)

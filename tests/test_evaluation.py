@@ -2,7 +2,8 @@
 
 import jax
 import numpy as np
-from conftest import NUM_MODULES
+import pytest
+from conftest import INPUT_SHAPE, NUM_CLASSES, NUM_MODULES, tiny_network
 
 from sidjax import evaluate, kl_to_target, predict
 from sidjax.data import Dataset
@@ -41,3 +42,31 @@ def test_predictions_are_the_last_units_softmax_in_any_batching(mlp_net):
     np.testing.assert_allclose(per_unit, jax.nn.softmax(logits), atol=1e-6)
     classes = jax.jit(make_split_predictor(network, dataset, batch_size=10))(variables, images)
     np.testing.assert_array_equal(classes, logits[-1].argmax(-1))  # the padded last batch is cut off
+
+
+@pytest.mark.parametrize(
+    "x, message",
+    [
+        (np.zeros(INPUT_SHAPE, np.float32), r"x is one example of shape \(8, 8, 1\); give a batch"),
+        (
+            np.zeros((4, 16, 16, 1), np.float32),
+            r"x has shape \(4, 16, 16, 1\); this network takes a batch of",
+        ),
+        (np.zeros((4, *INPUT_SHAPE), np.uint8), r"x is uint8: raw images; normalise them"),
+    ],
+)
+def test_predict_refuses_inputs_the_network_cannot_take(x, message):
+    network, variables = tiny_network()
+    with pytest.raises(ValueError, match=message):
+        predict(network, variables, x)
+
+
+def test_predict_on_no_examples_gives_no_rows():
+    network, variables = tiny_network()
+    empty = np.zeros((0, *INPUT_SHAPE), np.float32)
+    assert predict(network, variables, empty).shape == (0, NUM_CLASSES)
+    assert predict(network, variables, empty, per_unit=True).shape == (
+        network.num_units,
+        0,
+        NUM_CLASSES,
+    )

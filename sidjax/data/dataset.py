@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -127,11 +128,14 @@ def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     In float32 over the whole array where it fits in 2 GB (numpy's pairwise
     sums: the statistics every recorded result used), else in float64 chunks.
+    A channel that is constant in the training split (std below 1e-6) is
+    centred but not scaled (std 1), with a warning: dividing by its ~0 std
+    would turn any other value of it into ~1e8.
     """
     scale = 1.0 / 255.0 if images.dtype == np.uint8 else 1.0
     if images.size * 4 <= 2**31:
         x = images.astype(np.float32) / 255.0 if scale != 1.0 else images.astype(np.float32)
-        return x.mean(axis=(0, 1, 2)), x.std(axis=(0, 1, 2)) + 1e-8
+        return x.mean(axis=(0, 1, 2)), _spread(x.std(axis=(0, 1, 2)), x.mean(axis=(0, 1, 2)))
     total = np.zeros(images.shape[-1]), np.zeros(images.shape[-1])
     for start in range(0, len(images), 4096):
         chunk = images[start : start + 4096].astype(np.float64) * scale
@@ -139,7 +143,22 @@ def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     count = images.size / images.shape[-1]
     mean = total[0] / count
     std = np.sqrt(np.maximum(total[1] / count - mean**2, 0.0))
-    return mean.astype(np.float32), (std + 1e-8).astype(np.float32)
+    return mean.astype(np.float32), _spread(std, mean).astype(np.float32)
+
+
+def _spread(std: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """``std + 1e-8`` per channel, but 1 for a channel constant in the training split (warned about)."""
+    constant = std < 1e-6
+    if constant.any():
+        where = np.flatnonzero(constant)
+        warnings.warn(
+            f"train_images channel{'s' * (len(where) > 1)} {where.tolist()} {'are' if len(where) > 1 else 'is'} "
+            f"constant (value {[round(float(m), 6) for m in mean[where]]} after scaling): centred but not scaled, "
+            "since its std is 0; check the data if that is unexpected",
+            UserWarning,
+            stacklevel=4,
+        )
+    return np.where(constant, np.ones_like(std), std + 1e-8)
 
 
 def symmetric_label_noise(
