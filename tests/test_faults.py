@@ -191,7 +191,7 @@ def test_a_failed_start_leaves_nothing_and_overwrite_keeps_the_old_run_until_the
     ):
         run(tiny_config(lr=1e12), str(old), dataset=fashion_mnist, progress=False, overwrite=True)
     assert {p: (old / p).read_text() for p in before} == before  # the old run is untouched
-    assert sorted(os.listdir(tmp_path)) == ["run"] or ".run.incoming" in os.listdir(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == ["run"], "the diverged start left its staging directory"
     summary = run(
         tiny_config(epochs=1), str(old), dataset=fashion_mnist, progress=False, overwrite=True
     ).summary
@@ -306,8 +306,9 @@ def test_a_second_process_on_a_run_directory_is_refused_and_writes_nothing(tmp_p
     out = tmp_path / "run"
     first = _start(out, "--epochs", "100")  # long enough to be running throughout; stopped below
     _wait_for(first, out / "checkpoints" / "100" / "files.sha256.json")
-    for extra in (["--resume"], ["--overwrite"]):
-        second = subprocess.run([*TRAIN, *STEPS, "--epochs", "100", *extra, "--out", str(out)], env=ENV,
+    os.symlink(out, tmp_path / "latest")  # a second writer through a symlink is the same run
+    for extra, where in ((["--resume"], out), (["--overwrite"], out), (["--resume"], tmp_path / "latest")):
+        second = subprocess.run([*TRAIN, *STEPS, "--epochs", "100", *extra, "--out", str(where)], env=ENV,
                                 capture_output=True, text=True)  # fmt: skip
         line = second.stderr.strip()
         assert second.returncode == 2 and "\n" not in line, line
@@ -318,9 +319,8 @@ def test_a_second_process_on_a_run_directory_is_refused_and_writes_nothing(tmp_p
     _, stderr = first.communicate(timeout=240)
     assert first.returncode == 128 + signal.SIGTERM, stderr
     found = records(out / "metrics.jsonl")
-    assert (
-        found == whole[: len(found)]
-    )  # the first run went on undisturbed (a constant schedule: the same epochs)
+    shared = min(len(found), len(whole))  # it may have recorded more epochs than the 5 compared with
+    assert shared >= 1 and found[:shared] == whole[:shared]  # undisturbed (a constant schedule: same epochs)
     assert not (tmp_path / ".run.lock").exists()  # released cleanly: nothing to take over
 
 

@@ -167,6 +167,7 @@ def guarded(parser: argparse.ArgumentParser, argv: list[str], work) -> Any:
 
     ``argv`` is the command's flags; the parser's prog (``sidjax train``) names the command.
     """
+    from sidjax.train.rundir import RunWriteError
     from sidjax.train.runner import RunInterrupted, RunStopped, TrainingDiverged
 
     command = [parser.prog.split()[-1], *argv]
@@ -176,6 +177,14 @@ def guarded(parser: argparse.ArgumentParser, argv: list[str], work) -> Any:
         parser.exit(2, error_line(err) + "\n")
     except TrainingDiverged as err:
         parser.exit(1, error_line(err) + "\n")
+    except RunWriteError as err:  # a full disk, a quota, a file-size limit
+        message = str(err).removesuffix(" and run again with resume").removesuffix(" and run again")
+        hint = (
+            f", then continue with: {resume_command(command)}"
+            if err.saved
+            else ", then run the same command again"
+        )
+        parser.exit(1, f"error: {message}{hint}\n")
     except RunInterrupted as err:
         saved = "holds epochs" in str(err)
         hint = f"; continue with: {resume_command(command)}" if saved else "; run the same command again"

@@ -20,9 +20,18 @@ Guarantees:
   finished, steps into the next) and the partial epoch's per-step metrics,
   so a resume continues mid-epoch to the numbers of an uninterrupted run.
 * One writer per run: a process claims the directory (an exclusive
-  ``flock`` on ``.<name>.lock`` beside it) before writing anything; a second
-  process is refused in one line and writes nothing. The kernel drops the
-  lock of a killed process, so a stale claim is taken over, with a message.
+  ``flock`` on ``.<name>.lock`` beside it, the directory's path resolved, so
+  a symlink names the same run) before writing anything; a second process is
+  refused in one line and writes nothing. The kernel drops the lock of a
+  killed process, so a stale claim is taken over, with a message. A claim
+  made on another machine cannot be checked from here (``flock`` does not
+  reach across machines on many shared file systems): its writer renews it
+  every minute, and it is honoured until it has gone ``STALE_CLAIM_S``
+  without renewal.
+* A write that fails (a full disk, a quota, a file-size limit) ends the run
+  with one line (``RunWriteError``): what could not be written, what is
+  intact, what to do. The half-written checkpoint is removed; earlier ones
+  are untouched, so ``resume`` continues from the last intact one.
 """
 
 from __future__ import annotations
@@ -33,9 +42,12 @@ import hashlib
 import json
 import logging
 import os
+import re
+import resource
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -66,6 +78,25 @@ def provenance() -> dict[str, Any]:
         "git_commit": commit,
         "git_modified": bool(changed) if commit else None,
     }
+
+
+STALE_CLAIM_S = 600.0  # a claim from another machine, not renewed for this long, is taken over
+RENEW_CLAIM_S = 60.0  # how often a writer renews its claim
+
+
+class RunWriteError(OSError):
+    """A run directory could not be written (full disk, quota, file-size limit, ...).
+
+    Attributes:
+      saved: whether an intact checkpoint of the run remains (``resume`` continues there).
+    """
+
+    def __init__(self, message: str, saved: bool):
+        super().__init__(message)
+        self.saved = saved
+
+    def __str__(self) -> str:
+        return self.args[0]
 
 
 # Fields that may differ when a run is resumed: they change neither the numbers nor the files.
@@ -156,7 +187,7 @@ class RunDir:
     def __init__(
         self, path: str, config: TrainConfig, log: Callable[[str], None] = print, steps_per_epoch: int = 1
     ):
-        self.path = os.path.abspath(path)
+        self.path = os.path.realpath(path)  # a symlink and its target are one run
         self.config = config
         self.log = log
         self.steps_per_epoch = steps_per_epoch
@@ -164,6 +195,7 @@ class RunDir:
         self.live: str | None = None  # where this run writes: incoming until the first checkpoint, then path
         self._manager: ocp.CheckpointManager | None = None
         self._lock: int | None = None  # the claim's file descriptor
+        self._renewing: threading.Event | None = None  # set to stop the claim's renewal
 
     def _sibling(self, kind: str) -> str:
         return os.path.join(os.path.dirname(self.path), f".{os.path.basename(self.path)}.{kind}")
@@ -175,13 +207,24 @@ class RunDir:
         """Refuses, in one line and writing nothing, what this directory cannot take."""
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise ConfigError(f"out {self.path} is a file; name a directory", "out")
-        ancestor = self.path
+        parent = os.path.dirname(self.path)
+        ancestor = parent  # where the claim and a new run's staging directory are written
         while not os.path.exists(ancestor):
             ancestor = os.path.dirname(ancestor)
-        if not os.access(ancestor, os.W_OK | os.X_OK):
+        if ancestor == parent and os.path.isdir(self.path) and not _writable(parent):
             raise ConfigError(
-                f"out {self.path}: cannot write in {ancestor} (permission denied); choose another out"
+                f"out {self.path}: its parent {parent} is read-only, and a run keeps its lock file (and a new "
+                f"run its staging directory) beside its directory; name a directory inside it, e.g. "
+                f"{os.path.join(self.path, 'run')}",
+                "out",
             )
+        for where in (ancestor, self.path):
+            if os.path.isdir(where) and not _writable(where):
+                raise ConfigError(
+                    f"out {self.path}: cannot write in {where} (permission denied or a read-only file "
+                    "system); choose another out",
+                    "out",
+                )
         existing = self.existing()
         if existing and not (resume or overwrite):
             raise ConfigError(
@@ -191,6 +234,14 @@ class RunDir:
             )
         if existing and resume:
             self._check_same_settings()
+            recorded = len(self.history())
+            if recorded > self.config.epochs:
+                raise ConfigError(
+                    f"resume: {self.path} already holds {recorded} finished epochs, more than the "
+                    f"{self.config.epochs} asked for; nothing was changed: ask for {recorded} or more epochs "
+                    "to continue it, or load it with sidjax.load_run",
+                    "resume",
+                )
 
     def claim(self) -> None:
         """Makes this process the directory's only writer, or refuses in one line (writing nothing).
@@ -220,11 +271,40 @@ class RunDir:
                     break
             os.close(fd)  # we locked the file of a writer that had just released and removed it: again
         before = os.pread(fd, 4096, 0).decode(errors="replace").strip()
-        if before:  # a writer that ends removes its file: this one was killed
-            self.log(f"{self.path}: its last writer ({before}) is no longer running; taking the run over")
+        if before:  # a writer that ends removes its file: this one was killed, or runs elsewhere
+            try:
+                self._take_over(before, time.time() - os.fstat(fd).st_mtime)
+            except ConfigError:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+                raise
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {_now()}".encode(), 0)
         self._lock = fd
+        self._renewing = threading.Event()
+        threading.Thread(target=_renew, args=(fd, self._renewing), daemon=True, name="sidjax-claim").start()
+
+    def _take_over(self, holder: str, age: float) -> None:
+        """Takes over the claim of ``holder``, last renewed ``age`` seconds ago, or refuses.
+
+        On this machine the free ``flock`` proves the holder is gone. A holder on
+        another machine may still be running (its lock is not seen from here):
+        it is refused until its claim has gone ``STALE_CLAIM_S`` without renewal.
+        """
+        host = re.match(r"pid \d+ on (\S+),", holder)
+        if host and host.group(1) != socket.gethostname() and age < STALE_CLAIM_S:
+            raise ConfigError(
+                f"out {self.path} is claimed by {host.group(0)[:-1]} (another machine), renewed {age:.0f} s ago; "
+                "sidjax cannot see that process from here: wait for it to finish, or, if it is gone, run again "
+                f"once its claim is {STALE_CLAIM_S / 60:.0f} minutes old, or delete {self._sibling('lock')}",
+                "out",
+            )
+        why = (
+            "is no longer running"
+            if not host or host.group(1) == socket.gethostname()
+            else (f"has not renewed its claim for {age / 60:.0f} minutes")
+        )
+        self.log(f"{self.path}: its last writer ({holder}) {why}; taking the run over")
 
     def _check_same_settings(self) -> None:
         path = os.path.join(self.path, "config.json")
@@ -268,6 +348,16 @@ class RunDir:
     def read_config(path: str) -> TrainConfig:
         """The config of the run in ``path`` (``ConfigError`` where there is none)."""
         file = os.path.join(path, "config.json")
+        if os.path.isfile(path):
+            raise ConfigError(f"{path} is a file; give the run's directory (the one that holds config.json)")
+        if not os.path.exists(path):
+            staged = RunDir(path, TrainConfig())._sibling("incoming")
+            why = (
+                "a run there has not finished its first epoch yet"
+                if os.path.isdir(staged)
+                else "no such directory"
+            )
+            raise ConfigError(f"{path} holds no run: {why}")
         try:
             with open(file) as f:
                 return TrainConfig.from_record(json.load(f))
@@ -286,20 +376,20 @@ class RunDir:
 
     def checkpoints(self) -> list[Position]:
         """Checkpoints whose finished epochs the metrics record, newest first."""
-        root = os.path.join(self.path, "checkpoints")
-        if not os.path.isdir(root):
-            return []
         recorded = len(self.history())
-        with _orbax_quiet():
-            manager = self._open(self.path)
-            try:
-                ids = manager.all_steps()
-            finally:
-                manager.close()
-        positions = [self._position(i) for i in ids]
+        positions = self._all_positions()  # orbax moves a finished save into a directory named by its step
         return sorted(
             (p for p in positions if p.epochs <= recorded), key=lambda p: (p.epochs, p.step), reverse=True
         )
+
+    def being_written(self, position: Position) -> bool:
+        """The checkpoint has no manifest yet while its run's writer holds the claim: a save under way."""
+        step = os.path.join(self.path, "checkpoints", str(position.id))
+        return os.path.exists(self._sibling("lock")) and not os.path.exists(os.path.join(step, MANIFEST))
+
+    def exists(self, position: Position) -> bool:
+        """The checkpoint is still there (a writer keeps only the newest two)."""
+        return os.path.isdir(os.path.join(self.path, "checkpoints", str(position.id)))
 
     def _position(self, checkpoint_id: int) -> Position:
         try:
@@ -322,8 +412,9 @@ class RunDir:
             return None
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
         with _orbax_quiet():
-            manager = self._open(self.path)
+            manager = None
             try:
+                manager = self._open(self.path)
                 args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
                 state = manager.restore(position.id, args=args).state
             except Exception as err:  # intact files orbax cannot read: e.g. another version's layout
@@ -331,7 +422,8 @@ class RunDir:
                          f"({type(err).__name__}); skipped")  # fmt: skip
                 return None
             finally:
-                manager.close()
+                if manager is not None:
+                    manager.close()
         metrics = None
         if position.step:
             with open(os.path.join(self.path, "checkpoints", str(position.id), POSITION)) as f:
@@ -357,7 +449,10 @@ class RunDir:
             return "no checksum manifest: the run was stopped while saving it"
         except (json.JSONDecodeError, UnicodeDecodeError):
             return "its checksum manifest is unreadable"
-        return None if file_digests(step) == expected else "file checksum mismatch"
+        try:
+            return None if file_digests(step) == expected else "file checksum mismatch"
+        except FileNotFoundError:  # removed while it was read (a writer keeps the newest two)
+            return "removed while it was read"
 
     def begin(self, position: Position | None, dataset: dict[str, Any]) -> None:
         """Starts writing: continue this directory after ``position``, or a new run beside it (None).
@@ -405,7 +500,10 @@ class RunDir:
 
     def _all_positions(self) -> list[Position]:
         root = os.path.join(self.path, "checkpoints")
-        names = os.listdir(root) if os.path.isdir(root) else []
+        try:
+            names = os.listdir(root)
+        except (FileNotFoundError, NotADirectoryError):
+            names = []
         return [self._position(int(n)) for n in names if n.isdigit()]
 
     @property
@@ -420,7 +518,10 @@ class RunDir:
 
     def write_epoch(self, record: dict[str, Any], state: Any | None) -> None:
         """Appends the epoch's metrics line, checkpoints ``state`` if given, and moves a new run into place."""
-        with open(os.path.join(self.live, "metrics.jsonl"), "a") as f:
+        with (
+            self._writing(f"epoch {record['epoch']}'s metrics"),
+            open(os.path.join(self.live, "metrics.jsonl"), "a") as f,
+        ):
             f.write(json.dumps(record) + "\n")
         if state is not None:
             self.save(state, record["epoch"], 0)
@@ -441,14 +542,17 @@ class RunDir:
         if not self._manager:
             return False
         checkpoint_id = epochs * self.steps_per_epoch + step
-        self._manager.save(checkpoint_id, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
         directory = os.path.join(self.live, "checkpoints", str(checkpoint_id))
         position = {"epochs": epochs, "step": step}
         if step:
             position["metrics"] = {k: np.asarray(v).tolist() for k, v in metrics.items()}
             position["seconds"] = seconds
-        write_atomic(os.path.join(directory, POSITION), json.dumps(position))
-        write_atomic(os.path.join(directory, MANIFEST), json.dumps(file_digests(directory)))
+        what = f"the checkpoint of {Position(checkpoint_id, epochs, step).describe()}"
+        with self._writing(what, discard=directory), _orbax_quiet():
+            _room_for(self.live, sum(int(np.asarray(x).nbytes) for x in jax.tree.leaves(state)))
+            self._manager.save(checkpoint_id, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+            write_atomic(os.path.join(directory, POSITION), json.dumps(position))
+            write_atomic(os.path.join(directory, MANIFEST), json.dumps(file_digests(directory)))
         if self.live == self.incoming:
             self._move_into_place()
         return True
@@ -466,8 +570,44 @@ class RunDir:
         self._manager = self._open(self.path) if self._checkpointing else None
 
     def finish(self, summary: dict[str, Any]) -> None:
-        write_atomic(os.path.join(self.live, "summary.json"), json.dumps(summary, indent=2))
+        with self._writing("summary.json"):
+            write_atomic(os.path.join(self.live, "summary.json"), json.dumps(summary, indent=2))
         self.close()
+
+    @contextlib.contextmanager
+    def _writing(self, what: str, discard: str | None = None):
+        """Turns a failed write into one ``RunWriteError`` line; ``discard`` (a half-written
+        checkpoint's directory, and orbax's temporary ones of that step) is removed first."""
+        try:
+            yield
+        except (OSError, ValueError, RuntimeError) as err:  # tensorstore reports I/O as ValueError
+            manager, self._manager = self._manager, None  # it may be mid-save: dropped, not closed
+            with contextlib.suppress(Exception):
+                if manager:
+                    manager.close()
+            if discard:
+                for name in os.listdir(os.path.dirname(discard)):
+                    if name == os.path.basename(discard) or name.startswith(os.path.basename(discard) + "."):
+                        shutil.rmtree(os.path.join(os.path.dirname(discard), name), ignore_errors=True)
+            raise self._write_failed(what, err) from None
+
+    def _write_failed(self, what: str, err: Exception) -> RunWriteError:
+        cause = _io_cause(err)
+        if self.live != self.path:
+            kept, saved = "nothing was saved (the run had not finished its first epoch)", False
+        else:
+            intact = next((p for p in self.checkpoints() if self.intact(p)), None)
+            saved = intact is not None
+            kept = (
+                f"the checkpoint of {intact.describe()} is intact"
+                if saved
+                else "no intact checkpoint is left"
+            )
+        return RunWriteError(
+            f"could not write {what} in {self.path} ({cause}); {kept}; free space on that disk (or raise the "
+            "quota or file-size limit) and run again" + (" with resume" if saved else ""),
+            saved,
+        )
 
     def close(self) -> None:
         """Closes the checkpoint manager (the claim stays until ``release``)."""
@@ -476,8 +616,15 @@ class RunDir:
             self._manager = None
 
     def release(self) -> None:
-        """Gives up the claim, as the last thing a run does."""
+        """Gives up the claim, as the last thing a run does; a new run that never got under way
+        (no first checkpoint: it diverged, failed or was interrupted) leaves no staging directory."""
         self.close()
+        if self.live == self.incoming:
+            shutil.rmtree(self.incoming, ignore_errors=True)
+            self.live = None
+        if self._renewing is not None:
+            self._renewing.set()
+            self._renewing = None
         if self._lock is not None:
             os.remove(self._sibling("lock"))  # while still held: a writer waiting on it will see it is gone
             fcntl.flock(self._lock, fcntl.LOCK_UN)
@@ -492,6 +639,42 @@ class RunDir:
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _writable(directory: str) -> bool:
+    """The directory can take new files (``access`` also answers a read-only file system)."""
+    return os.access(directory, os.W_OK | os.X_OK)
+
+
+def _room_for(directory: str, nbytes: int) -> None:
+    """Raises ``OSError`` before a checkpoint of ``nbytes`` is written where it cannot fit: a failure
+    inside orbax's writer threads cannot be turned into one line."""
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY and limit < nbytes:
+        raise OSError(f"the file-size limit (ulimit -f) is {limit} bytes; the checkpoint needs {nbytes}")
+    free = shutil.disk_usage(directory).free
+    if free < nbytes:
+        raise OSError(f"No space left on device: {free} bytes free, the checkpoint needs {nbytes}")
+
+
+def _renew(fd: int, stop: threading.Event) -> None:
+    """Renews a claim (its lock file's modification time) until ``stop`` is set."""
+    while not stop.wait(RENEW_CLAIM_S):
+        with contextlib.suppress(OSError):  # the claim was just released
+            os.utime(fd)
+
+
+def _io_cause(err: Exception) -> str:
+    """The operating system's words for a failed write, e.g. ``No space left on device``."""
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    if isinstance(err, OSError) and err.args:
+        return str(err.args[0])
+    found = re.search(r"([^:\[\]]+) \[os_error_code='?\d+'?\]", str(err))  # tensorstore's form
+    if found:
+        return found.group(1).strip()
+    first = (str(err).splitlines() or [type(err).__name__])[0]
+    return first if len(first) <= 160 else first[:157] + "..."
 
 
 @contextlib.contextmanager

@@ -13,9 +13,11 @@ writes the files a separate run of that seed writes, in ``out_dir/seed<k>/``.
 
 from __future__ import annotations
 
+import numbers
 import os
 import platform
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -42,7 +44,11 @@ class RunInterrupted(KeyboardInterrupt):
 
 
 class TrainingDiverged(FloatingPointError):
-    """The loss stopped being finite; the message names the epoch and the likely cause."""
+    """The loss stopped being finite, or grew far beyond a uniform guess's; the message names the
+    epoch and the likely cause."""
+
+
+DIVERGED = 100.0  # an epoch whose last unit's training CE exceeds this many times log(N) has diverged
 
 
 class RunStopped(Exception):
@@ -303,14 +309,29 @@ def _epoch(plan, programs: RunPrograms, state, data: RunData, dirs, epoch, resum
             "epoch_time_s": run.seconds,
             "eval_time_s": eval_time,
         }
-        if not np.isfinite(record["train_loss"]):
-            who = f" (seed {seed})" if len(programs.seeds) > 1 else ""
-            raise TrainingDiverged(
-                f"training diverged in epoch {epoch}{who}: the training loss is {record['train_loss']}; "
-                f"the learning rate is the likely cause: lower it (now {plan.config.lr:g})"
-            )
+        _check_diverged(plan, record, seed if len(programs.seeds) > 1 else None)
         records.append(record)
     return state, records
+
+
+def _check_diverged(plan: Plan, record: dict[str, Any], seed: int | None) -> None:
+    """Raises ``TrainingDiverged`` where the epoch's loss is not finite, or where the last unit's
+    training cross-entropy exceeds ``DIVERGED`` times a uniform guess's (``log N``): a finite loss
+    that large (Adam at lr 1000 reaches 1e19) means the run is at chance and will not come back."""
+    chance = float(np.log(plan.info.num_classes))
+    if np.isfinite(record["train_loss"]) and record["train_ce"] <= DIVERGED * chance:
+        return
+    what = (
+        f"the training loss is {record['train_loss']}"
+        if not np.isfinite(record["train_loss"])
+        else f"the last unit's training cross-entropy is {record['train_ce']:.3g}, over {DIVERGED:g} times a "
+        f"uniform guess's ({chance:.2f})"
+    )
+    who = f" (seed {seed})" if seed is not None else ""
+    raise TrainingDiverged(
+        f"training diverged in epoch {record['epoch']}{who}: {what}; the learning rate is the likely cause: "
+        f"lower it (now {plan.config.lr:g})"
+    )
 
 
 def _train_checkpointed(plan, programs: RunPrograms, state, data: RunData, dirs, epoch, resumed: Progress | None,
@@ -477,35 +498,69 @@ def summarize(
 def load_run(path: str, epoch: int | None = None, *, model: Model | None = None) -> RunResult:
     """A run directory's trained network, ready to use: ``(summary, network, state)``.
 
+    Safe while the run is still training (a notebook watching a job): it loads
+    the newest checkpoint whose files are complete, and looks again if the
+    writer removes it while it is read.
+
     Args:
       path: a run directory (``out_dir``, or ``out_dir/seed<k>`` of several seeds).
-      epoch: the checkpoint to load (default: the latest intact one).
+      epoch: the epoch whose checkpoint to load (an int; default: the latest
+        intact checkpoint). A damaged latest checkpoint is skipped for an
+        earlier one with a warning.
       model: the same ``model`` the run was given, for your own network
         (built-in architectures are rebuilt from ``config.json``).
 
     Returns:
-      A ``RunResult``; its summary is ``summary.json``'s, or for an
-      unfinished run ``{"epochs_done": n}`` and the last epoch's record.
+      A ``RunResult`` whose summary describes the state loaded: ``summary.json``
+      when that is the finished run's last epoch, else ``{"epochs_done": n}``
+      with the loaded epoch's record; ``loaded_checkpoint`` names it.
 
     Raises:
       ConfigError: not a run directory, no such or no intact checkpoint, in one line.
     """
+    if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral)):
+        raise ConfigError(f"epoch must be an int, a finished epoch's number; got {epoch!r}", "epoch")
     config = RunDir.read_config(path)
     saved = RunDir(path, config).run_info().get("dataset")
     info = None if saved is None else DatasetInfo(**{**saved, "input_shape": tuple(saved["input_shape"])})
     plan = make_plan(config, model=model, info=info)
-    run_dir = RunDir(path, plan.config, steps_per_epoch=plan.steps_per_epoch)
-    positions = run_dir.checkpoints()
-    if epoch is None:
-        chosen = next((p for p in positions if run_dir.intact(p)), None)
-    else:
-        chosen = next((p for p in positions if (p.epochs, p.step) == (epoch, 0)), None)
-        if chosen is None:
-            ends = sorted(p.epochs for p in positions if not p.step)
-            raise ConfigError(f"{path} has no checkpoint of epoch {epoch}; it has {ends or 'none'}", "epoch")
-    restored = None if chosen is None else run_dir.restore(chosen, layout_template(plan))
+    skipped: list[str] = []
+    run_dir = RunDir(path, plan.config, log=skipped.append, steps_per_epoch=plan.steps_per_epoch)
+    template = layout_template(plan)
+    for _ in range(5):  # the writer may remove a checkpoint while it is read: look again
+        skipped.clear()
+        chosen, restored = _newest_restorable(run_dir, None if epoch is None else int(epoch), template)
+        if restored is not None or all(run_dir.exists(p) for p in chosen):
+            break
     if restored is None:
-        raise ConfigError(f"{path} holds no intact checkpoint to load")
+        raise ConfigError(f"{path} holds no intact checkpoint to load ({'; '.join(skipped) or 'none'})")
+    position = chosen[-1]
+    for message in skipped:
+        warnings.warn(f"{message}; loaded the checkpoint of {position.describe()}", stacklevel=2)
     history = run_dir.history()
-    summary = run_dir.finished_summary() or {"epochs_done": len(history), **(history[-1] if history else {})}
-    return RunResult({**summary, "loaded_checkpoint": chosen.describe()}, plan.network, restored[0])
+    summary = run_dir.finished_summary()
+    if summary is None or (position.epochs, position.step) != (plan.config.epochs, 0):
+        loaded = history[position.epochs - 1] if position.epochs and not position.step else {}
+        summary = {"epochs_done": len(history), **loaded}
+    return RunResult({**summary, "loaded_checkpoint": position.describe()}, plan.network, restored[0])
+
+
+def _newest_restorable(run_dir: RunDir, epoch: int | None, template) -> tuple[list[Position], Any]:
+    """The checkpoints tried, newest first, and the first one restored (None if none could be).
+
+    A save still under way is not tried; ``epoch`` restricts the choice to that epoch's end."""
+    positions = [p for p in run_dir.checkpoints() if not run_dir.being_written(p)]
+    if epoch is not None:
+        positions = [p for p in positions if (p.epochs, p.step) == (epoch, 0)]
+        if not positions:
+            ends = sorted(p.epochs for p in run_dir.checkpoints() if not p.step)
+            raise ConfigError(
+                f"{run_dir.path} has no checkpoint of epoch {epoch}; it has {ends or 'none'}", "epoch"
+            )
+    tried = []
+    for position in positions:
+        tried.append(position)
+        restored = run_dir.restore(position, template)
+        if restored is not None:
+            return tried, restored
+    return tried, None

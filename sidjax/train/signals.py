@@ -7,6 +7,10 @@ batch systems SIGUSR1/SIGUSR2; a closed terminal SIGHUP. While a run trains,
 checkpoints at the next chunk boundary, writes what it has and stops with
 one line saying how to continue (``sidjax.train.runner.RunStopped``).
 Ctrl-C (SIGINT) keeps its own meaning: stop now.
+
+A signal the run was started to ignore stays ignored: ``nohup sidjax train
+... &`` asked for SIGHUP to be ignored, so closing the terminal does not stop
+that run (a shell's background job likewise ignores SIGINT).
 """
 
 from __future__ import annotations
@@ -39,8 +43,9 @@ class StopRequest:
 def stop_signals() -> Iterator[StopRequest]:
     """Records ``STOP_SIGNALS`` while inside; the previous handlers come back on the way out.
 
-    Outside the main thread (where Python cannot install handlers) nothing is
-    installed and no signal is ever recorded.
+    A signal whose disposition is "ignore" when the run starts (``nohup``'s
+    SIGHUP) is left ignored. Outside the main thread (where Python cannot
+    install handlers) nothing is installed and no signal is ever recorded.
     """
     request = StopRequest()
     if threading.current_thread() is not threading.main_thread():
@@ -51,7 +56,8 @@ def stop_signals() -> Iterator[StopRequest]:
         if request.signum is None:
             request.signum = signum
 
-    previous = {s: signal.signal(s, record) for s in STOP_SIGNALS}
+    honoured = [s for s in STOP_SIGNALS if signal.getsignal(s) is not signal.SIG_IGN]
+    previous = {s: signal.signal(s, record) for s in honoured}
     try:
         yield request
     finally:
