@@ -38,7 +38,7 @@ def _images(name: str, x: np.ndarray) -> np.ndarray:
             f"{name} have shape {x.shape}, which looks channels-first [num, C, H, W]; sidjax reads "
             f"[num, H, W, C]: pass {name}.transpose(0, 2, 3, 1)"
         )
-    if np.issubdtype(x.dtype, np.floating):
+    if np.issubdtype(x.dtype, np.floating) and len(x):  # an empty split is refused in check_arrays
         bad = ~np.isfinite(x).reshape(len(x), -1).all(axis=1)
         if bad.any():
             where = np.flatnonzero(bad)
