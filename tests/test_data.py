@@ -332,6 +332,15 @@ def _arrays(n=8):
         (lambda x, y: (x, y.astype(np.float32)), "train_labels must be integer class ids, got float32: pass "
                                                   "train_labels.astype(int)"),
         (lambda x, y: (x, y - 1), "train_labels must lie in [0, 4), got [-1, 2]"),
+        (lambda x, y: (x > 0.5, y), "train_images are bool; give uint8 (0..255) or float images"),
+        (lambda x, y: (x[..., None], y), "train_images must be [num, H, W, C] (or [num, H, W]), got shape "
+                                         "(8, 6, 6, 1, 1)"),
+        (lambda x, y: (x, np.stack([y, y, y], 1)), "train_labels must be class ids [num], got shape (8, 3)"),
+        (lambda x, y: (x, y + 0.5), "train_labels must be integer class ids, got float64"),
+        (lambda x, y: (x, y[:-1]), "8 train images but 7 labels, 8 test images but 8 labels"),
+        (lambda x, y: (x[:-1], y), "7 train images but 8 labels, 8 test images but 8 labels"),
+        (lambda x, y: (x[:, :4], y), "train and test images must have one shape, got (8, 4, 6, 1) and (8, 6, 6, 1)"),
+        (lambda x, y: (x[:0], y[:0]), "both splits need at least one example"),
     ],
 )  # fmt: skip
 def test_arrays_that_cannot_train_or_would_be_misread_are_refused_with_the_fix(damage, message):
@@ -369,3 +378,23 @@ def test_a_constant_training_channel_is_centred_not_blown_up():
         data = Dataset.from_arrays(train, np.arange(32) % 3, test, np.arange(8) % 3)
     assert data.std[1] == 1.0 and data.std[0] == train.std(axis=(0, 1, 2))[0] + np.float32(1e-8)
     np.testing.assert_allclose(data.normalise(test)[..., 1], test[..., 1] - 0.5, atol=1e-6)
+
+
+def test_labels_above_the_given_number_of_classes_are_refused():
+    x, y = _arrays()
+    with pytest.raises(ConfigError) as err:
+        Dataset.from_arrays(x, y, x, y, num_classes=3)
+    assert str(err.value) == "train_labels must lie in [0, 3), got [0, 3]"
+
+
+def test_normalisation_statistics_come_from_the_training_split_alone():
+    rng = np.random.default_rng(0)
+    train = rng.random((40, 4, 4, 2)).astype(np.float32)
+    test = (5.0 + 3.0 * rng.random((10, 4, 4, 2))).astype(np.float32)  # far from the training split
+    data = Dataset.from_arrays(train, np.arange(40) % 3, test, np.arange(10) % 3)
+    np.testing.assert_array_equal(data.mean, train.mean(axis=(0, 1, 2)),
+                                  err_msg="the mean is the training split's, per channel")  # fmt: skip
+    np.testing.assert_array_equal(data.std, train.std(axis=(0, 1, 2)) + np.float32(1e-8),
+                                  err_msg="the std is the training split's, per channel")  # fmt: skip
+    data = data.subset(20, 5)
+    np.testing.assert_array_equal(data.mean, train.mean(axis=(0, 1, 2)), err_msg="limits keep the statistics")

@@ -61,10 +61,12 @@ def test_synchronous_stages_equal_the_single_device_step(model, k, shape, ndev):
         assert {d for leaf in leaves for d in leaf.devices()} == {jax.devices()[u * ndev // k]}
 
 
-def reference_pipelined(network, variables, data):
+def reference_pipelined(network, variables, data, alphas=None):
     """The one-step-stale recurrence, by hand, op by op: unit k trains at step t on what
-    unit k-1 output at step t-1 (with that batch's labels); an empty slot means no update."""
+    unit k-1 output at step t-1 (with that batch's labels), with its alpha (0.5 unless
+    ``alphas`` gives one per unit); an empty slot means no update."""
     k_units = network.num_units
+    alphas = alphas or [0.5] * k_units
     units = [network.unit_values(variables.params.units, k) for k in range(k_units)]
     stats = [network.unit_values(variables.stats.units, k) for k in range(k_units)]
     stem, stem_stats = variables.params.stem, variables.stats.stem
@@ -84,7 +86,7 @@ def reference_pipelined(network, variables, data):
             def loss_fn(stem_p, unit_p, k=k, x=x, h=h, log_belief=log_belief, y=y):
                 h_in, _ = network.apply_stem(stem_p, stem_stats, x) if k == 0 else (h, None)
                 (h_out, logits), _ = network.apply_unit(k, unit_p, stats[k], UnitInput(h_in, log_belief, y))
-                return LOSS.unit_loss(logits, log_belief, y, 0.5), (h_out, logits)
+                return LOSS.unit_loss(logits, log_belief, y, alphas[k]), (h_out, logits)
 
             (_, (h_out, logits)), (g_stem, g_unit) = jax.value_and_grad(loss_fn, (0, 1), has_aux=True)(
                 stem, units[k]
@@ -136,6 +138,24 @@ def test_pipelined_single_program_equals_the_recurrence(model, k, execution):
     stem, units = reference_pipelined(network, variables, data)
     chex.assert_trees_all_close(state.params.stem, stem, atol=1e-5)
     chex.assert_trees_all_close(network.unit_list(state.params.units), units, atol=1e-5)
+
+
+@pytest.mark.parametrize("placement", ["single", pytest.param("stages:2", marks=needs_devices(2))])
+def test_pipelined_units_train_each_with_its_own_alpha(placement):
+    """Per-unit alpha under the pipelined schedule, one program and in stages (unit 3 first in its stage)."""
+    shape, alphas = (8, 8, 1), (0.9, 0.5, 0.2)
+    network, variables = tiny_blockwise("simplecnn", 3, shape)
+    data = batches(shape, n=5)
+    learner = make_learner(network, TX, "sid", SIDLoss(alphas), pipelined=True, placement=placement,
+                           devices=jax.devices()[:2], batch_size=8)  # fmt: skip
+    state = learner.init(variables)
+    for batch in data:
+        state, _ = learner.step(state, batch, jax.random.key(0))
+    stem, units = reference_pipelined(network, variables, data, list(alphas))
+    params = learner.gather(state).params
+    chex.assert_trees_all_close(network.unit_list(params.units), units, atol=1e-5,
+                                custom_message=f"pipelined ({placement}): unit k trains with alpha[k] = {alphas}")  # fmt: skip
+    chex.assert_trees_all_close(params.stem, stem, atol=1e-5)
 
 
 @needs_devices(4)

@@ -1,0 +1,105 @@
+"""The run layer's defining properties, each against an independent computation: the labels that
+reach the step, the epoch ``load_run`` restores, the epoch a validation split chooses, and the
+memorisation curves."""
+
+import dataclasses
+import types
+
+import chex
+import jax
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+import sidjax
+from sidjax.data import Dataset, epoch_order, symmetric_label_noise
+from sidjax.train.epoch import epoch_chunks, prepare_data
+from sidjax.train.plan import make_plan, seed_keys
+from sidjax.train.programs import init_states, make_programs
+from sidjax.train.runner import load_run, run, summarize
+
+
+def _toy(label_noise=0.3, seeds=(0, 1)):
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (96, 8, 8, 1), dtype=np.uint8), rng.integers(0, 5, 96)
+    dataset = Dataset.from_arrays(images, labels, images[:16], labels[:16], name="toy")
+    config = tiny_config(dataset="toy", limit_train=None, limit_test=None, batch_size=16, label_noise=label_noise,
+                         validation=16, seed=seeds)  # fmt: skip
+    return make_plan(config, dataset), dataset
+
+
+@pytest.mark.parametrize("seeds", [(0,), (0, 1)])
+@pytest.mark.parametrize("resident", [True, False])
+def test_the_labels_that_reach_the_step_are_each_seeds_noisy_labels_in_its_order(seeds, resident):
+    plan, dataset = _toy(seeds=seeds if len(seeds) > 1 else seeds[0])
+    seen = []
+    step = plan.learner.step
+
+    def recording(state, batch, key):  # what the compiled chunk hands the step, with the seed's key
+        jax.debug.callback(lambda y, k: seen.append((np.asarray(k).tobytes(), np.asarray(y))), batch[1],
+                           jax.random.key_data(key))  # fmt: skip
+        return step(state, batch, key)
+
+    plan = plan._replace(learner=plan.learner._replace(step=recording))
+    data = prepare_data(plan, dataset, seeds, resident)
+    programs, state = make_programs(plan, dataset, seeds, streamed=not resident), init_states(plan, seeds)
+    for args in epoch_chunks(plan, data, seeds, epoch=1):
+        state, _ = programs.chunk(state, *args)
+    jax.effects_barrier()
+    for seed in seeds:
+        noisy = symmetric_label_noise(dataset.train_labels, 0.3, dataset.num_classes, seed)[0][:80]
+        expected = noisy[epoch_order(80, 16, seed, 1)]  # [steps, batch]: the seed's order of its noisy labels
+        key = np.asarray(jax.random.key_data(seed_keys(seed)[1])).tobytes()
+        found = np.stack([y for k, y in seen if k == key])
+        np.testing.assert_array_equal(found, expected, err_msg=f"seed {seed} ({'resident' if resident else 'streamed'}): "
+                                      "each step trains on the seed's noisy labels, in its epoch order")  # fmt: skip
+    assert len(seen) == len(seeds) * 5, "every step of the epoch, for every seed"
+
+
+def test_load_run_of_an_epoch_returns_that_epochs_state(tmp_path, fashion_mnist):
+    out = tmp_path / "run"
+    run(tiny_config(epochs=3), str(out), dataset=fashion_mnist, progress=False)
+    two = run(tiny_config(epochs=2), dataset=fashion_mnist, progress=False).state  # a constant schedule
+    three = run(tiny_config(epochs=3), dataset=fashion_mnist, progress=False).state
+    chex.assert_trees_all_equal(load_run(str(out), epoch=2).state, two,
+                                custom_message="load_run(epoch=2) restores the state after epoch 2")  # fmt: skip
+    chex.assert_trees_all_equal(load_run(str(out), epoch=3).state, three,
+                                custom_message="load_run(epoch=3) restores the state after epoch 3")  # fmt: skip
+
+
+def test_the_best_validation_epoch_is_chosen_on_validation_alone():
+    plan, _ = _toy(seeds=0)
+    val, test = [0.50, 0.70, 0.60], [0.90, 0.40, 0.55]  # test accuracy would choose epoch 1
+    history = [
+        {"epoch": e + 1, "val_accuracy": v, "test_accuracy": t, "per_unit_accuracy": [t], "per_unit_kl": [0.0],
+         "epoch_time_s": 1.0}
+        for e, (v, t) in enumerate(zip(val, test, strict=True))
+    ]  # fmt: skip
+    data = types.SimpleNamespace(dataset=types.SimpleNamespace(train_labels=np.zeros(80), test_labels=np.zeros(16)),
+                                 realised_noise=[0.3], resident=True)  # fmt: skip
+    summary = summarize(plan, dataclasses.replace(plan.config, epochs=3), history, data, 0, 1, 0.0)
+    assert summary["best_val_epoch"] == 2, "the epoch with the highest validation accuracy"
+    assert summary["test_accuracy_at_best_val"] == 0.40, (
+        "that epoch's test accuracy, whatever test would choose"
+    )
+    assert (summary["best_epoch"], summary["best_test_accuracy"]) == (1, 0.90), "best test stays beside it"
+    assert summary["final_val_accuracy"] == 0.60 and summary["final_test_accuracy"] == 0.55
+
+
+def test_memorisation_curves_are_computed_from_their_definition(fashion_mnist):
+    config = tiny_config(epochs=2, label_noise=0.4, validation=128, limit_train=640, seed=3)
+    history = []
+    result = run(config, dataset=fashion_mnist, progress=False, on_epoch=history.append)
+    data = fashion_mnist.subset(640, None)
+    images, clean = data.train_images[:512], data.train_labels[:512]
+    noisy = symmetric_label_noise(data.train_labels, 0.4, 10, 3)[0][:512]
+    predicted = sidjax.predict(result.network, result.variables, fashion_mnist.normalise(images)).argmax(-1)
+    flipped = noisy != clean
+    expected = {
+        "train_clean_accuracy": (predicted[~flipped] == clean[~flipped]).mean(),
+        "train_flipped_memorised": (predicted[flipped] == noisy[flipped]).mean(),
+        "train_flipped_true": (predicted[flipped] == clean[flipped]).mean(),
+    }
+    for name, value in expected.items():
+        assert history[-1][name] == pytest.approx(value, abs=1e-9), f"{name}: from its definition"
+    assert 0.3 < flipped.mean() < 0.5, "the curves were measured on about 40 % flipped labels"
