@@ -2,6 +2,10 @@
 
 import dataclasses
 import json
+import os
+import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -98,10 +102,16 @@ def test_report_tables_come_from_the_result_files(tmp_path):
     for seed, (sid, bp) in enumerate([(0.80, 0.70), (0.82, 0.74), (0.84, 0.72)]):
         _write_run(results / "label_noise" / "noise40" / "sid" / f"seed{seed}", sid)
         _write_run(results / "label_noise" / "noise40" / "bp" / f"seed{seed}", bp)
-    _write_run(results / "depth" / "trunk" / "L02" / "sid" / "seed0", 0.8)
-    _write_run(results / "pipeline" / "pipelined" / "seed0", 0.8)
+    _write_run(results / "depth" / "trunk" / "L02" / "sid" / "seed0", 0.8, git_commit="abcdef0123",
+               git_modified=True, git_modified_paths=["experiments/configs/depth.py"])  # fmt: skip
+    _write_run(results / "pipeline" / "pipelined" / "seed0", 0.8, git_commit="0123456789", git_modified=False)
     text = report.report(str(results), str(tmp_path / "RESULTS.md"), str(results / "plots"))
-    assert "| noise40/sid | 3/3 | 82.00 ± 2.00 | 82.00 ± 2.00 | 2.0 | 100 |" in text
+    # late mean: the last 2 epochs of a 2-epoch run, (0.5 + final) / 2; no commit recorded: "none"
+    assert "| noise40/sid | 3/3 | 82.00 ± 2.00 | 66.00 ± 1.00 | 82.00 ± 2.00 | 2.0 | 100 | none |" in text
+    assert "| trunk/L02/sid | 1/2 | 80.00 | 65.00 | 80.00 | 2.0 | 100 | abcdef0* |" in text  # a modified tree
+    assert (
+        "| pipelined | 1/1 | 80.00 | 65.00 | 80.00 | 2.0 | 100 | 0123456† |" in text
+    )  # compared sidjax/ only
     assert "| noise40/bp | 3/3 | 72.00 ± 2.00 |" in text
     assert "| 40 | 82.00 ± 2.00 | 72.00 ± 2.00 | +10.00 |" in text
     assert (
@@ -130,14 +140,21 @@ def test_the_memorisation_report_pairs_seeds_and_states_what_it_found(tmp_path):
             _write_run(results / method / f"seed{seed}", final, best=0.8, epochs=3,
                        memorised=[0.1, 0.3 if late else 0.6, 0.9], test_accuracy_at_best_val=0.79)  # fmt: skip
     text = report.report(str(tmp_path / "results"), str(tmp_path / "RESULTS.md"), str(tmp_path / "plots"))
+    # late mean over the last 3 epochs (0.5, 0.5, final): 53.33 and 54.00
     assert (
-        "| 40 | sid_a0.5 | 61.00 ± 1.41 | 80.00 ± 0.00 | 19.00 ± 1.41 | 79.00 ± 0.00 | 90.00 ± 0.00 | 3.0 ± 0.0 |"
+        "| 40 | sid_a0.5 | 61.00 ± 1.41 | 53.67 ± 0.47 | 80.00 ± 0.00 | 19.00 ± 1.41 | 79.00 ± 0.00 | 90.00 ± 0.00 | "
+        "3.0 ± 0.0 |" in text
+    )
+    # per seed: 5, 6; 2, 5; -1, 1. Two seeds: t(0.975, 1) = 12.706, half-width 12.706 * std / sqrt(2)
+    assert (
+        "| 40 | +5.50 ± 0.71 [-0.85, +11.85] | +3.50 ± 2.12 [-15.56, +22.56] | +0.00 ± 1.41 [-12.71, +12.71] | — |"
         in text
     )
-    assert "| 40 | +5.50 ± 0.71 | +3.50 ± 2.12 | +0.00 ± 1.41 | — |" in text  # per seed: 5, 6; 2, 5; -1, 1
-    assert "SID (alpha 0.5) ends at 61.00 % against BP's 55.50 % (paired difference +5.50 ± 0.71 points): the " \
-        "paper's direction (SID at least 3 points above BP) holds here" in text  # fmt: skip
-    assert "0.1 at 61.00 % (above SID)" not in text and "0.5 ends at 57.50 % (below SID)" in text
+    assert "SID (alpha 0.5) ends at 61.00 % against BP's 55.50 % (paired SID − BP +5.50 ± 0.71 [-0.85, +11.85] " \
+        "points at the final epoch" in text  # fmt: skip
+    assert "SID at least 3 points above BP: at the final epoch it is undecided (the 95 % interval [-0.85, " \
+        "+11.85] contains 3)" in text, "the words follow the interval, not the mean"  # fmt: skip
+    assert "0.5 ends at 57.50 % (SID − it +3.50 ± 2.12 [-15.56, +22.56])" in text
     assert "at epoch 3 on average, BP at 2 (1 epochs later)" in text
     for png in ("label_noise_memorise_test", "label_noise_memorise_flipped"):
         assert (tmp_path / "plots" / f"{png}.png").stat().st_size > 1000
@@ -177,14 +194,64 @@ def test_the_heads_report_pairs_seeds_and_checks_the_goals_with_the_validation_c
                 results / name / f"seed{seed}", final, final_val_accuracy=val, test_accuracy_at_best_val=final
             )
     text = report.report(str(tmp_path / "results"), str(tmp_path / "RESULTS.md"), str(tmp_path / "plots"))
-    assert "| dgl | sid | 85.00 ± 1.41 | 85.00 ± 1.41 | 90.00 ± 0.00 | 50.0 / 85.0 |" in text
-    assert "| dgl | +1.50 ± 0.71 | -0.50 ± 0.71 | +1.50 ± 0.71 | -0.50 ± 0.71 |" in text
+    assert "| dgl | sid | 85.00 ± 1.41 | 67.50 ± 0.71 | 85.00 ± 1.41 | 90.00 ± 0.00 | 50.0 / 85.0 |" in text
+    assert "| dgl | final | +1.50 ± 0.71 [-4.85, +7.85] | -0.50 ± 0.71 [-6.85, +5.85] |" in text
     assert "The validation split prefers the 'dgl' head for SID (of mlp, dgl)" in text  # 90 % against 70 %
-    assert "SID ≥ DGL holds, and SID ≥ BP − 0.5 holds on the means over seeds" in text  # 85 vs 83.5 and 85.5
+    # 85 vs 83.5 and 85.5 on the means, but two seeds: the intervals decide nothing
     assert (
-        "SID − DGL +1.50 ± 0.71, beyond its spread over seeds; SID − BP -0.50 ± 0.71, within its spread"
+        "SID ≥ DGL: at the final epoch it is undecided (the 95 % interval [-4.85, +7.85] contains 0)" in text
+    )
+    assert (
+        "SID ≥ BP − 0.5: at the final epoch it is undecided (the 95 % interval [-6.85, +5.85] contains -0.5)"
         in text
     )
     assert "The SID setting that ends highest is 'dgl/sid' at 85.00 %" in text
     for png in ("blockwise_heads_test", "blockwise_heads_blocks"):
         assert (tmp_path / "plots" / f"{png}.png").stat().st_size > 1000
+
+
+def test_a_run_from_a_tree_with_an_edited_experiment_file_is_recorded_as_modified(tmp_path):
+    """Provenance covers the whole repository, not sidjax/ alone: an edited config changes what a run means."""
+    repo, root = tmp_path / "repo", os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for part in ("sidjax", "experiments"):
+        shutil.copytree(os.path.join(root, part), repo / part, ignore=shutil.ignore_patterns("__pycache__"))
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    for args in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "snapshot"]):
+        subprocess.run([*git, *args], check=True, capture_output=True)
+    commit = subprocess.run(
+        [*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    train = [sys.executable, "-m", "sidjax", "train", "--model", "mlp", "--num-modules", "2", "--epochs", "1",
+             "--limit-train", "256", "--limit-test", "128", "--batch-size", "64", "--no-progress"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(repo), "XLA_FLAGS": ""}
+    subprocess.run(
+        [*train, "--out", str(tmp_path / "clean")], cwd=repo, env=env, check=True, capture_output=True
+    )
+    with open(repo / "experiments" / "configs" / "alpha.py", "a") as f:
+        f.write("\n# an edit that a result would otherwise hide\n")
+    subprocess.run(
+        [*train, "--out", str(tmp_path / "edited")], cwd=repo, env=env, check=True, capture_output=True
+    )
+    for name, modified in (("clean", False), ("edited", True)):
+        for record in ("run.json", "summary.json"):
+            found = json.loads((tmp_path / name / record).read_text())
+            assert found["git_commit"] == commit, f"{name}/{record}: the run ran from the copied tree"
+            assert found["git_modified"] is modified, f"{name}/{record}: whether the repository differed"
+            assert found["git_modified_paths"] == (["experiments/configs/alpha.py"] if modified else []), (
+                found
+            )
+
+
+def test_a_verdict_follows_the_95_percent_interval_of_the_paired_differences():
+    mean, low, high = report.interval(
+        [1.0, 2.0, 3.0]
+    )  # std 1, t(0.975, 2) = 4.303: half-width 4.303 / sqrt(3)
+    assert (mean, round(low, 3), round(high, 3)) == (2.0, -0.484, 4.484)
+    assert report.verdict([5.0, 5.1, 4.9], 3.0).startswith(
+        "holds (the 95 % interval [+4.75, +5.25] lies above 3)"
+    )
+    assert report.verdict([0.0, 0.1, -0.1], 3.0).startswith("does not hold")
+    assert (
+        report.verdict([1.0, 2.0, 3.0], 0.0) == "is undecided (the 95 % interval [-0.48, +4.48] contains 0)"
+    )
+    assert report.verdict([4.0], 0.0) == "cannot be judged from one seed"
