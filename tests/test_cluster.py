@@ -76,7 +76,7 @@ def test_a_write_that_fails_inside_orbax_is_one_line_and_leaves_the_earlier_chec
         run(tiny_config(epochs=2), str(out), dataset=fashion_mnist, progress=False, resume=True)
     assert str(raised.value) == (
         f"could not write the checkpoint of epoch 2 in {out} (Disk quota exceeded); the checkpoint of epoch 1 is "
-        "intact; free space on that disk (or raise the quota or file-size limit) and run again with resume"
+        "intact; free space on that disk (or raise the quota or file-size limit) and run again with resume=True"
     )
     assert raised.value.saved and os.listdir(out / "checkpoints") == ["8"]
     assert not (tmp_path / ".run.lock").exists(), "the claim was not released"

@@ -178,13 +178,8 @@ def guarded(parser: argparse.ArgumentParser, argv: list[str], work) -> Any:
     except TrainingDiverged as err:
         parser.exit(1, error_line(err) + "\n")
     except RunWriteError as err:  # a full disk, a quota, a file-size limit
-        message = str(err).removesuffix(" and run again with resume").removesuffix(" and run again")
-        hint = (
-            f", then continue with: {resume_command(command)}"
-            if err.saved
-            else ", then run the same command again"
-        )
-        parser.exit(1, f"error: {message}{hint}\n")
+        then = f"continue with: {resume_command(command)}" if err.saved else "run the same command again"
+        parser.exit(1, f"error: {err.what}; {err.ADVICE}, then {then}\n")
     except RunInterrupted as err:
         saved = "holds epochs" in str(err)
         hint = f"; continue with: {resume_command(command)}" if saved else "; run the same command again"

@@ -103,15 +103,18 @@ class RunWriteError(OSError):
     """A run directory could not be written (full disk, quota, file-size limit, ...).
 
     Attributes:
+      what: what could not be written, why, and what is intact (one clause).
       saved: whether an intact checkpoint of the run remains (``resume`` continues there).
     """
 
-    def __init__(self, message: str, saved: bool):
-        super().__init__(message)
-        self.saved = saved
+    ADVICE = "free space on that disk (or raise the quota or file-size limit)"
+
+    def __init__(self, what: str, saved: bool):
+        super().__init__(what)
+        self.what, self.saved = what, saved
 
     def __str__(self) -> str:
-        return self.args[0]
+        return f"{self.what}; {self.ADVICE} and run again" + (" with resume=True" if self.saved else "")
 
 
 # Fields that may differ when a run is resumed: they change neither the numbers nor the files.
@@ -213,7 +216,7 @@ class RunDir:
         self._renewing: threading.Event | None = None  # set to stop the claim's renewal
 
     def _sibling(self, kind: str) -> str:
-        return os.path.join(os.path.dirname(self.path), f".{os.path.basename(self.path)}.{kind}")
+        return _sibling(self.path, kind)
 
     def existing(self) -> list[str]:
         return [f for f in RUN_FILES if os.path.exists(os.path.join(self.path, f))]
@@ -366,7 +369,7 @@ class RunDir:
         if os.path.isfile(path):
             raise ConfigError(f"{path} is a file; give the run's directory (the one that holds config.json)")
         if not os.path.exists(path):
-            staged = RunDir(path, TrainConfig())._sibling("incoming")
+            staged = _sibling(os.path.realpath(path), "incoming")
             why = (
                 "a run there has not finished its first epoch yet"
                 if os.path.isdir(staged)
@@ -618,11 +621,7 @@ class RunDir:
                 if saved
                 else "no intact checkpoint is left"
             )
-        return RunWriteError(
-            f"could not write {what} in {self.path} ({cause}); {kept}; free space on that disk (or raise the "
-            "quota or file-size limit) and run again" + (" with resume" if saved else ""),
-            saved,
-        )
+        return RunWriteError(f"could not write {what} in {self.path} ({cause}); {kept}", saved)
 
     def close(self) -> None:
         """Closes the checkpoint manager (the claim stays until ``release``)."""
@@ -650,6 +649,11 @@ class RunDir:
     def _open(directory: str) -> ocp.CheckpointManager:
         options = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False, create=True)
         return ocp.CheckpointManager(os.path.join(directory, "checkpoints"), options=options)
+
+
+def _sibling(path: str, kind: str) -> str:
+    """``.<name>.<kind>`` beside the run directory ``path``: its lock, a new run's staging directory."""
+    return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{kind}")
 
 
 def _now() -> str:
