@@ -16,6 +16,7 @@ import jax
 import numpy as np
 import pytest
 from conftest import records, tiny_config
+from test_faults import _damage, _resume
 
 from sidjax import ConfigError
 from sidjax.train import rundir
@@ -37,8 +38,7 @@ def _one_line(proc: subprocess.CompletedProcess) -> str:
 
 
 def test_a_file_size_limit_at_a_checkpoint_is_one_line_and_resume_continues_exactly(tmp_path):
-    whole, out = tmp_path / "whole", tmp_path / "run"
-    subprocess.run([*SHORT, "--epochs", "2", "--out", str(whole)], env=ENV, check=True, capture_output=True)
+    out = tmp_path / "run"
     subprocess.run([*SHORT, "--epochs", "1", "--out", str(out)], env=ENV, check=True, capture_output=True)
     limit = 100_000  # bytes: metrics lines fit, the checkpoint's array file (~7 MB) does not
     limited = subprocess.run([*SHORT, "--epochs", "2", "--out", str(out), "--resume"], env=ENV, capture_output=True,
@@ -50,10 +50,12 @@ def test_a_file_size_limit_at_a_checkpoint_is_one_line_and_resume_continues_exac
     ), line
     assert "the checkpoint of epoch 1 is intact" in line and "continue with: " in line, line
     assert os.listdir(out / "checkpoints") == ["32"], "the half-written checkpoint was left behind"
+    uninterrupted = records(out / "metrics.jsonl")  # epoch 2 was recorded before its checkpoint failed
+    assert len(uninterrupted) == 2
     command = line.split("continue with: ")[1].split()
     resumed = subprocess.run([sys.executable, *command[1:]], env=ENV, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
-    assert records(out / "metrics.jsonl") == records(whole / "metrics.jsonl")
+    assert records(out / "metrics.jsonl") == uninterrupted, "resumed from epoch 1 to the same numbers"
 
 
 def test_a_write_that_fails_inside_orbax_is_one_line_and_leaves_the_earlier_checkpoint(
@@ -73,7 +75,7 @@ def test_a_write_that_fails_inside_orbax_is_one_line_and_leaves_the_earlier_chec
 
     monkeypatch.setattr(rundir.ocp.CheckpointManager, "save", failing_save)
     with pytest.raises(RunWriteError) as raised:
-        run(tiny_config(epochs=2), str(out), dataset=fashion_mnist, progress=False, resume=True)
+        _resume(out, fashion_mnist, epochs=2)
     assert str(raised.value) == (
         f"could not write the checkpoint of epoch 2 in {out} (Disk quota exceeded); the checkpoint of epoch 1 is "
         "intact; free space on that disk (or raise the quota or file-size limit) and run again with resume=True"
@@ -89,7 +91,7 @@ def test_nohup_keeps_the_run_going_when_its_terminal_closes(tmp_path):
     out = tmp_path / "run"
     ignoring = [sys.executable, "-c", "import runpy, signal; signal.signal(signal.SIGHUP, signal.SIG_IGN); "
                 "runpy.run_module('sidjax', run_name='__main__', alter_sys=True)"]  # fmt: skip  # as nohup starts it
-    proc = subprocess.Popen([*ignoring, *SHORT[3:], "--epochs", "4", "--out", str(out)], env=ENV,
+    proc = subprocess.Popen([*ignoring, *SHORT[3:], "--epochs", "3", "--out", str(out)], env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     deadline = time.time() + 240
     while not (out / "metrics.jsonl").exists() and time.time() < deadline:
@@ -98,7 +100,7 @@ def test_nohup_keeps_the_run_going_when_its_terminal_closes(tmp_path):
     proc.send_signal(signal.SIGHUP)  # the terminal closes
     _, stderr = proc.communicate(timeout=240)
     assert proc.returncode == 0, stderr
-    assert json.loads((out / "summary.json").read_text())["epochs"] == 4
+    assert json.loads((out / "summary.json").read_text())["epochs"] == 3
 
 
 def test_a_signal_ignored_at_the_start_stays_ignored_inside_stop_signals():
@@ -151,7 +153,7 @@ def test_resume_with_fewer_epochs_than_recorded_refuses_and_changes_nothing(tmp_
     with pytest.raises(
         ConfigError, match=r"already holds 2 finished epochs, more than the 1 asked for; nothing was"
     ):
-        run(tiny_config(epochs=1), str(out), dataset=fashion_mnist, progress=False, resume=True)
+        _resume(out, fashion_mnist, epochs=1)
     assert {name: (out / name).read_bytes() for name in before} == before
 
 
@@ -169,19 +171,12 @@ def test_a_claim_from_another_machine_is_honoured_until_it_goes_unrenewed(tmp_pa
     with pytest.raises(
         ConfigError, match=rf"claimed by pid 4242 on {host} \(another machine\), renewed \d+ s ago"
     ):
-        run(tiny_config(epochs=2), str(out), dataset=fashion_mnist, progress=False, resume=True)
+        _resume(out, fashion_mnist, epochs=2)
     assert (out / "metrics.jsonl").read_bytes() == before and "4242" in open(_lock(out)).read()
     stale = time.time() - rundir.STALE_CLAIM_S - 60
     os.utime(_lock(out), (stale, stale))
     messages = []
-    run(
-        tiny_config(epochs=2),
-        str(out),
-        dataset=fashion_mnist,
-        progress=False,
-        resume=True,
-        log=messages.append,
-    )
+    _resume(out, fashion_mnist, epochs=2, log=messages.append)
     assert any(f"(pid 4242 on {host}, since" in m and "has not renewed its claim for 11 minutes" in m
                for m in messages), messages  # fmt: skip
     assert len(records(out / "metrics.jsonl")) == 2 and not os.path.exists(_lock(out))
@@ -234,7 +229,7 @@ def test_healthy_runs_stay_far_below_the_divergence_threshold(fashion_mnist):
 
 def test_load_run_while_the_run_trains_always_loads_a_checkpoint(tmp_path):
     out = tmp_path / "run"
-    writer = subprocess.Popen([*SHORT, "--epochs", "6", "--limit-train", "8192", "--checkpoint-steps", "8",
+    writer = subprocess.Popen([*SHORT, "--epochs", "6", "--limit-train", "4096", "--checkpoint-steps", "8",
                                "--steps-per-chunk", "8", "--out", str(out)], env=ENV, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)  # fmt: skip  # a checkpoint every 8 steps
     deadline = time.time() + 240
@@ -250,12 +245,10 @@ def test_load_run_while_the_run_trains_always_loads_a_checkpoint(tmp_path):
         loads += 1
         seen.add(loaded.summary["loaded_checkpoint"])
     assert writer.returncode == 0, writer.communicate()
-    assert loads >= 5 and len(seen) >= 3, (loads, seen)  # read while the checkpoints kept changing
+    assert loads >= 3 and len(seen) >= 2, (loads, seen)  # read while the checkpoints kept changing
 
 
 def test_load_run_says_which_checkpoint_it_falls_back_to_and_describes_it(tmp_path, fashion_mnist):
-    from test_faults import _damage
-
     out = tmp_path / "run"
     run(tiny_config(epochs=3), str(out), dataset=fashion_mnist, progress=False)
     history = records(out / "metrics.jsonl")

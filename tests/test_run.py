@@ -63,7 +63,8 @@ def _same_number(now, then) -> bool:
     return now == then and type(now) is type(then)
 
 
-@pytest.mark.parametrize("model", ["mlp", "simplecnn"])
+# simplecnn (unrolled convolution seeds) with the slow tests: test_your_model covers seeds of conv blocks
+@pytest.mark.parametrize("model", ["mlp", pytest.param("simplecnn", marks=pytest.mark.slow)])
 def test_seeds_trained_together_equal_separate_runs(fashion_mnist, tmp_path, model):
     """Same init, data order and label noise per seed. Vmapped seeds reduce their batched matmuls
     in another order, so they agree to float32 round-off (measured: 2.4e-7 in KL); a convolutional

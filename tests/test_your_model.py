@@ -87,7 +87,10 @@ def _leaf(stats, *path):
     return np.asarray(stats[...])
 
 
-@pytest.mark.parametrize("case", list(MODELS))
+# sid in the default suite; dgl and the trunk (the same run path, another method or mode) with the slow tests
+@pytest.mark.parametrize(
+    "case", [c if c == "sid" else pytest.param(c, marks=pytest.mark.slow) for c in MODELS]
+)
 def test_your_model_trains_through_run_checkpoints_resumes_and_comes_back(case, fashion_mnist, tmp_path):
     model = MODELS[case]
     whole = sidjax.run(_config(case, epochs=2), str(tmp_path / "whole"), model=model, dataset=fashion_mnist,
