@@ -239,8 +239,7 @@ class RunDir:
         for where in (ancestor, self.path):
             if os.path.isdir(where) and not _writable(where):
                 raise ConfigError(
-                    f"out {self.path}: cannot write in {where} (permission denied or a read-only file "
-                    "system); choose another out",
+                    f"out {self.path}: cannot write in {where} (permission denied); choose another out",
                     "out",
                 )
         existing = self.existing()
