@@ -265,16 +265,23 @@ def paired(found, a: str, b: str, field: str = "final_test_accuracy", scale: flo
     return f"{mean:+.2f} ± {np.std(diffs, ddof=1):.2f} [{low:+.2f}, {high:+.2f}]"
 
 
-def verdict(diffs: list[float], threshold: float = 0.0) -> str:
-    """Words for "the mean difference is at least ``threshold``" that follow its 95 % interval."""
+def decide(diffs: list[float], threshold: float = 0.0) -> str:
+    """Whether "the mean difference is at least ``threshold``" holds by its 95 % interval:
+    ``"holds"``, ``"does not hold"``, ``"undecided"`` or ``"one seed"``."""
     _, low, high = interval(diffs)
     if len(diffs) < 2:
+        return "one seed"
+    return "holds" if low >= threshold else "does not hold" if high < threshold else "undecided"
+
+
+def verdict(diffs: list[float], threshold: float = 0.0) -> str:
+    """Words for "the mean difference is at least ``threshold``" that follow its 95 % interval."""
+    decision = decide(diffs, threshold)
+    if decision == "one seed":
         return "cannot be judged from one seed"
-    if low >= threshold:
-        return f"holds (the 95 % interval [{low:+.2f}, {high:+.2f}] lies above {threshold:g})"
-    if high < threshold:
-        return f"does not hold (the 95 % interval [{low:+.2f}, {high:+.2f}] lies below {threshold:g})"
-    return f"is undecided (the 95 % interval [{low:+.2f}, {high:+.2f}] contains {threshold:g})"
+    _, low, high = interval(diffs)
+    where = {"holds": "lies above", "does not hold": "lies below", "undecided": "contains"}[decision]
+    return f"{'is undecided' if decision == 'undecided' else decision} (the 95 % interval [{low:+.2f}, {high:+.2f}] {where} {threshold:g})"
 
 
 def _curve_grid(path: str, title: str, ylabel: str, panels: dict[str, dict]) -> None:
@@ -624,12 +631,9 @@ def _heads_findings(found, heads: list[str]) -> str:
 
 def _status(diffs: list[float], threshold: float = 0.0) -> str:
     """A claim's status from the 95 % interval of its paired differences."""
-    words = verdict(diffs, threshold)
-    if words.startswith("holds"):
-        return "reproduced"
-    if words.startswith("does not hold"):
-        return "not reproduced"
-    return "not reproduced: undecided at these seeds"
+    return {"holds": "reproduced", "does not hold": "not reproduced"}.get(
+        decide(diffs, threshold), "not reproduced: undecided at these seeds"
+    )
 
 
 def claims_section(results_dir: str) -> str:

@@ -10,28 +10,20 @@ import jax
 import numpy as np
 import pytest
 from conftest import tiny_config
+from test_properties import _plan
 
 import sidjax
-from sidjax.data import Dataset, epoch_order, symmetric_label_noise
+from sidjax.data import epoch_order, symmetric_label_noise
 from sidjax.train.epoch import epoch_chunks, prepare_data
-from sidjax.train.plan import make_plan, seed_keys
+from sidjax.train.plan import seed_keys
 from sidjax.train.programs import init_states, make_programs
 from sidjax.train.runner import load_run, run, summarize
-
-
-def _toy(label_noise=0.3, seeds=(0, 1)):
-    rng = np.random.default_rng(0)
-    images, labels = rng.integers(0, 256, (96, 8, 8, 1), dtype=np.uint8), rng.integers(0, 5, 96)
-    dataset = Dataset.from_arrays(images, labels, images[:16], labels[:16], name="toy")
-    config = tiny_config(dataset="toy", limit_train=None, limit_test=None, batch_size=16, label_noise=label_noise,
-                         validation=16, seed=seeds)  # fmt: skip
-    return make_plan(config, dataset), dataset
 
 
 @pytest.mark.parametrize("seeds", [(0,), (0, 1)])
 @pytest.mark.parametrize("resident", [True, False])
 def test_the_labels_that_reach_the_step_are_each_seeds_noisy_labels_in_its_order(seeds, resident):
-    plan, dataset = _toy(seeds=seeds if len(seeds) > 1 else seeds[0])
+    plan, dataset = _plan(seeds=seeds if len(seeds) > 1 else seeds[0])
     seen = []
     step = plan.learner.step
 
@@ -68,7 +60,7 @@ def test_load_run_of_an_epoch_returns_that_epochs_state(tmp_path, fashion_mnist)
 
 
 def test_the_best_validation_epoch_is_chosen_on_validation_alone():
-    plan, _ = _toy(seeds=0)
+    plan, _ = _plan(seeds=0)
     val, test = [0.50, 0.70, 0.60], [0.90, 0.40, 0.55]  # test accuracy would choose epoch 1
     history = [
         {"epoch": e + 1, "val_accuracy": v, "test_accuracy": t, "per_unit_accuracy": [t], "per_unit_kl": [0.0],

@@ -135,7 +135,8 @@ def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     scale = 1.0 / 255.0 if images.dtype == np.uint8 else 1.0
     if images.size * 4 <= 2**31:
         x = images.astype(np.float32) / 255.0 if scale != 1.0 else images.astype(np.float32)
-        return x.mean(axis=(0, 1, 2)), _spread(x.std(axis=(0, 1, 2)), x.mean(axis=(0, 1, 2)))
+        mean = x.mean(axis=(0, 1, 2))
+        return mean, _spread(x.std(axis=(0, 1, 2)), mean)
     total = np.zeros(images.shape[-1]), np.zeros(images.shape[-1])
     for start in range(0, len(images), 4096):
         chunk = images[start : start + 4096].astype(np.float64) * scale
