@@ -19,7 +19,7 @@ has underflowed to 0 in float32 still has a finite logarithm.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import chex
@@ -140,13 +140,20 @@ def reverse_minimiser(alpha: chex.Numeric, target: chex.Array, prev: chex.Array)
     return jax.nn.softmax(alpha * jnp.log(target) + (1.0 - alpha) * jnp.log(prev), axis=-1)
 
 
+AlphaSchedule = Callable[[chex.Array], chex.Numeric]
+"""``alpha(step) -> [] or [K]``: the fidelity weight of the update numbered ``step`` (int32 scalar, from 0), traced."""
+Alpha = float | Sequence[float] | AlphaSchedule | jax.Array
+
+
 @dataclasses.dataclass(frozen=True)
 class SIDLoss:
     """Hyperparameters of the local loss; validates itself on construction.
 
     Attributes:
-      alpha: fidelity weight in [0, 1]; one float for all units or one per
-        unit (a schedule).
+      alpha: fidelity weight in [0, 1]: one float for all units, one per unit,
+        or a schedule ``alpha(step) -> [] or [K]`` (a jax function of the
+        int32 step, traced inside the compiled step: changing values never
+        recompile), e.g. a warm-up ``lambda t: jnp.minimum(1.0, 0.5 + t / 1000)``.
       divergence: ``"forward"`` (authors' code) or ``"reverse"`` (paper).
       label_smoothing: epsilon of the target distribution, in [0, 1).
 
@@ -154,14 +161,22 @@ class SIDLoss:
       ConfigError: a value out of range, naming the attribute.
     """
 
-    alpha: float | Sequence[float] = 0.5
+    alpha: Alpha = 0.5
     divergence: Divergence = "forward"
     label_smoothing: float = 0.0
 
     def __post_init__(self):
-        alphas = self.alpha if isinstance(self.alpha, Sequence) else [self.alpha]
-        if not alphas or not all(0.0 <= float(a) <= 1.0 for a in alphas):
-            raise ConfigError(f"alpha must lie in [0, 1], got {self.alpha}", "alpha")
+        if callable(self.alpha):
+            _check_alpha_values(self.alpha(jnp.zeros((), jnp.int32)), "alpha(0)")
+        elif isinstance(
+            self.alpha, jax.Array
+        ):  # a schedule's value (``at_step``); traced: checked by its schedule
+            if not isinstance(self.alpha, jax.core.Tracer):
+                _check_alpha_values(self.alpha, "alpha")
+        else:
+            alphas = self.alpha if isinstance(self.alpha, Sequence) else [self.alpha]
+            if not alphas or not all(0.0 <= float(a) <= 1.0 for a in alphas):
+                raise ConfigError(f"alpha must lie in [0, 1], got {self.alpha}", "alpha")
         if self.divergence not in DIVERGENCES:
             raise ConfigError(
                 f"divergence must be one of {DIVERGENCES}, got {self.divergence!r}", "divergence"
@@ -176,21 +191,37 @@ class SIDLoss:
                 "divergence",
             )
 
+    @property
+    def scheduled(self) -> bool:
+        """alpha is a function of the step."""
+        return callable(self.alpha)
+
     def check_units(self, num_units: int) -> None:
-        """``ConfigError`` unless alpha is one value or one per unit."""
-        if isinstance(self.alpha, Sequence) and len(self.alpha) != num_units:
+        """``ConfigError`` unless alpha is one value or one per unit (a schedule: at step 0)."""
+        value = self.alpha(jnp.zeros((), jnp.int32)) if self.scheduled else self.alpha
+        count = len(value) if isinstance(value, Sequence) else int(jnp.size(value))
+        if count not in (1, num_units) or (count == 1 and isinstance(value, Sequence) and num_units != 1):
             raise ConfigError(
-                f"alpha has {len(self.alpha)} values but the network has {num_units} units; "
-                "give one value or one per unit",
+                f"alpha has {count} values{' (its schedule at step 0)' if self.scheduled else ''} but the "
+                f"network has {num_units} units; give one value or one per unit",
                 "alpha",
             )
 
-    def alphas(self, num_units: int) -> jax.Array:
-        """Per-unit alpha, ``[num_units]``."""
+    def alphas(self, num_units: int, step: chex.Array | None = None) -> jax.Array:
+        """Per-unit alpha, ``[num_units]`` (a schedule at ``step``, which it then needs)."""
         self.check_units(num_units)
-        if isinstance(self.alpha, Sequence):
-            return jnp.asarray(self.alpha, jnp.float32)
-        return jnp.full((num_units,), self.alpha, jnp.float32)
+        value = self.alpha
+        if self.scheduled:
+            if step is None:
+                raise ValueError("alpha is a schedule: SIDLoss.alphas needs the step")
+            value = value(step)
+        return jnp.broadcast_to(jnp.asarray(value, jnp.float32), (num_units,))
+
+    def at_step(self, step: chex.Array) -> SIDLoss:
+        """This loss with a schedule's alpha at ``step`` (itself if alpha is fixed); jittable."""
+        if not self.scheduled:
+            return self
+        return dataclasses.replace(self, alpha=jnp.asarray(self.alpha(step), jnp.float32))
 
     def unit_loss(
         self, logits: chex.Array, prev_log_belief: chex.Array, labels: chex.Array, alpha: chex.Numeric
@@ -207,3 +238,28 @@ class SIDLoss:
             divergence=self.divergence,
             label_smoothing=self.label_smoothing,
         ).mean()
+
+
+def _check_alpha_values(value, what: str) -> None:
+    """``ConfigError`` unless ``value`` is a scalar or vector of finite numbers in [0, 1]."""
+    try:
+        array = jnp.asarray(value, jnp.float32)
+    except TypeError as err:
+        raise ConfigError(f"{what} must give numbers in [0, 1], got {value!r} ({err})", "alpha") from None
+    if array.ndim > 1 or not bool(jnp.all((array >= 0.0) & (array <= 1.0))):
+        raise ConfigError(
+            f"{what} must be one value or one per unit in [0, 1], got {array.tolist()}", "alpha"
+        )
+
+
+def check_alpha_schedule(loss: SIDLoss, num_steps: int) -> None:
+    """``ConfigError`` unless a scheduled alpha stays in [0, 1] over the steps ``0 .. num_steps - 1``."""
+    if not loss.scheduled:
+        return
+    values = jax.jit(jax.vmap(lambda t: jnp.asarray(loss.alpha(t), jnp.float32)))(jnp.arange(num_steps))
+    bad = ~((values >= 0.0) & (values <= 1.0))
+    if bool(jnp.any(bad)):
+        step = int(jnp.argmax(bad.reshape(num_steps, -1).any(-1)))
+        raise ConfigError(
+            f"alpha's schedule leaves [0, 1] at step {step}: {jnp.asarray(values[step]).tolist()}", "alpha"
+        )

@@ -79,7 +79,6 @@ def make_stages(
 ) -> Learner:
     """The learner of a blockwise network with its units in stages (``sidjax.make_learner`` checks the rules)."""
     stages = Stages.cut(network.num_units, num_stages, devices)
-    alphas = loss.alphas(network.num_units)
     update = make_unit_update(network, tx, loss)
     dev0 = stages.device(0)
 
@@ -88,6 +87,7 @@ def make_stages(
         a, b = stages.bounds[s]
         x, labels, key, step = batch
         key = step_key(key, step)
+        alphas = loss.alphas(network.num_units, step)
         if s == 0:
             if augment is not None:
                 x = augment(key, x)

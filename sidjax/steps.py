@@ -127,18 +127,22 @@ def make_step(
     ``ce`` and ``accuracy`` of the last unit on the batch it saw,
     ``unit_loss [K]`` (zeros for BP).
     """
-    if spec.local and execution == "sequential":
-        inner = _walk_step(network, tx, loss, pipelined)
-    elif pipelined:
-        inner = _pipelined_step(network, tx, loss, vmap=execution == "vmap")
-    else:
-        inner = _gradient_step(tx, make_objective(network, spec, loss, execution))
+
+    def build(loss):
+        if spec.local and execution == "sequential":
+            return _walk_step(network, tx, loss, pipelined)
+        if pipelined:
+            return _pipelined_step(network, tx, loss, vmap=execution == "vmap")
+        return _gradient_step(tx, make_objective(network, spec, loss, execution))
+
+    fixed = None if loss.scheduled else build(loss)
 
     def step(state, batch, key):
         x, labels = batch
         key = step_key(key, state.step)
         if augment is not None:
             x = augment(key, x)
+        inner = fixed or build(loss.at_step(state.step))  # a scheduled alpha: its value at this step, traced
         return inner(state, x, labels, key)
 
     return step

@@ -53,7 +53,6 @@ def test_records_of_earlier_versions_migrate():
     "settings,field,message",
     [
         ({"alpha": 1.5}, "alpha", "alpha must lie in [0, 1]"),
-        ({"alpha": (0.9, 0.1)}, "alpha", "alpha has 2 values but the network has 10 units"),
         ({"lr": float("nan")}, "lr", "lr must be a finite number in (0, inf)"),
         ({"lr": float("inf")}, "lr", "lr must be a finite number"),
         ({"weight_decay": -1.0}, "weight_decay", "weight_decay must be a finite number in [0, inf)"),
@@ -108,6 +107,7 @@ def test_bad_settings_name_their_field(settings, field, message):
         ),
         ({"mode": "blockwise", "head": "attention"}, "head", "head must be one of"),
         ({"limit_train": 100, "validation": 100}, "validation", "validation 100 leaves none of the 100"),
+        ({"alpha": (0.9, 0.1)}, "alpha", "alpha has 2 values but the network has 10 units"),
     ],
 )
 def test_settings_that_need_the_architecture_or_the_data_are_refused_by_the_plan(settings, field, message):

@@ -208,6 +208,13 @@ def _choice(config, name: str, choices) -> None:
 
 
 def _check_choices(c: TrainConfig) -> None:
+    for name in ("optimizer", "lr"):
+        if callable(getattr(c, name)) or hasattr(getattr(c, name), "update"):
+            raise ConfigError(
+                f"{name} takes a {'name' if name == 'optimizer' else 'number'}; for your own optax optimizer "
+                "or learning-rate schedule give run(config, tx=...), e.g. tx=optax.adam(schedule)",
+                name,
+            )
     get_method(c.method)
     _choice(c, "mode", MODES)
     _choice(c, "execution", EXECUTIONS)
@@ -262,6 +269,5 @@ def _check_rules(c: TrainConfig) -> None:
     spec, placement = get_method(c.method), c.placement_spec()
     check_training(spec, c.mode, reads_belief=c.belief != "none", execution=c.execution, pipelined=c.pipelined,
                    stages=placement.kind == "stages")  # fmt: skip
-    c.loss().check_units(c.depth)
-    spec.loss(c.loss())
+    spec.loss(c.loss())  # alpha's length is checked against the network built (make_plan)
     check_seeds(placement, len(c.seeds))

@@ -16,12 +16,14 @@ from typing import Any, NamedTuple
 import chex
 import jax
 import jax.numpy as jnp
+import optax
 
 from sidjax.architectures import ARCHITECTURES, Backbone
 from sidjax.builders import make_blockwise_network, make_network
 from sidjax.data import Dataset, DatasetInfo, dataset_info, is_image_folder, random_crop_flip
 from sidjax.errors import ConfigError
 from sidjax.learner import make_learner
+from sidjax.losses import Alpha, check_alpha_schedule
 from sidjax.methods import MethodSpec, get_method
 from sidjax.network import Network, Variables
 from sidjax.state import Learner
@@ -29,6 +31,7 @@ from sidjax.train.config import TrainConfig
 
 ModelFactory = Callable[[chex.PRNGKey], tuple[Network, Variables]]
 Model = ModelFactory | tuple[Network, Variables] | Backbone
+Optimizer = optax.GradientTransformation | Callable[[int], optax.GradientTransformation]
 
 
 class Plan(NamedTuple):
@@ -47,6 +50,11 @@ class Plan(NamedTuple):
       cpu_convolutions: a convolutional network on XLA:CPU, where loops and
         vmapped seeds are slow: chunks are one step and seeds are unrolled
         inside the program instead of vmapped (``auto_chunk``).
+      tx: the optimizer of every part (the config's, or yours).
+      recipe: what the config's fields cannot record: ``{"tx": "custom"}``
+        for your own optimizer, ``{"alpha": "schedule"}`` for an alpha
+        schedule (``{}`` for neither); run directories keep it, so that a
+        resume is given the same.
     """
 
     config: TrainConfig
@@ -58,6 +66,8 @@ class Plan(NamedTuple):
     steps_per_epoch: int
     steps_per_chunk: int
     cpu_convolutions: bool = False
+    tx: optax.GradientTransformation | None = None
+    recipe: dict[str, str] = {}
 
 
 def builtin_model(
@@ -189,6 +199,9 @@ def make_plan(
     dataset: Dataset | None = None,
     model: Model | None = None,
     info: DatasetInfo | None = None,
+    *,
+    tx: Optimizer | None = None,
+    alpha: Alpha | None = None,
 ) -> Plan:
     """Validates ``config`` against the dataset's metadata, the model and the devices; builds the network.
 
@@ -202,6 +215,11 @@ def make_plan(
         built-in architecture.
       info: the dataset's metadata after the limits, where neither the data
         nor its name can give it (a saved run of your own arrays).
+      tx: your own optimizer instead of the config's: an optax
+        transformation, or ``total_steps -> transformation`` (for schedules
+        over the whole run).
+      alpha: your own alpha instead of the config's: one value, one per unit
+        of the network given, or a schedule ``alpha(step)`` (``SIDLoss``).
 
     Raises:
       ConfigError: one line naming the setting to change.
@@ -217,17 +235,42 @@ def make_plan(
         config = _as_built(config, network, info)
     spec = get_method(config.method)
     steps = info.num_train // config.batch_size
+    tx, loss, recipe = _recipe(config, steps * config.epochs, tx, alpha)
     augment = config.augment
     if augment is None:
         augment = config.dataset.startswith("cifar") or is_image_folder(config.dataset)
-    learner = make_learner(network, config.optimizer_tx(steps * config.epochs), config.method, config.loss(),
+    learner = make_learner(network, tx, config.method, loss,
                            execution=config.execution, pipelined=config.pipelined, placement=config.placement,
                            augment=random_crop_flip if augment else None, batch_size=config.batch_size)  # fmt: skip
     cpu_convolutions = jax.default_backend() == "cpu" and has_convolution(network, shapes)
     chunk = (
         min(config.steps_per_chunk, steps) if config.steps_per_chunk else auto_chunk(steps, cpu_convolutions)
     )
-    return Plan(config, spec, network, build, learner, info, steps, chunk, cpu_convolutions)
+    return Plan(config, spec, network, build, learner, info, steps, chunk, cpu_convolutions, tx, recipe)
+
+
+def _recipe(
+    config: TrainConfig, total_steps: int, tx, alpha
+) -> tuple[optax.GradientTransformation, Any, dict]:
+    """The optimizer, the local loss and the record of what the config does not hold."""
+    recipe = {}
+    if tx is None:
+        tx = config.optimizer_tx(total_steps)
+    else:
+        if not isinstance(tx, optax.GradientTransformation):
+            tx = tx(total_steps) if callable(tx) else tx
+        if not isinstance(tx, optax.GradientTransformation):
+            raise ConfigError(
+                f"tx must be an optax transformation or total_steps -> transformation, got {type(tx).__name__}",
+                "tx",
+            )
+        recipe["tx"] = "custom"
+    loss = config.loss()
+    if alpha is not None:
+        loss = dataclasses.replace(loss, alpha=tuple(alpha) if isinstance(alpha, list) else alpha)
+        check_alpha_schedule(loss, total_steps)
+        recipe["alpha"] = "schedule" if loss.scheduled else "given"
+    return tx, loss, recipe
 
 
 def _as_built(config: TrainConfig, network: Network, info: DatasetInfo) -> TrainConfig:

@@ -59,6 +59,7 @@ import orbax.checkpoint as ocp
 from sidjax._version import __version__
 from sidjax.errors import ConfigError
 from sidjax.train.config import TrainConfig
+from sidjax.train.layout import CheckpointLayoutError, layout_differences, saved_arrays
 
 RUN_FILES = ("config.json", "run.json", "metrics.jsonl", "summary.json", "checkpoints")
 
@@ -200,13 +201,20 @@ class RunDir:
       config: the run's config, with this directory's one seed.
       log: where messages go (skipped checkpoints, the resume point, a claim taken over).
       steps_per_epoch: the run's steps per epoch (names the checkpoints: ``epochs * steps + step``).
+      recipe: what the config cannot record (``Plan.recipe``: your own optimizer, an alpha schedule).
     """
 
     def __init__(
-        self, path: str, config: TrainConfig, log: Callable[[str], None] = print, steps_per_epoch: int = 1
+        self,
+        path: str,
+        config: TrainConfig,
+        log: Callable[[str], None] = print,
+        steps_per_epoch: int = 1,
+        recipe: dict[str, str] | None = None,
     ):
         self.path = os.path.realpath(path)  # a symlink and its target are one run
         self.config = config
+        self.recipe = recipe or {}
         self.log = log
         self.steps_per_epoch = steps_per_epoch
         self.incoming = self._sibling("incoming")
@@ -336,8 +344,16 @@ class RunDir:
             raise ConfigError(
                 f"resume: {path} is damaged ({err}); use --overwrite to start again", "resume"
             ) from None
+        trained_with = self.run_info().get("recipe", {})
+        if trained_with != self.recipe:
+            raise ConfigError(
+                f"resume: {self.path} was trained with {describe_recipe(trained_with)}, and this run is given "
+                f"{describe_recipe(self.recipe)}; resume it with the same (run's tx and alpha arguments)",
+                "resume",
+            )
         now = self.config.record()
-        free = set(RESUMABLE) | ({"epochs"} if self.config.schedule == "constant" else set())
+        constant = self.config.schedule == "constant" and "tx" not in self.recipe  # your tx may decay over them
+        free = set(RESUMABLE) | ({"epochs"} if constant else set())
         changed = [k for k in now if k not in free and saved.get(k) != now[k]]
         if changed:
             raise ConfigError(
@@ -432,9 +448,20 @@ class RunDir:
             manager = None
             try:
                 manager = self._open(self.path)
+                saved = saved_arrays(os.path.join(self.path, "checkpoints", str(position.id), "state"))
+                differences = layout_differences(saved, abstract)
+                if differences:
+                    raise CheckpointLayoutError(
+                        f"{self.path}: the checkpoint of {position.describe()} holds another network or "
+                        f"optimizer than the one given ({differences}); give the model (and tx) it was "
+                        "trained with",
+                        "model",
+                    )
                 args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
                 state = manager.restore(position.id, args=args).state
-            except Exception as err:  # intact files orbax cannot read: e.g. another version's layout
+            except CheckpointLayoutError:
+                raise
+            except Exception as err:  # intact files orbax cannot read
                 self.log(f"{self.path}: the checkpoint of {position.describe()} cannot be read "
                          f"({type(err).__name__}); skipped")  # fmt: skip
                 return None
@@ -502,6 +529,8 @@ class RunDir:
                 os.path.join(self.incoming, "config.json"), json.dumps(self.config.record(), indent=2)
             )
             info = {**provenance(), "started": now, "dataset": dataset}
+            if self.recipe:
+                info["recipe"] = self.recipe
         write_atomic(os.path.join(self.live, "run.json"), json.dumps(info, indent=2))
         self._manager = self._open(self.live) if self._checkpointing else None
 
@@ -648,6 +677,14 @@ class RunDir:
     def _open(directory: str) -> ocp.CheckpointManager:
         options = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False, create=True)
         return ocp.CheckpointManager(os.path.join(directory, "checkpoints"), options=options)
+
+
+def describe_recipe(recipe: dict[str, str]) -> str:
+    """``{"tx": "custom", "alpha": "schedule"}`` -> 'your own optimizer (tx) and alpha (alpha: schedule)'."""
+    parts = (["your own optimizer (tx)"] if "tx" in recipe else []) + (
+        [f"your own alpha ({recipe['alpha']})"] if "alpha" in recipe else []
+    )
+    return " and ".join(parts) or "the config's optimizer and alpha"
 
 
 def _sibling(path: str, kind: str) -> str:

@@ -28,12 +28,13 @@ from tqdm.auto import tqdm
 from sidjax.data import Dataset, DatasetInfo, load_dataset
 from sidjax.errors import ConfigError
 from sidjax.evaluation import split_metrics
+from sidjax.losses import Alpha
 from sidjax.network import Network, Variables
 from sidjax.schedule import init_slots
 from sidjax.state import TrainState, new_state
 from sidjax.train.config import TrainConfig
 from sidjax.train.epoch import Progress, RunData, epoch_chunks, fits_on_device, prepare_data, train_epoch
-from sidjax.train.plan import Model, Plan, make_plan
+from sidjax.train.plan import Model, Optimizer, Plan, make_plan
 from sidjax.train.programs import RunPrograms, init_states, load_states, make_programs, unload_states
 from sidjax.train.rundir import Position, RunDir, provenance
 from sidjax.train.signals import StopRequest, stop_signals
@@ -86,17 +87,18 @@ class RunResult(NamedTuple):
         return None if self.state is None else self.state.variables
 
 
-def seed_dirs(
-    out_dir: str | None, config: TrainConfig, log, steps_per_epoch: int
-) -> dict[int, RunDir | None]:
+def seed_dirs(out_dir: str | None, plan: Plan, log) -> dict[int, RunDir | None]:
     """One ``RunDir`` per seed: ``out_dir`` itself for one seed, ``out_dir/seed<k>`` for several."""
-    seeds = config.seeds
+    config = plan.config
     if out_dir is None:
-        return dict.fromkeys(seeds)
+        return dict.fromkeys(config.seeds)
     if isinstance(config.seed, int):
-        return {config.seed: RunDir(out_dir, config, log, steps_per_epoch)}
+        return {config.seed: RunDir(out_dir, config, log, plan.steps_per_epoch, plan.recipe)}
     return {
-        s: RunDir(os.path.join(out_dir, f"seed{s}"), config.for_seed(s), log, steps_per_epoch) for s in seeds
+        s: RunDir(
+            os.path.join(out_dir, f"seed{s}"), config.for_seed(s), log, plan.steps_per_epoch, plan.recipe
+        )
+        for s in config.seeds
     }
 
 
@@ -105,6 +107,8 @@ def run(
     out_dir: str | None = None,
     *,
     model: Model | None = None,
+    tx: Optimizer | None = None,
+    alpha: Alpha | None = None,
     dataset: Dataset | None = None,
     data_dir: str | None = None,
     manual_dir: str | None = None,
@@ -128,6 +132,15 @@ def run(
         from it), or a ``sidjax.Backbone`` (built in the config's mode, as a
         named architecture would be). The config then takes the network's
         name, mode and depth.
+      tx: your own optimizer instead of the config's (optimizer, lr,
+        momentum, weight_decay, schedule): any optax transformation, or a
+        function ``total_steps -> transformation`` for schedules over the
+        whole run; every part (stem, each unit) gets its own state of it.
+        Checkpointed and resumed like the config's; a resume must be given
+        one of the same structure.
+      alpha: your own alpha instead of the config's: one value, one per unit
+        of the network trained, or a schedule ``alpha(step) -> [] or [K]``
+        traced inside the step (no recompilation as it changes).
       dataset: already loaded data (``load_dataset`` or
         ``Dataset.from_arrays``); its name must be ``config.dataset``.
       data_dir, manual_dir: passed to ``load_dataset``.
@@ -151,7 +164,7 @@ def run(
       TrainingDiverged: the loss stopped being finite.
       RunInterrupted: Ctrl-C; what was saved is kept.
     """
-    plan = make_plan(config, dataset, model)
+    plan = make_plan(config, dataset, model, tx=tx, alpha=alpha)
     config = plan.config
     if jax.process_count() > 1:  # every process trains; process 0 alone writes the files
         if resume:
@@ -161,7 +174,7 @@ def run(
         raise ConfigError(
             "resume needs out (--out on the command line): the directory of the run to continue", "resume"
         )
-    dirs = seed_dirs(out_dir, config, log, plan.steps_per_epoch)
+    dirs = seed_dirs(out_dir, plan, log)
     claimed = []
     try:
         for d in dirs.values():
@@ -208,7 +221,7 @@ def layout_template(plan: Plan) -> TrainState:
     def fresh(key):
         variables = plan.build(key)[1]
         slots = init_slots(plan.network, variables, config.batch_size) if config.pipelined else ()
-        return new_state(variables, config.optimizer_tx(plan.steps_per_epoch * config.epochs), slots)
+        return new_state(variables, plan.tx, slots)
 
     return jax.eval_shape(fresh, jax.random.key(0))
 
@@ -495,7 +508,9 @@ def summarize(
     }
 
 
-def load_run(path: str, epoch: int | None = None, *, model: Model | None = None) -> RunResult:
+def load_run(
+    path: str, epoch: int | None = None, *, model: Model | None = None, tx: Optimizer | None = None
+) -> RunResult:
     """A run directory's trained network, ready to use: ``(summary, network, state)``.
 
     Safe while the run is still training (a notebook watching a job): it loads
@@ -509,6 +524,8 @@ def load_run(path: str, epoch: int | None = None, *, model: Model | None = None)
         earlier one with a warning.
       model: the same ``model`` the run was given, for your own network
         (built-in architectures are rebuilt from ``config.json``).
+      tx: the same ``tx`` the run was given, for your own optimizer (its
+        state is part of the checkpoint).
 
     Returns:
       A ``RunResult`` whose summary describes the state loaded: ``summary.json``
@@ -521,9 +538,12 @@ def load_run(path: str, epoch: int | None = None, *, model: Model | None = None)
     if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral)):
         raise ConfigError(f"epoch must be an int, a finished epoch's number; got {epoch!r}", "epoch")
     config = RunDir.read_config(path)
-    saved = RunDir(path, config).run_info().get("dataset")
+    run_info = RunDir(path, config).run_info()
+    saved = run_info.get("dataset")
     info = None if saved is None else DatasetInfo(**{**saved, "input_shape": tuple(saved["input_shape"])})
-    plan = make_plan(config, model=model, info=info)
+    if "tx" in run_info.get("recipe", {}) and tx is None:
+        raise ConfigError(f"{path} was trained with your own optimizer: give load_run the same tx", "tx")
+    plan = make_plan(config, model=model, info=info, tx=tx)
     skipped: list[str] = []
     run_dir = RunDir(path, plan.config, log=skipped.append, steps_per_epoch=plan.steps_per_epoch)
     template = layout_template(plan)
