@@ -71,7 +71,7 @@ def pipelined_losses(
 
     Returns:
       ``(objective, (losses [K], logits [K, B, N], stats, new_slots, valid [K],
-      last_labels [B]))``.
+      labels [K, B]))``: each unit's own batch's labels.
     """
     alphas = loss.alphas(network.num_units)
     h0, stem_stats = network.apply_stem(params.stem, stats.stem, x, key)
@@ -83,7 +83,7 @@ def pipelined_losses(
         )
         outputs = jax.vmap(network.next_input)(inputs, h_out, logits)
         new_slots = jax.tree.map(lambda a: jnp.roll(a, 1, axis=0), outputs)
-        aux = (losses, logits, Parts(stem_stats, unit_stats), new_slots, inputs.valid, inputs.labels[-1])
+        aux = (losses, logits, Parts(stem_stats, unit_stats), new_slots, inputs.valid, inputs.labels)
         return losses.sum(), aux
     inputs = unit_inputs(network, slots, fresh)
     losses, logits, outputs, unit_stats = [], [], [], []
@@ -103,6 +103,6 @@ def pipelined_losses(
         Parts(stem_stats, network.join_units(unit_stats)),
         new_slots,
         valid,
-        inputs[-1].labels,
+        jnp.stack([inp.labels for inp in inputs]),
     )
     return losses.sum(), aux

@@ -99,8 +99,9 @@ def make_stages(
         units, stem, outputs = walk(update, list(units), range(a, b), inputs, alphas, key, stem, x)
         return units, stem, outputs, step
 
-    metrics = jax.jit(lambda losses, logits, labels: batch_metrics(
-        jnp.stack(losses).sum(), jnp.stack(losses), jnp.stack(logits), labels))  # fmt: skip
+    metrics = jax.jit(lambda losses, logits, labels, valid: batch_metrics(
+        jnp.stack(losses).sum(), jnp.stack(losses), jnp.stack(logits), jnp.stack(labels),
+        jnp.stack([jnp.asarray(v, jnp.float32) for v in valid]) if pipelined else None))  # fmt: skip
 
     def run(program: Callable, state: TrainState, batch, key):
         """One step, every stage through ``program`` (the jitted stage program, or one that records it)."""
@@ -127,8 +128,10 @@ def make_stages(
         new = join_state(state, units, stem, tuple)._replace(step=new_step)
         if pipelined:
             new = new._replace(slots=next_slots(slots, outputs))
-        losses, logits = jax.device_put(([o.loss for o in outputs], [o.logits for o in outputs]), dev0)
-        return new, metrics(losses, logits, jax.device_put(outputs[-1].next.labels, dev0))
+        losses, logits, labels, valid = jax.device_put(
+            tuple([getattr(o, f) for o in outputs] for f in ("loss", "logits")) +
+            tuple([getattr(o.next, f) for o in outputs] for f in ("labels", "valid")), dev0)  # fmt: skip
+        return new, metrics(losses, logits, labels, valid)
 
     def next_slots(slots: list, outputs: list) -> tuple:
         """Unit k's output waits one step in unit k+1's slot, moved only where k+1 is on another stage."""

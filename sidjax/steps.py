@@ -95,14 +95,21 @@ def local_losses(
     return losses, logits, Parts(stem_stats, unit_stats)
 
 
-def batch_metrics(objective, unit_losses, logits, labels) -> dict[str, chex.Array]:
-    """``loss`` (the objective), ``ce`` and ``accuracy`` of the last unit, ``unit_loss [K]``."""
-    last = logits[-1]
+def batch_metrics(objective, unit_losses, logits, labels, valid=None) -> dict[str, chex.Array]:
+    """``loss`` (the objective), ``ce`` and ``accuracy`` of the last unit, ``unit_loss [K]``, ``unit_accuracy [K]``.
+
+    ``labels``: ``[B]``, or ``[K, B]`` where each unit saw its own batch (the
+    pipelined schedule); ``valid [K]``: the units that had a batch (others count 0).
+    """
+    unit_labels = labels if labels.ndim == 2 else jnp.broadcast_to(labels, logits.shape[:2])
+    unit_accuracy = (logits.argmax(-1) == unit_labels).mean(-1)
+    last, labels = logits[-1], unit_labels[-1]
     return {
         "loss": objective,
         "ce": optax.softmax_cross_entropy_with_integer_labels(last, labels).mean(),
         "accuracy": (last.argmax(-1) == labels).mean(),
         "unit_loss": unit_losses,
+        "unit_accuracy": unit_accuracy if valid is None else unit_accuracy * valid,
     }
 
 
@@ -195,11 +202,11 @@ def _pipelined_step(network, tx, loss, vmap):
     grad_fn = jax.value_and_grad(pipelined_losses, argnums=2, has_aux=True)
 
     def inner(state, x, labels, key):
-        (value, (losses, logits, stats, slots, valid, last_labels)), grads = grad_fn(
+        (value, (losses, logits, stats, slots, valid, unit_labels)), grads = grad_fn(
             network, loss, state.params, state.stats, x, labels, state.slots, key, vmap
         )
         new = apply_gradients(state, grads, stats, tx, valid)._replace(slots=slots)
-        return new, batch_metrics(value, losses, logits, last_labels)
+        return new, batch_metrics(value, losses, logits, unit_labels, valid)
 
     return inner
 
@@ -221,7 +228,9 @@ def _walk_step(network, tx, loss, pipelined):
             new = new._replace(slots=next_slots(network, state.slots, [o.next for o in outputs]))
         losses = jnp.stack([o.loss for o in outputs])
         logits = jnp.stack([o.logits for o in outputs])
-        return new, batch_metrics(losses.sum(), losses, logits, outputs[-1].next.labels)
+        labels = jnp.stack([o.next.labels for o in outputs])
+        valid = jnp.stack([jnp.asarray(o.next.valid, jnp.float32) for o in outputs]) if pipelined else None
+        return new, batch_metrics(losses.sum(), losses, logits, labels, valid)
 
     return inner
 

@@ -44,7 +44,7 @@ def test_same_seed_same_numbers_as_recorded(fashion_mnist):
         recorded = json.load(f)
     assert list(found) == list(recorded) and all(len(found[n]) == len(recorded[n]) for n in found)
     moved = [
-        f"{name} epoch {now['epoch']} {key}: {now[key]} != {then[key]}"
+        f"{name} epoch {now['epoch']} {key}: {now.get(key)} != {then.get(key)}"
         for name in found
         for now, then in zip(found[name], recorded[name], strict=True)
         for key in sorted(set(now) | set(then))

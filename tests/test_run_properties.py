@@ -8,8 +8,9 @@ import types
 import chex
 import jax
 import numpy as np
+import optax
 import pytest
-from conftest import tiny_config
+from conftest import tiny_batch, tiny_blockwise, tiny_config
 from test_properties import _plan
 
 import sidjax
@@ -95,3 +96,42 @@ def test_memorisation_curves_are_computed_from_their_definition(fashion_mnist):
     for name, value in expected.items():
         assert history[-1][name] == pytest.approx(value, abs=1e-9), f"{name}: from its definition"
     assert 0.3 < flipped.mean() < 0.5, "the curves were measured on about 40 % flipped labels"
+
+
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_per_unit_training_metrics_are_each_units_own_on_the_batch_it_saw(pipelined):
+    """``unit_accuracy [K]``: unit k's accuracy on its own batch before the update, equal in every execution;
+    in the pipelined schedule unit k sees step t - k's batch and counts 0 while its slot is empty."""
+    network, variables = tiny_blockwise("vit_tiny", 4)
+    batches, key = [tiny_batch(seed=s) for s in range(5)], jax.random.key(0)
+    found = {}
+    for execution in ("vmap", "sequential"):
+        learner = sidjax.make_learner(network, optax.sgd(0.1), "sid", execution=execution, pipelined=pipelined,
+                                      batch_size=16)  # fmt: skip
+        state, found[execution] = learner.init(variables), []
+        for t, batch in enumerate(batches):
+            before = state.variables
+            state, metrics = learner.step(state, batch, key)
+            found[execution].append(metrics)
+            if not pipelined:
+                logits = network.apply(before, batch[0])  # [K, B, N]; no dropout in this network
+                expected = (logits.argmax(-1) == batch[1][None]).mean(-1)
+                np.testing.assert_allclose(metrics["unit_accuracy"], expected, atol=1e-6)
+            else:
+                for k in range(t + 1, network.num_units):
+                    assert metrics["unit_accuracy"][k] == 0.0, f"unit {k + 1} has no batch at step {t}"
+            assert metrics["unit_accuracy"][-1] == metrics["accuracy"] or (pipelined and t < 3)
+    for a, b in zip(found["vmap"], found["sequential"], strict=True):
+        np.testing.assert_allclose(a["unit_accuracy"], b["unit_accuracy"], atol=1e-6)
+        np.testing.assert_allclose(a["unit_loss"], b["unit_loss"], rtol=1e-5)
+
+
+def test_metrics_record_each_units_training_loss_and_accuracy(fashion_mnist):
+    history = []
+    run(tiny_config(epochs=1), dataset=fashion_mnist, progress=False, on_epoch=history.append)
+    record = history[0]
+    assert len(record["train_unit_loss"]) == len(record["train_unit_accuracy"]) == 3
+    assert record["train_unit_accuracy"][-1] == pytest.approx(record["train_accuracy"], abs=1e-12)
+    bp = []
+    run(tiny_config(epochs=1, method="bp"), dataset=fashion_mnist, progress=False, on_epoch=bp.append)
+    assert "train_unit_loss" not in bp[0] and len(bp[0]["train_unit_accuracy"]) == 3  # BP has one loss

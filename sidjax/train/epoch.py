@@ -183,7 +183,9 @@ def train_epoch(
     new = _per_seed(results, len(seeds))
     if progress.metrics is not None:
         new = [
-            {k: np.concatenate([old[k], m[k]]) for k in m}
+            {
+                k: np.concatenate([old[k], m[k]]) for k in m if k in old
+            }  # an older sidjax's partial epoch: its keys
             for old, m in zip(progress.metrics, new, strict=True)
         ]
     return state, Progress(done, new, progress.seconds + seconds)

@@ -352,7 +352,9 @@ class RunDir:
                 "resume",
             )
         now = self.config.record()
-        constant = self.config.schedule == "constant" and "tx" not in self.recipe  # your tx may decay over them
+        constant = (
+            self.config.schedule == "constant" and "tx" not in self.recipe
+        )  # your tx may decay over them
         free = set(RESUMABLE) | ({"epochs"} if constant else set())
         changed = [k for k in now if k not in free and saved.get(k) != now[k]]
         if changed:

@@ -315,6 +315,7 @@ def _epoch(plan, programs: RunPrograms, state, data: RunData, dirs, epoch, resum
             "train_loss": float(mean["loss"]),
             "train_ce": float(mean["ce"]),
             "train_accuracy": float(mean["accuracy"]),
+            **_per_unit_training(plan, mean),
             "test_accuracy": test["accuracy"],
             "per_unit_accuracy": test["per_unit_accuracy"],
             "per_unit_kl": test["per_unit_kl"],
@@ -325,6 +326,16 @@ def _epoch(plan, programs: RunPrograms, state, data: RunData, dirs, epoch, resum
         _check_diverged(plan, record, seed if len(programs.seeds) > 1 else None)
         records.append(record)
     return state, records
+
+
+def _per_unit_training(plan: Plan, mean: dict[str, np.ndarray]) -> dict[str, list[float]]:
+    """Each unit's mean training loss (local methods) and accuracy over the epoch's batches, as seen in training."""
+    per_unit = {}
+    if plan.method.local:
+        per_unit["train_unit_loss"] = mean["unit_loss"].tolist()
+    if "unit_accuracy" in mean:
+        per_unit["train_unit_accuracy"] = mean["unit_accuracy"].tolist()
+    return per_unit
 
 
 def _check_diverged(plan: Plan, record: dict[str, Any], seed: int | None) -> None:
