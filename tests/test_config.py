@@ -147,6 +147,11 @@ BAD_COMMAND_LINES = [
     (["--resume"], "error: --resume needs out"),
     (["--num-processes", "2"], "a multi-process run needs all three settings"),
     (["--dataset", "folder:/nowhere"], "an image folder needs train/ and test/"),
+    (["--model", "resnet1000"], "argument --model: 'resnet1000' is neither one of ('mlp',"),
+    (
+        ["--model", "nowhere.models:net"],
+        "error: --model nowhere.models:net: cannot import it (ModuleNotFoundError",
+    ),
 ]
 
 

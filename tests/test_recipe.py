@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -168,3 +173,46 @@ def test_a_per_unit_alpha_takes_its_length_from_the_model_given(fashion_mnist):
     assert result.summary["num_modules"] == 4
     with pytest.raises(ConfigError, match="alpha has 4 values but the network has 3 units"):
         sidjax.run(config, dataset=fashion_mnist, progress=False)
+
+
+# --- your model on the command line ---
+
+MODELS_PY = """
+import jax
+from flax import nnx
+
+import sidjax
+
+
+def small_trunk(key):
+    rngs = nnx.Rngs(key)
+    extractor = nnx.Sequential(lambda x: x.reshape(len(x), -1), nnx.Linear(784, 32, rngs=rngs))
+    return sidjax.trunk(extractor, num_classes=10, input_shape=(28, 28, 1), num_modules=2, key=key,
+                        module_hidden=32, name="small_trunk")
+"""
+
+
+def test_your_model_on_the_command_line_trains_resumes_and_names_itself(tmp_path):
+    (tmp_path / "my_models.py").write_text(MODELS_PY)
+    command = [sys.executable, "-m", "sidjax", "train", "--model", "my_models:small_trunk", "--limit-train", "512",
+               "--limit-test", "256", "--batch-size", "64", "--out", "run", "--no-progress"]  # fmt: skip
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "XLA_FLAGS": ""}
+    first = subprocess.run([*command, "--epochs", "1"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    assert (
+        first.stdout.strip().splitlines()[-1].startswith("sid small_trunk (trunk) on fashion_mnist, seed 0")
+    )
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert (summary["model"], summary["num_modules"]) == ("small_trunk", 2)
+    more = subprocess.run([*command, "--epochs", "2", "--resume"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True)  # fmt: skip
+    assert more.returncode == 0, more.stderr
+    assert [r["epoch"] for r in records(tmp_path / "run" / "metrics.jsonl")] == [1, 2]
+
+
+def test_a_model_that_is_not_a_network_is_one_line(fashion_mnist):
+    with pytest.raises(ConfigError, match=r"model is str 'my_cnn'; give a factory key -> \(network, variables\)"):
+        sidjax.run(tiny_config(), model="my_cnn", dataset=fashion_mnist, progress=False)
+    bare = nnx.Linear(784, 10, rngs=nnx.Rngs(0))
+    with pytest.raises(ConfigError, match=r"the model factory returned Linear, not \(network, variables\)"):
+        sidjax.run(tiny_config(), model=lambda key: bare, dataset=fashion_mnist, progress=False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import os
 import re
 import shlex
@@ -33,7 +34,6 @@ from sidjax.train.config import GROUPS, LR_SCHEDULES, OPTIMIZERS, TrainConfig, f
 CHOICES: dict[str, tuple[str, ...]] = {
     "method": tuple(METHODS),
     "mode": MODES,
-    "model": tuple(ARCHITECTURES),
     "head": tuple(HEADS),
     "belief_input": BELIEF_INPUTS,
     "divergence": DIVERGENCES,
@@ -102,6 +102,10 @@ def _add_field(group, field: dataclasses.Field, help_text: str) -> None:
         kw["choices"] = CHOICES[field.name]
     if field.name == "dataset":
         kw["help"] = f"{' | '.join(DATASETS)} | folder:/root (default: %(default)s)"
+    if field.name == "model":
+        kw["type"], kw["metavar"] = model_name, "NAME|MODULE:FACTORY"
+        kw["help"] = (f"{' | '.join(ARCHITECTURES)}, or your own network: package.module:factory, a function "
+                      "key -> (network, variables) (default: %(default)s)")  # fmt: skip
     group.add_argument(*names, **kw)
 
 
@@ -132,6 +136,38 @@ def build_parser(prog: str | None = None, description: str = "") -> argparse.Arg
     hosts.add_argument("--num-processes", type=int, default=None, help="how many processes")
     hosts.add_argument("--process-id", type=int, default=None, help="this process's index")
     return parser
+
+
+def model_name(text: str) -> str:
+    """A built-in architecture's name, or ``package.module:factory`` (imported when the run starts)."""
+    if text in ARCHITECTURES or re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", text):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is neither one of {tuple(ARCHITECTURES)} nor package.module:factory"
+    )
+
+
+def import_model(spec: str) -> Any:
+    """The object ``package.module:factory`` names (the current directory importable, as with ``python -m``)."""
+    module_name, _, attribute = spec.partition(":")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        found = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(
+            f"model {spec}: cannot import it ({type(err).__name__}: {err}); the module must be importable "
+            "from the current directory or the environment",
+            "model",
+        ) from None
+    return found
+
+
+def own_model(config: TrainConfig) -> Any:
+    """Your own network named by ``--model package.module:factory``, else None (a built-in architecture)."""
+    return import_model(config.model) if ":" in config.model else None
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -205,7 +241,7 @@ def _run(args: argparse.Namespace, config: TrainConfig, out: str | None, dataset
     """The run's summaries, one per seed."""
     from sidjax.train.runner import run
 
-    result = run(config, out, dataset=dataset, data_dir=args.data_dir, manual_dir=args.manual_dir,
+    result = run(config, out, model=own_model(config), dataset=dataset, data_dir=args.data_dir, manual_dir=args.manual_dir,
                  progress=not args.no_progress, overwrite=args.overwrite, resume=args.resume)  # fmt: skip
     return [r.summary for r in (result if isinstance(result, list) else [result])]
 
@@ -260,7 +296,7 @@ def compare(argv: list[str] | None = None) -> dict[str, list[dict]]:
         base = config_from_args(args)
         configs = {m: dataclasses.replace(base, method=m) for m in args.methods.split(",")}
         for config in configs.values():
-            make_plan(config)  # every method's settings are checked before the data is loaded
+            make_plan(config, model=own_model(config))  # every method's settings, before the data is loaded
         dataset = load_dataset(base.dataset, args.data_dir, args.manual_dir, image_size=base.image_size)
         return {m: _run(args, c, os.path.join(args.out, m), dataset) for m, c in configs.items()}
 

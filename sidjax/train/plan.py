@@ -151,14 +151,30 @@ def auto_chunk(steps: int, cpu_convolutions: bool, most: int = 64) -> int:
     return max(d for d in range(1, min(steps, most) + 1) if steps % d == 0)
 
 
+MODEL_FORMS = (
+    "a factory key -> (network, variables), a built (network, variables) or a sidjax.Backbone "
+    "(a built-in architecture is named in the config: TrainConfig(model=...))"
+)
+
+
 def _factory(model: Model) -> ModelFactory:
+    """``model`` as ``key -> (network, variables)``; anything else is one ``ConfigError`` line."""
     if callable(model):
-        return model
+
+        def checked(key):
+            built = model(key)
+            if not (isinstance(built, tuple) and len(built) == 2 and isinstance(built[0], Network)):
+                raise ConfigError(
+                    f"the model factory returned {type(built).__name__}, not (network, variables); "
+                    "build them with sidjax.blockwise, sidjax.trunk or sidjax.make_network",
+                    "model",
+                )
+            return built
+
+        return checked
+    if not (isinstance(model, tuple) and len(model) == 2 and isinstance(model[0], Network)):
+        raise ConfigError(f"model is {type(model).__name__} {model!r:.40}; give {MODEL_FORMS}", "model")
     network, variables = model
-    if not isinstance(network, Network):
-        raise ConfigError(
-            "model must be a factory key -> (network, variables) or a built (network, variables)"
-        )
     return lambda key: (network, variables)
 
 
