@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import sidjax
 from sidjax import ConfigError
 from sidjax.data import (
     DEBIAN_FASHION_MNIST_DIR,
@@ -327,14 +328,12 @@ def _arrays(n=8):
         (lambda x, y: (x.transpose(0, 3, 1, 2), y), "train_images have shape (8, 1, 6, 6), which looks channels-first"
                                                     " [num, C, H, W]; sidjax reads [num, H, W, C]: pass "
                                                     "train_images.transpose(0, 2, 3, 1)"),
-        (lambda x, y: (x.reshape(len(x), -1), y), "train_images have shape (8, 36): flattened images; give "
-                                                  "[num, H, W, C], e.g. train_images.reshape(-1, 6, 6, 1)"),
         (lambda x, y: (x, y.astype(np.float32)), "train_labels must be integer class ids, got float32: pass "
                                                   "train_labels.astype(int)"),
         (lambda x, y: (x, y - 1), "train_labels must lie in [0, 4), got [-1, 2]"),
-        (lambda x, y: (x > 0.5, y), "train_images are bool; give uint8 (0..255) or float images"),
-        (lambda x, y: (x[..., None], y), "train_images must be [num, H, W, C] (or [num, H, W]), got shape "
-                                         "(8, 6, 6, 1, 1)"),
+        (lambda x, y: (x > 0.5, y), "train_images are bool; give uint8 (0..255) or float images, or float features"),
+        (lambda x, y: (x[..., None], y), "train_images must be images [num, H, W, C] (or [num, H, W]) or features "
+                                         "[num, F], got shape (8, 6, 6, 1, 1)"),
         (lambda x, y: (x, np.stack([y, y, y], 1)), "train_labels must be class ids [num], got shape (8, 3)"),
         (lambda x, y: (x, y + 0.5), "train_labels must be integer class ids, got float64"),
         (lambda x, y: (x, y[:-1]), "8 train images but 7 labels, 8 test images but 8 labels"),
@@ -398,3 +397,27 @@ def test_normalisation_statistics_come_from_the_training_split_alone():
                                   err_msg="the std is the training split's, per channel")  # fmt: skip
     data = data.subset(20, 5)
     np.testing.assert_array_equal(data.mean, train.mean(axis=(0, 1, 2)), err_msg="limits keep the statistics")
+
+
+def test_feature_rows_train_through_run_standardised_per_feature():
+    """Tabular data ``[num, F]``: each feature standardised on the training split's own mean and std."""
+    rng = np.random.default_rng(0)
+    centres, scales = rng.normal(size=(4, 12)) * 2, np.logspace(-3, 3, 12)  # features on far-apart scales
+
+    def draw(n):
+        y = rng.integers(0, 4, n)
+        return ((centres[y] + rng.normal(size=(n, 12))) * scales).astype(np.float32), y
+
+    (x, y), (xt, yt) = draw(1024), draw(256)
+    dataset = Dataset.from_arrays(x, y, xt, yt, name="tabular")
+    assert dataset.input_shape == (12,)
+    np.testing.assert_allclose(dataset.mean, x.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(dataset.normalise(x).std(0), 1.0, rtol=1e-4)
+    config = sidjax.TrainConfig(
+        dataset="tabular", model="mlp", num_modules=3, tiny=True, epochs=2, batch_size=64
+    )
+    result = sidjax.run(config, dataset=dataset, progress=False)
+    assert result.network.input_shape == (12,) and result.summary["final_test_accuracy"] > 0.9  # chance: 0.25
+    flat = rng.integers(0, 256, (8, 64), dtype=np.uint8)  # flattened 8 x 8 images, perhaps
+    with pytest.warns(UserWarning, match=r"are read as 64 features, .*reshape\(-1, 8, 8, 1\)"):
+        Dataset.from_arrays(flat, y[:8], flat, y[:8])

@@ -211,7 +211,9 @@ def test_your_model_on_the_command_line_trains_resumes_and_names_itself(tmp_path
 
 
 def test_a_model_that_is_not_a_network_is_one_line(fashion_mnist):
-    with pytest.raises(ConfigError, match=r"model is str 'my_cnn'; give a factory key -> \(network, variables\)"):
+    with pytest.raises(
+        ConfigError, match=r"model is str 'my_cnn'; give a factory key -> \(network, variables\)"
+    ):
         sidjax.run(tiny_config(), model="my_cnn", dataset=fashion_mnist, progress=False)
     bare = nnx.Linear(784, 10, rngs=nnx.Rngs(0))
     with pytest.raises(ConfigError, match=r"the model factory returned Linear, not \(network, variables\)"):

@@ -16,24 +16,18 @@ from sidjax.errors import ConfigError
 
 
 def _images(name: str, x: np.ndarray) -> np.ndarray:
-    """``[num, H, W, C]`` images (``[num, H, W]`` read as one channel), or ``ConfigError``."""
+    """``[num, H, W, C]`` images (``[num, H, W]`` read as one channel) or ``[num, F]`` features, or ``ConfigError``."""
     if x.dtype == bool or not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
-        raise ConfigError(f"{name} are {x.dtype}; give uint8 (0..255) or float images")
+        raise ConfigError(f"{name} are {x.dtype}; give uint8 (0..255) or float images, or float features")
     if x.ndim == 2:
-        side = math.isqrt(x.shape[1])
-        example = (
-            f"{name}.reshape(-1, {side}, {side}, 1)"
-            if side * side == x.shape[1]
-            else f"{name}.reshape(-1, H, W, C)"
-        )
-        raise ConfigError(
-            f"{name} have shape {x.shape}: flattened images; give [num, H, W, C], e.g. {example}"
-        )
+        _flattened_images(name, x)
     if x.ndim == 3:
         x = x[..., None]
-    if x.ndim != 4:
-        raise ConfigError(f"{name} must be [num, H, W, C] (or [num, H, W]), got shape {x.shape}")
-    if x.shape[1] in (1, 3) and x.shape[-1] not in (1, 3, 4):
+    if x.ndim not in (2, 4):
+        raise ConfigError(
+            f"{name} must be images [num, H, W, C] (or [num, H, W]) or features [num, F], got shape {x.shape}"
+        )
+    if x.ndim == 4 and x.shape[1] in (1, 3) and x.shape[-1] not in (1, 3, 4) and x.shape[1:3] != (1, 1):
         raise ConfigError(
             f"{name} have shape {x.shape}, which looks channels-first [num, C, H, W]; sidjax reads "
             f"[num, H, W, C]: pass {name}.transpose(0, 2, 3, 1)"
@@ -48,6 +42,18 @@ def _images(name: str, x: np.ndarray) -> np.ndarray:
                 "drop or repair them before training"
             )
     return x
+
+
+def _flattened_images(name: str, x: np.ndarray) -> None:
+    """Warns where ``[num, F]`` features look like flattened uint8 images (F a square, 0..255)."""
+    side = math.isqrt(x.shape[1])
+    if x.dtype == np.uint8 and side * side == x.shape[1] and side >= 8:
+        warnings.warn(
+            f"{name} {x.shape} are read as {x.shape[1]} features, each standardised on its own; if they are "
+            f"flattened images, pass {name}.reshape(-1, {side}, {side}, 1) for per-channel statistics",
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 def _labels(name: str, y: np.ndarray) -> np.ndarray:
@@ -68,7 +74,8 @@ def _labels(name: str, y: np.ndarray) -> np.ndarray:
 def check_arrays(
     train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, num_classes: int | None
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """Checks a dataset's four arrays; returns the images as ``[num, H, W, C]`` and the number of classes.
+    """Checks a dataset's four arrays; returns the inputs (images as ``[num, H, W, C]``, features as
+    ``[num, F]``) and the number of classes.
 
     Raises:
       ConfigError: one line naming the array, the problem and the likely fix.

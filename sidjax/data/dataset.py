@@ -55,8 +55,10 @@ class Dataset:
         """A dataset from your own arrays (numpy or jax), e.g. ``Dataset.from_arrays(x, y, xt, yt)``.
 
         Args:
-          train_images, test_images: ``[num, H, W, C]`` (``[num, H, W]`` is
-            read as one channel), uint8 (scaled by 1/255) or finite floats.
+          train_images, test_images: images ``[num, H, W, C]`` (``[num, H, W]``
+            is read as one channel), standardised per channel, or feature rows
+            ``[num, F]`` (tabular data, for a network whose input is ``(F,)``),
+            standardised per feature; uint8 (scaled by 1/255) or finite floats.
           train_labels, test_labels: integer class ids ``[num]``.
           num_classes: N (default: the largest label + 1).
           name: what ``TrainConfig.dataset`` must say to train on it.
@@ -133,14 +135,15 @@ def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     would turn any other value of it into ~1e8.
     """
     scale = 1.0 / 255.0 if images.dtype == np.uint8 else 1.0
+    axes = tuple(range(images.ndim - 1))  # all but the channels (the features of [num, F] rows)
     if images.size * 4 <= 2**31:
         x = images.astype(np.float32) / 255.0 if scale != 1.0 else images.astype(np.float32)
-        mean = x.mean(axis=(0, 1, 2))
-        return mean, _spread(x.std(axis=(0, 1, 2)), mean)
+        mean = x.mean(axis=axes)
+        return mean, _spread(x.std(axis=axes), mean)
     total = np.zeros(images.shape[-1]), np.zeros(images.shape[-1])
     for start in range(0, len(images), 4096):
         chunk = images[start : start + 4096].astype(np.float64) * scale
-        total = total[0] + chunk.sum(axis=(0, 1, 2)), total[1] + (chunk**2).sum(axis=(0, 1, 2))
+        total = total[0] + chunk.sum(axis=axes), total[1] + (chunk**2).sum(axis=axes)
     count = images.size / images.shape[-1]
     mean = total[0] / count
     std = np.sqrt(np.maximum(total[1] / count - mean**2, 0.0))
