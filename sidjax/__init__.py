@@ -28,7 +28,7 @@ from sidjax.losses import (
 )
 from sidjax.methods import EXECUTIONS, METHODS, MethodSpec
 from sidjax.models import BeliefModule, BlockUnit
-from sidjax.network import Network, Parts, UnitInput, Variables
+from sidjax.network import Modules, Network, Parts, UnitInput, Variables
 from sidjax.placement import Placement
 from sidjax.state import Learner, TrainState
 from sidjax.steps import local_losses
@@ -51,6 +51,7 @@ __all__ = [
     "Learner",
     "MLPHead",
     "MethodSpec",
+    "Modules",
     "Network",
     "Parts",
     "Placement",

@@ -102,6 +102,32 @@ class Chain(NamedTuple):
     stats: Parts
 
 
+class Modules(NamedTuple):
+    """A network's parts as NNX module objects holding its arrays: what you built, trained.
+
+    Attributes:
+      stem: the stem (the extractor of a shared trunk), or None.
+      units: the K units: ``sidjax.BlockUnit`` (``.layers``: your blocks,
+        ``.head``: its belief head) for ``sidjax.blockwise``,
+        ``sidjax.BeliefModule`` (or your module) for ``sidjax.trunk``.
+      num_classes: N.
+    """
+
+    stem: nnx.Module | None
+    units: list[nnx.Module]
+    num_classes: int
+
+    def __call__(self, x: chex.Array) -> chex.Array:
+        """Every unit's logits ``[K, B, N]`` for ``x [B, ...]``: each unit reads the previous one's belief."""
+        h = x if self.stem is None else self.stem(x)
+        log_belief, logits = uniform_log_belief(len(h), self.num_classes), []
+        for unit in self.units:
+            h, unit_logits = unit(h, log_belief)
+            log_belief = jax.nn.log_softmax(unit_logits)
+            logits.append(unit_logits)
+        return jnp.stack(logits)
+
+
 @dataclasses.dataclass(frozen=True)
 class RngSpec:
     """The random streams of one part, as structure only: where its keys and counters sit."""
@@ -313,6 +339,33 @@ class Network:
     def apply(self, variables: Variables, x: chex.Array) -> chex.Array:
         """Inference in evaluation mode: every unit's logits ``[K, B, N]``; the prediction is row -1."""
         return self.forward(variables, x, train=False, cut=False).logits
+
+    def modules(
+        self, variables: Variables, *, train: bool = False, key: chex.PRNGKey | None = None
+    ) -> Modules:
+        """The stem and the K units as NNX module objects with ``variables``' arrays (copies).
+
+        Args:
+          variables: trained arrays (``RunResult.variables``, ``load_run(...).variables``).
+          train: the modules in training mode (dropout on, batch statistics);
+            default evaluation mode, as ``predict`` runs them.
+          key: the random streams' key of modules that draw random numbers in
+            training mode (dropout); default ``jax.random.key(0)``.
+        """
+        key = jax.random.key(0) if key is None and train else key
+        stem = None
+        if self.stem is not None:
+            stem = self.stem.merge(
+                variables.params.stem, variables.stats.stem, part_key(key, self.num_units), train
+            )
+        units = [
+            self.units[0 if self.stacked else k].merge(
+                self.unit_values(variables.params.units, k), self.unit_values(variables.stats.units, k),
+                part_key(key, k), train,
+            )
+            for k in range(self.num_units)
+        ]  # fmt: skip
+        return Modules(stem, units, self.num_classes)
 
 
 def stack(trees: list[Any]) -> Any:

@@ -351,3 +351,28 @@ def test_stacked_units_with_statistics_split_over_a_unit_mesh_equal_one_device()
                                         batch_size=16), variables)  # fmt: skip
     chex.assert_trees_all_close(meshed[0].params, one[0].params, atol=1e-5)
     chex.assert_trees_all_close(meshed[0].stats, one[0].stats, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["sid", "trunk"])
+def test_your_modules_come_back_trained_and_reproduce_predict(case, fashion_mnist):
+    """``network.modules``: your own NNX blocks, heads and extractor with the trained arrays, in either mode."""
+    result = sidjax.run(_config(case, epochs=1), model=MODELS[case], dataset=fashion_mnist, progress=False)
+    network, variables = result.network, result.variables
+    x = fashion_mnist.normalise(fashion_mnist.test_images[:64])
+    modules = network.modules(variables)
+    np.testing.assert_allclose(
+        jax.nn.softmax(modules(x)[-1]), sidjax.predict(network, variables, x), rtol=1e-5, atol=1e-6
+    )
+    if case == "sid":
+        block = modules.units[0].layers[0]
+        assert isinstance(block, ConvBlock) and block.norm.use_running_average and block.drop.deterministic
+        np.testing.assert_array_equal(
+            block.norm.mean[...], _leaf(variables.stats.units[0], "layers", 0, "norm", "mean")
+        )
+        features = modules.units[1].layers[0](block(x))  # your blocks, called as you wrote them
+        assert features.shape == (64, 7, 7, 16)
+    else:
+        assert isinstance(modules.stem, Extractor) and len(modules.units) == 3
+    training = network.modules(variables, train=True, key=jax.random.key(1))
+    first = training.units[0] if case == "sid" else training.stem
+    assert not (first.layers[0] if case == "sid" else first.blocks[0]).drop.deterministic
