@@ -154,6 +154,7 @@ class PartDef:
     train_def: nnx.GraphDef
     eval_def: nnx.GraphDef
     rngs: RngSpec | None
+    kind: str = ""
 
     @classmethod
     def split(cls, module: nnx.Module) -> tuple[PartDef, nnx.State, nnx.State]:
@@ -170,7 +171,7 @@ class PartDef:
             if leaves
             else None
         )
-        return cls(train_def, eval_def, spec), params, stats
+        return cls(train_def, eval_def, spec, describe_module(module)), params, stats
 
     def merge(self, params: Any, stats: Any, key: chex.PRNGKey | None, train: bool) -> nnx.Module:
         """The module with these arrays, in training or evaluation mode."""
@@ -191,6 +192,14 @@ class PartDef:
         module = self.merge(params, stats, key, train)
         out = module(*args)
         return out, (nnx.state(module, STATS) if train else stats)
+
+
+def describe_module(module: nnx.Module) -> str:
+    """``ConvBlock + MLPHead`` for a block unit (its layers, then its head), else the module's class name."""
+    layers, head = getattr(module, "layers", None), getattr(module, "head", None)
+    if layers is not None and head is not None:
+        return " + ".join([*(type(layer).__name__ for layer in layers), type(head).__name__])
+    return type(module).__name__
 
 
 def in_mode(module: nnx.Module, *, train: bool) -> nnx.Module:

@@ -8,6 +8,7 @@ in every execution and placement.
 
 import dataclasses
 import functools
+import json
 
 import chex
 import jax
@@ -20,6 +21,7 @@ from flax import nnx
 
 import sidjax
 from sidjax import Variables
+from sidjax.errors import ConfigError
 
 NUM_CLASSES = 10
 
@@ -376,3 +378,45 @@ def test_your_modules_come_back_trained_and_reproduce_predict(case, fashion_mnis
     training = network.modules(variables, train=True, key=jax.random.key(1))
     first = training.units[0] if case == "sid" else training.stem
     assert not (first.layers[0] if case == "sid" else first.blocks[0]).drop.deterministic
+
+
+def wider_cnn(key):
+    """The DGL network of ``MODELS`` with a wider second block."""
+    rngs = nnx.Rngs(params=key, dropout=jax.random.fold_in(key, 1))
+    blocks = [ConvBlock(1, 8, pool=True, rngs=rngs), ConvBlock(8, 24, pool=True, rngs=rngs),
+              ConvBlock(24, 16, pool=False, rngs=rngs)]  # fmt: skip
+    return sidjax.blockwise(blocks, num_classes=NUM_CLASSES, input_shape=(28, 28, 1), rngs=rngs, head_hidden=32,
+                            belief_input="none", name="my_cnn")  # fmt: skip
+
+
+def test_load_run_checks_the_model_against_the_checkpoint_and_records_say_what_trained(
+    fashion_mnist, tmp_path
+):
+    out = str(tmp_path / "dgl")
+    sidjax.run(_config("dgl", epochs=1), out, model=MODELS["dgl"], dataset=fashion_mnist, progress=False)
+    network = json.loads((tmp_path / "dgl" / "summary.json").read_text())["network"]
+    assert network == json.loads((tmp_path / "dgl" / "run.json").read_text())["network"]
+    assert network["units"] == 3 and network["belief_input"] is False and network["alpha"] == [1.0, 1.0, 1.0]
+    assert network["unit_modules"][0] == "ConvBlock + MLPHead" and network["name"] == "my_cnn"
+    assert network["parameters"] == sum(
+        a.size for a in jax.tree.leaves(MODELS["dgl"](jax.random.key(0))[1].params)
+    )
+    with pytest.raises(ConfigError, match="method 'dgl' needs heads without belief input"):
+        sidjax.load_run(out, model=MODELS["sid"])
+    with pytest.raises(ConfigError, match=r"20 arrays of other shapes, e.g. params.units.1.head.hidden.kernel.value: "
+                                          r"\(16, 32\) saved, \(24, 32\) given"):  # fmt: skip
+        sidjax.load_run(out, model=wider_cnn)
+    with pytest.raises(
+        ConfigError, match="trained with your own model 'my_cnn': give load_run the same model"
+    ):
+        sidjax.load_run(out)
+
+    def renamed(key):
+        network, variables = MODELS["dgl"](key)
+        return dataclasses.replace(network, name="other_cnn"), variables
+
+    with pytest.raises(
+        ConfigError, match="trained with the model 'my_cnn'; the model given builds 'other_cnn'"
+    ):
+        sidjax.load_run(out, model=renamed)
+    assert sidjax.load_run(out, model=MODELS["dgl"]).summary["network"] == network

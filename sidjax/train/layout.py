@@ -24,13 +24,16 @@ def layout_differences(saved: Any, template: Any, most: int = 3) -> str:
         leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
         return {".".join(_key(k) for k in path): tuple(leaf.shape) for path, leaf in leaves}
 
+    def order(names):  # the network's arrays first: they say more than the optimizer's
+        return sorted(names, key=lambda n: (not n.startswith("params"), n))
+
     have, want = named(saved), named(template)
     shapes = [
         f"{n}: {have[n]} saved, {want[n]} given"
-        for n in sorted(have.keys() & want.keys())
+        for n in order(have.keys() & want.keys())
         if have[n] != want[n]
     ]
-    only_saved, only_given = sorted(have.keys() - want.keys()), sorted(want.keys() - have.keys())
+    only_saved, only_given = order(have.keys() - want.keys()), order(want.keys() - have.keys())
     parts = [
         f"{len(shapes)} arrays of other shapes, e.g. {'; '.join(shapes[:most])}" if shapes else "",
         f"{len(only_saved)} arrays only saved, e.g. {', '.join(only_saved[:most])}" if only_saved else "",

@@ -51,6 +51,8 @@ class Plan(NamedTuple):
         vmapped seeds are slow: chunks are one step and seeds are unrolled
         inside the program instead of vmapped (``auto_chunk``).
       tx: the optimizer of every part (the config's, or yours).
+      loss: the local loss the units train with (``SIDLoss``, the method's
+        own alpha applied).
       recipe: what the config's fields cannot record: ``{"tx": "custom"}``
         for your own optimizer, ``{"alpha": "schedule"}`` for an alpha
         schedule (``{}`` for neither); run directories keep it, so that a
@@ -68,6 +70,7 @@ class Plan(NamedTuple):
     cpu_convolutions: bool = False
     tx: optax.GradientTransformation | None = None
     recipe: dict[str, str] = {}
+    loss: Any = None
 
 
 def builtin_model(
@@ -262,7 +265,37 @@ def make_plan(
     chunk = (
         min(config.steps_per_chunk, steps) if config.steps_per_chunk else auto_chunk(steps, cpu_convolutions)
     )
-    return Plan(config, spec, network, build, learner, info, steps, chunk, cpu_convolutions, tx, recipe)
+    return Plan(config, spec, network, build, learner, info, steps, chunk, cpu_convolutions, tx, recipe,
+                spec.loss(loss))  # fmt: skip
+
+
+def trained_network(plan: Plan) -> dict[str, Any]:
+    """What is trained, as the network and the recipe have it (a config may name defaults your model overrides).
+
+    ``units``: K; ``stem``/``unit_modules``: module classes; ``belief_input``:
+    whether units read the previous belief; ``alpha``: each unit's effective
+    alpha (``"schedule"``; None for backprop); ``parameters``: trained scalars.
+    """
+    network = plan.network
+    shapes = jax.eval_shape(lambda key: plan.build(key)[1].params, jax.random.key(0))
+    alpha = None
+    if plan.method.local:
+        alpha = (
+            "schedule"
+            if plan.loss.scheduled
+            else [round(float(a), 6) for a in plan.loss.alphas(network.num_units)]
+        )
+    return {
+        "name": network.name,
+        "mode": network.mode,
+        "units": network.num_units,
+        "stem": network.stem.kind if network.stem else None,
+        "unit_modules": [network.units[0 if network.stacked else k].kind for k in range(network.num_units)],
+        "belief_input": network.belief_input,
+        "alpha": alpha,
+        "parameters": int(sum(leaf.size for leaf in jax.tree.leaves(shapes))),
+        **({"recipe": plan.recipe} if plan.recipe else {}),
+    }
 
 
 def _recipe(

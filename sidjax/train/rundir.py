@@ -500,12 +500,15 @@ class RunDir:
         except FileNotFoundError:  # removed while it was read (a writer keeps the newest two)
             return "removed while it was read"
 
-    def begin(self, position: Position | None, dataset: dict[str, Any]) -> None:
+    def begin(
+        self, position: Position | None, dataset: dict[str, Any], network: dict[str, Any] | None = None
+    ) -> None:
         """Starts writing: continue this directory after ``position``, or a new run beside it (None).
 
         ``dataset`` (its shape, classes and split sizes) goes into ``run.json``
         with the provenance and the time, so that the run can be loaded
-        without its data (``sidjax.load_run``).
+        without its data (``sidjax.load_run``); so does ``network``, what is
+        trained (``trained_network``).
         """
         now = _now()
         if position is not None:
@@ -531,6 +534,8 @@ class RunDir:
                 os.path.join(self.incoming, "config.json"), json.dumps(self.config.record(), indent=2)
             )
             info = {**provenance(), "started": now, "dataset": dataset}
+            if network is not None:
+                info["network"] = network
             if self.recipe:
                 info["recipe"] = self.recipe
         write_atomic(os.path.join(self.live, "run.json"), json.dumps(info, indent=2))

@@ -25,6 +25,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from sidjax.architectures import ARCHITECTURES
 from sidjax.data import Dataset, DatasetInfo, load_dataset
 from sidjax.errors import ConfigError
 from sidjax.evaluation import split_metrics
@@ -34,7 +35,7 @@ from sidjax.schedule import init_slots
 from sidjax.state import TrainState, new_state
 from sidjax.train.config import TrainConfig
 from sidjax.train.epoch import Progress, RunData, epoch_chunks, fits_on_device, prepare_data, train_epoch
-from sidjax.train.plan import Model, Optimizer, Plan, make_plan
+from sidjax.train.plan import Model, Optimizer, Plan, make_plan, trained_network
 from sidjax.train.programs import RunPrograms, init_states, load_states, make_programs, unload_states
 from sidjax.train.rundir import Position, RunDir, provenance
 from sidjax.train.signals import StopRequest, stop_signals
@@ -250,7 +251,7 @@ def _train(
     histories = {s: (dirs[s].history()[: first - 1] if dirs[s] else []) for s in seeds}
     for d in dirs.values():
         if d is not None:
-            d.begin(position, plan.info._asdict())
+            d.begin(position, plan.info._asdict(), trained_network(plan))
     try:
         with stop_signals() as stop:
             for epoch in range(first, config.epochs + 1):
@@ -501,6 +502,7 @@ def summarize(
         **validated,
         "per_unit_accuracy": history[-1]["per_unit_accuracy"],
         "per_unit_kl": history[-1]["per_unit_kl"],
+        "network": trained_network(plan),
         "train_time_s": train_time,
         "time_per_epoch_s": train_time / config.epochs,
         "examples_per_s": examples / train_time,
@@ -554,7 +556,16 @@ def load_run(
     info = None if saved is None else DatasetInfo(**{**saved, "input_shape": tuple(saved["input_shape"])})
     if "tx" in run_info.get("recipe", {}) and tx is None:
         raise ConfigError(f"{path} was trained with your own optimizer: give load_run the same tx", "tx")
+    if model is None and config.model not in ARCHITECTURES:
+        raise ConfigError(
+            f"{path} was trained with your own model {config.model!r}: give load_run the same model", "model"
+        )
     plan = make_plan(config, model=model, info=info, tx=tx)
+    if plan.config.model != config.model:
+        raise ConfigError(
+            f"{path} was trained with the model {config.model!r}; the model given builds {plan.config.model!r}",
+            "model",
+        )
     skipped: list[str] = []
     run_dir = RunDir(path, plan.config, log=skipped.append, steps_per_epoch=plan.steps_per_epoch)
     template = layout_template(plan)
