@@ -144,7 +144,7 @@ BAD_COMMAND_LINES = [
     ),
     (["--placement", "mesh:3,1", "--batch-size", "128"], "must divide the batch size (128)"),
     (["--mode", "blockwise", "--placement", "stages:5"], "error: --placement: stages must lie in [1, 4]"),
-    (["--resume"], "error: --resume needs out"),
+    (["--resume"], "error: --resume needs --out: the directory of the run to continue"),
     (["--num-processes", "2"], "a multi-process run needs all three settings"),
     (["--dataset", "folder:/nowhere"], "an image folder needs train/ and test/"),
     (["--model", "resnet1000"], "argument --model: 'resnet1000' is neither one of ('mlp',"),

@@ -176,6 +176,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 FIELDS_WITH_UNDERSCORES = tuple(f.name for f in dataclasses.fields(TrainConfig) if "_" in f.name)
+# what messages say in Python terms (run's arguments), and the flags that say it on the command line
+PYTHON_TERMS = {"resume=True": "--resume", "overwrite=True": "--overwrite", "out_dir": "--out"}
 
 
 def error_line(err: Exception) -> str:
@@ -186,6 +188,8 @@ def error_line(err: Exception) -> str:
         message = re.sub(rf"(?<![-\w']){field}\b", flag(field), message, count=1)
     for name in FIELDS_WITH_UNDERSCORES:
         message = re.sub(rf"(?<![-\w]){name}\b", flag(name), message)
+    for term, flag_name in PYTHON_TERMS.items():
+        message = re.sub(rf"(?<![-\w]){re.escape(term)}", flag_name, message)
     return f"error: {message}"
 
 

@@ -253,8 +253,8 @@ class RunDir:
         existing = self.existing()
         if existing and not (resume or overwrite):
             raise ConfigError(
-                f"out {self.path} already holds a run ({', '.join(existing)}); resume it (--resume), "
-                "replace it (--overwrite), or choose another",
+                f"out {self.path} already holds a run ({', '.join(existing)}); resume it (resume=True), "
+                "replace it (overwrite=True), or choose another",
                 "out",
             )
         if existing and resume:
@@ -342,7 +342,7 @@ class RunDir:
             ) from None
         except (json.JSONDecodeError, ConfigError, TypeError) as err:
             raise ConfigError(
-                f"resume: {path} is damaged ({err}); use --overwrite to start again", "resume"
+                f"resume: {path} is damaged ({err}); use overwrite=True to start again", "resume"
             ) from None
         trained_with = self.run_info().get("recipe", {})
         if trained_with != self.recipe:
@@ -452,6 +452,11 @@ class RunDir:
                 manager = self._open(self.path)
                 saved = saved_arrays(os.path.join(self.path, "checkpoints", str(position.id), "state"))
                 differences = layout_differences(saved, abstract)
+                if differences and not (self.exists(position) and self.intact(position)):
+                    self.log(
+                        f"{self.path}: the checkpoint of {position.describe()} was removed while it was read"
+                    )
+                    return None  # a writer keeps the newest two: what was read was half gone
                 if differences:
                     raise CheckpointLayoutError(
                         f"{self.path}: the checkpoint of {position.describe()} holds another network or "
@@ -472,8 +477,14 @@ class RunDir:
                     manager.close()
         metrics = None
         if position.step:
-            with open(os.path.join(self.path, "checkpoints", str(position.id), POSITION)) as f:
-                saved = json.load(f)["metrics"]
+            try:
+                with open(os.path.join(self.path, "checkpoints", str(position.id), POSITION)) as f:
+                    saved = json.load(f)["metrics"]
+            except FileNotFoundError:
+                self.log(
+                    f"{self.path}: the checkpoint of {position.describe()} was removed while it was read"
+                )
+                return None
             metrics = {k: np.asarray(v, np.float32) for k, v in saved.items()}
         return state, metrics
 

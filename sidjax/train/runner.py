@@ -172,9 +172,7 @@ def run(
             raise ConfigError("resume is for single-process runs; start multi-process runs anew", "resume")
         out_dir = out_dir if jax.process_index() == 0 else None
     if resume and out_dir is None:
-        raise ConfigError(
-            "resume needs out (--out on the command line): the directory of the run to continue", "resume"
-        )
+        raise ConfigError("resume needs out_dir: the directory of the run to continue", "resume")
     dirs = seed_dirs(out_dir, plan, log)
     claimed = []
     try:
@@ -457,7 +455,7 @@ def _start_state(plan: Plan, seeds, dirs, resume: bool, log) -> tuple[Any, Posit
     raise ConfigError(
         "resume: "
         f"{first.path} holds {len(first.history())} finished epochs but nothing to continue from "
-        f"({why}); nothing was changed: use --overwrite to start again, or another out",
+        f"({why}); nothing was changed: use overwrite=True to start again, or another out_dir",
         "resume",
     )
 
@@ -569,10 +567,10 @@ def load_run(
     skipped: list[str] = []
     run_dir = RunDir(path, plan.config, log=skipped.append, steps_per_epoch=plan.steps_per_epoch)
     template = layout_template(plan)
-    for _ in range(5):  # the writer may remove a checkpoint while it is read: look again
+    for _ in range(5):  # the writer may remove a checkpoint (file by file) while it is read: look again
         skipped.clear()
         chosen, restored = _newest_restorable(run_dir, None if epoch is None else int(epoch), template)
-        if restored is not None or all(run_dir.exists(p) for p in chosen):
+        if restored is not None or all(run_dir.exists(p) and run_dir.intact(p) for p in chosen):
             break
     if restored is None:
         raise ConfigError(f"{path} holds no intact checkpoint to load ({'; '.join(skipped) or 'none'})")
