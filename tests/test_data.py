@@ -421,3 +421,12 @@ def test_feature_rows_train_through_run_standardised_per_feature():
     flat = rng.integers(0, 256, (8, 64), dtype=np.uint8)  # flattened 8 x 8 images, perhaps
     with pytest.warns(UserWarning, match=r"are read as 64 features, .*reshape\(-1, 8, 8, 1\)"):
         Dataset.from_arrays(flat, y[:8], flat, y[:8])
+
+
+def test_a_test_class_without_training_examples_is_warned_about():
+    x, y = _arrays()
+    train = y != 3
+    with pytest.warns(
+        UserWarning, match=r"test classes \[3\] have no training example: .* their 2 test examples"
+    ):
+        Dataset.from_arrays(x[train], y[train], x, y, num_classes=4)

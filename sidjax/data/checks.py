@@ -98,6 +98,14 @@ def check_arrays(
     for name, y in (("train_labels", train_y), ("test_labels", test_y)):
         if y.min() < 0 or y.max() >= num_classes:
             raise ConfigError(f"{name} must lie in [0, {num_classes}), got [{y.min()}, {y.max()}]")
+    unseen = np.setdiff1d(test_y, train_y)
+    if len(unseen):
+        warnings.warn(
+            f"test classes {unseen[:10].tolist()} have no training example: the network cannot learn them, and "
+            f"their {int(np.isin(test_y, unseen).sum())} test examples count as errors",
+            UserWarning,
+            stacklevel=3,
+        )
     if low == 1 and not given:
         warnings.warn(
             f"labels run from 1 to {high}: class 0 has no example, so the network gets {num_classes} outputs; "
