@@ -722,26 +722,21 @@ def claims_section(results_dir: str) -> str:
             f"L={depths[0]} {paired(depth, deepest, shallowest)} points |"
         )
     noise = load_experiment(results_dir, configs.load("label_noise"))
-    for rate in (20, 40):
-        sid, bp = f"memorise/noise{rate}/sid_a0.5", f"memorise/noise{rate}/bp"
+    mlp, cnn = "MLP trunk, L = 10, 8 000", "SimpleCNN trunk, L = 10, 1 000"
+    for prefix, rate, setting, epochs in (
+        ("memorise", 20, mlp, 100),
+        ("memorise", 40, mlp, 100),
+        ("cnn", 40, cnn, 40),
+    ):
+        sid, bp, ls = (f"{prefix}/noise{rate}/{m}" for m in ("sid_a0.5", "bp", "bp_ls0.5"))
         if sid in noise and bp in noise:
             late = _paired_diffs(noise, sid, bp, "late_test_accuracy")
             rows.append(
-                f"| SID is more robust than BP under {rate} % symmetric label noise | MLP trunk, L = 10, 8 000 "
-                f"Fashion-MNIST examples, 100 epochs (BP memorises), {len(late)} seeds | {_robust(late)} | SID − BP: "
-                f"final {paired(noise, sid, bp)}, last {late_epochs(100)} epochs {paired(noise, sid, bp, 'late_test_accuracy')} "
-                "points |"
+                f"| SID is more robust than BP under {rate} % symmetric label noise | {setting} Fashion-MNIST "
+                f"examples, {epochs} epochs (BP memorises), {len(late)} seeds | {_robust(late)} | SID − BP: final "
+                f"{paired(noise, sid, bp)}, last {late_epochs(epochs)} epochs {paired(noise, sid, bp, 'late_test_accuracy')} "
+                f"points; SID − BP with label smoothing 0.5 over them: {paired(noise, sid, ls, 'late_test_accuracy')} |"
             )
-    sid, bp = "cnn/noise40/sid_a0.5", "cnn/noise40/bp"
-    if sid in noise and bp in noise:
-        late = _paired_diffs(noise, sid, bp, "late_test_accuracy")
-        rows.append(
-            f"| SID is more robust than BP under 40 % symmetric label noise | SimpleCNN trunk, L = 10, 1 000 "
-            f"Fashion-MNIST examples, 40 epochs (BP memorises), {len(late)} seeds | {_robust(late)} | SID − BP: "
-            f"final {paired(noise, sid, bp)}, last {late_epochs(40)} epochs {paired(noise, sid, bp, 'late_test_accuracy')} "
-            f"points; SID − BP with label smoothing 0.5, last {late_epochs(40)} epochs: "
-            f"{paired(noise, sid, 'cnn/noise40/bp_ls0.5', 'late_test_accuracy')} |"
-        )
     sid, bp, ls = (f"cnn/noise0/{m}" for m in ("sid_a0.5", "bp", "bp_ls0.5"))
     if all(n in noise for n in (sid, bp, ls)):
         late = _paired_diffs(noise, sid, ls, "late_test_accuracy")
