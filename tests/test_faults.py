@@ -256,6 +256,31 @@ def _wait_for(proc, path, timeout=240) -> None:
     assert path.exists(), f"{path} never appeared"
 
 
+SCRIPT = """
+import sys
+
+import sidjax
+
+config = sidjax.TrainConfig(model="mlp", num_modules=3, epochs=5, limit_train=24000, limit_test=1000,
+                            batch_size=64, checkpoint_steps=100)
+sidjax.run(config, sys.argv[1], progress=False)  # RunStopped is not caught: the script ends on it
+"""
+
+
+def test_a_stop_signal_ends_a_python_script_with_128_plus_its_number_and_says_why(tmp_path):
+    (tmp_path / "train.py").write_text(SCRIPT)
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "train.py"), str(out)], env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    _wait_for(proc, out / "checkpoints" / "100" / "files.sha256.json")
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in stderr, stderr
+    assert "stopped by SIGTERM in epoch 1 at step " in stdout and f"{out} holds a checkpoint" in stdout, (
+        stdout
+    )
+
+
 def _resume_cli(out) -> subprocess.CompletedProcess:
     return subprocess.run(
         [*TRAIN, *STEPS, "--out", str(out), "--resume"], env=ENV, capture_output=True, text=True

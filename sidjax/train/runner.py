@@ -53,17 +53,24 @@ class TrainingDiverged(FloatingPointError):
 DIVERGED = 100.0  # an epoch whose last unit's training CE exceeds this many times log(N) has diverged
 
 
-class RunStopped(Exception):
+class RunStopped(SystemExit):
     """A stop signal (SIGTERM, SIGUSR1, SIGUSR2, SIGHUP) ended the run at a checkpoint.
+
+    A ``SystemExit`` (as Ctrl-C's ``RunInterrupted`` is a ``KeyboardInterrupt``):
+    uncaught, it ends your script with status 128 + the signal's number, as
+    the shell reports a process that signal ended, after ``run`` has logged
+    its message; ``except Exception`` does not swallow it.
 
     Attributes:
       signum: the signal.
       saved: whether the point it stopped at was checkpointed (``resume`` continues there).
+      code: the exit status, 128 + ``signum``.
     """
 
     def __init__(self, message: str, signum: int, saved: bool):
         super().__init__(message)
         self.signum, self.saved = signum, saved
+        self.code = 128 + signum
 
 
 class RunResult(NamedTuple):
@@ -196,6 +203,9 @@ def run(
             done.update(
                 _train(plan, dataset, seeds, {s: dirs[s] for s in seeds}, resume, progress, on_epoch, log)
             )
+    except RunStopped as err:
+        log(str(err))  # an uncaught SystemExit prints nothing
+        raise
     finally:
         for d in claimed:
             d.release()
