@@ -10,6 +10,7 @@ import sys
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import pytest
 from conftest import (
@@ -35,6 +36,20 @@ def warmup_cosine(total_steps: int) -> optax.GradientTransformation:
     """A recipe of one's own: clipping, then Adam with a linear warm-up and a cosine decay over the run."""
     schedule = optax.warmup_cosine_decay_schedule(0.0, 2e-3, 5, total_steps)
     return optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule))
+
+
+def four_units(key):
+    """Your own shared trunk: a dense extractor with dropout and 4 belief modules."""
+    rngs = nnx.Rngs(params=key, dropout=jax.random.fold_in(key, 1))
+    extractor = nnx.Sequential(lambda x: x.reshape(len(x), -1), nnx.Linear(784, 32, rngs=rngs), jax.nn.relu,
+                               nnx.Dropout(0.1, rngs=rngs))  # fmt: skip
+    return sidjax.trunk(extractor, num_classes=10, input_shape=(28, 28, 1), num_modules=4, key=key,
+                        module_hidden=32, name="four_units")  # fmt: skip
+
+
+def per_unit_warmup(step):
+    """Each of the 4 units its own alpha, all warming up together: ``[4]``."""
+    return jnp.minimum(0.8, 0.3 + step / 40) * jnp.asarray([1.0, 0.9, 0.8, 0.7])
 
 
 def alpha_warmup(step):
@@ -106,8 +121,11 @@ def test_a_schedule_outside_zero_to_one_is_refused_naming_its_step(fashion_mnist
 # --- your optimizer through run ---
 
 
-def test_your_optimizer_and_alpha_schedule_checkpoint_and_resume_bit_for_bit(fashion_mnist, tmp_path):
-    recipe = {"tx": warmup_cosine, "alpha": alpha_warmup, "dataset": fashion_mnist, "progress": False}
+def test_your_model_and_recipe_checkpoint_resume_bit_for_bit_and_come_back(fashion_mnist, tmp_path):
+    """Your model, an optax chain with warm-up and cosine decay, a per-unit alpha schedule: through run,
+    interrupted and resumed bit for bit, loaded, and your modules back reproducing predict."""
+    recipe = {"model": four_units, "tx": warmup_cosine, "alpha": per_unit_warmup, "dataset": fashion_mnist,
+              "progress": False}  # fmt: skip
     config = tiny_config(epochs=3)
     whole = sidjax.run(config, str(tmp_path / "whole"), **recipe)
 
@@ -120,12 +138,19 @@ def test_your_optimizer_and_alpha_schedule_checkpoint_and_resume_bit_for_bit(fas
     resumed = sidjax.run(config, str(tmp_path / "split"), resume=True, **recipe)
     assert records(tmp_path / "split" / "metrics.jsonl") == records(tmp_path / "whole" / "metrics.jsonl")
     chex.assert_trees_all_equal(resumed.state, whole.state)
-    # the recipe did act: another optimizer or alpha gives other numbers
-    plain = sidjax.run(config, dataset=fashion_mnist, progress=False)
-    assert tree_max_abs(jax.tree.map(jnp.subtract, plain.state.params, whole.state.params)) > 1e-3
     assert len(whole.state.opt_state.stem) == 2, "the state of your chain: clipping, then Adam"
-    loaded = sidjax.load_run(str(tmp_path / "whole"), tx=warmup_cosine)
+    assert whole.summary["network"]["alpha"] == "schedule" and whole.summary["network"]["units"] == 4
+    # the recipe did act: the config's optimizer and alpha give other numbers
+    plain = sidjax.run(config, model=four_units, dataset=fashion_mnist, progress=False)
+    assert tree_max_abs(jax.tree.map(jnp.subtract, plain.state.params, whole.state.params)) > 1e-3
+    loaded = sidjax.load_run(str(tmp_path / "whole"), model=four_units, tx=warmup_cosine)
     chex.assert_trees_all_equal(loaded.state, whole.state)
+    modules = loaded.network.modules(loaded.variables)
+    x = fashion_mnist.normalise(fashion_mnist.test_images[:32])
+    np.testing.assert_allclose(jax.nn.softmax(modules(x)[-1]), sidjax.predict(loaded.network, loaded.variables, x),
+                               rtol=1e-5, atol=1e-6)  # fmt: skip
+    with pytest.raises(ConfigError, match=r"resume it \(resume=True\), replace it \(overwrite=True\)"):
+        sidjax.run(config, str(tmp_path / "whole"), **recipe)  # Python callers are told in Python terms
 
 
 def test_a_resume_given_another_recipe_is_refused_in_one_line(fashion_mnist, tmp_path):
@@ -162,12 +187,6 @@ def test_config_fields_refuse_optax_objects_and_point_to_tx():
 
 
 def test_a_per_unit_alpha_takes_its_length_from_the_model_given(fashion_mnist):
-    def four_units(key):
-        rngs = nnx.Rngs(key)
-        extractor = nnx.Sequential(lambda x: x.reshape(len(x), -1), nnx.Linear(784, 32, rngs=rngs))
-        return sidjax.trunk(extractor, num_classes=10, input_shape=(28, 28, 1), num_modules=4, key=key,
-                            module_hidden=32, name="four_units")  # fmt: skip
-
     config = tiny_config(alpha=(0.9, 0.7, 0.5, 0.3), epochs=1)  # the config's default depth is 3
     result = sidjax.run(config, model=four_units, dataset=fashion_mnist, progress=False)
     assert result.summary["num_modules"] == 4
