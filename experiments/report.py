@@ -558,7 +558,27 @@ def depth_section(exp, found, plots: str, rel: str) -> str:
             f"![per-module KL]({rel}/depth_module_kl.png)",
             f"![accuracy vs depth]({rel}/depth_accuracy.png)",
         ]
+    out += _train_and_test_by_module(found, names, plots, rel)
     return "\n\n".join(out)
+
+
+def _train_and_test_by_module(found, names: dict[str, str], plots: str, rel: str) -> list[str]:
+    """Each module's training accuracy (last epoch, on the batches it trained on) beside its test accuracy:
+    accuracy that falls with depth on both is the method, on test alone over-fitting. Runs recorded before
+    the per-unit training numbers existed have none: no plot."""
+    series = {}
+    for label, name in names.items():
+        runs = found.get(name, {})
+        train = [r["metrics"][-1].get("train_unit_accuracy") for r in runs.values()]
+        if runs and all(t is not None for t in train):
+            for kind, values in (("train", train), ("test", _values(runs, "per_unit_accuracy"))):
+                mean, std = _stats([100 * np.asarray(v) for v in values])
+                series[f"{label}, {kind}"] = (np.arange(1, len(mean) + 1), mean, std)
+    if not series:
+        return []
+    _plot(f"{plots}/depth_module_train_test.png", "SID: each module's training and test accuracy", "module i",
+          "accuracy of p_i (%)", series)  # fmt: skip
+    return [f"![per-module training and test accuracy]({rel}/depth_module_train_test.png)"]
 
 
 def alpha_section(exp, found, plots: str, rel: str) -> str:

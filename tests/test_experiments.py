@@ -82,9 +82,10 @@ def test_optimizer_recipes():
     )
 
 
-def _write_run(directory, final, best=None, epochs=2, memorised=None, **extra):
+def _write_run(directory, final, best=None, epochs=2, memorised=None, last=None, **extra):
     directory.mkdir(parents=True)
     metrics = [{"epoch": e + 1, "test_accuracy": final if e + 1 == epochs else 0.5} for e in range(epochs)]
+    metrics[-1].update(last or {})
     for record, value in zip(metrics, memorised or [], strict=False):
         record["train_flipped_memorised"] = value
     (directory / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
@@ -103,7 +104,8 @@ def test_report_tables_come_from_the_result_files(tmp_path):
         _write_run(results / "label_noise" / "noise40" / "sid" / f"seed{seed}", sid)
         _write_run(results / "label_noise" / "noise40" / "bp" / f"seed{seed}", bp)
     _write_run(results / "depth" / "trunk" / "L02" / "sid" / "seed0", 0.8, git_commit="abcdef0123",
-               git_modified=True, git_modified_paths=["experiments/configs/depth.py"])  # fmt: skip
+               git_modified=True, git_modified_paths=["experiments/configs/depth.py"],
+               last={"train_unit_accuracy": [0.6, 0.95]})  # fmt: skip
     _write_run(results / "pipeline" / "pipelined" / "seed0", 0.8, git_commit="0123456789", git_modified=False)
     text = report.report(str(results), str(tmp_path / "RESULTS.md"), str(results / "plots"))
     # late mean: the last 2 epochs of a 2-epoch run, (0.5 + final) / 2; no commit recorded: "none"
@@ -121,7 +123,14 @@ def test_report_tables_come_from_the_result_files(tmp_path):
     assert "| cifar10/* (16 runs) | 0/2 | not yet run:" in text
     assert "| 2 | 80.00 | not yet run | 50.00 → 80.00 | 0.900 → 0.400 | 1/1 |" in text
     assert "| pipelined | 50.00 / 80.00 |" in text
-    for png in ("label_noise_accuracy", "training_curves", "depth_module_kl", "depth_accuracy"):
+    assert "![per-module training and test accuracy](results/plots/depth_module_train_test.png)" in text
+    for png in (
+        "label_noise_accuracy",
+        "training_curves",
+        "depth_module_kl",
+        "depth_accuracy",
+        "depth_module_train_test",
+    ):
         assert (results / "plots" / f"{png}.png").stat().st_size > 1000
     assert "](results/plots/label_noise_accuracy.png)" in text
 
