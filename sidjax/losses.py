@@ -168,9 +168,8 @@ class SIDLoss:
     def __post_init__(self):
         if callable(self.alpha):
             _check_alpha_values(self.alpha(jnp.zeros((), jnp.int32)), "alpha(0)")
-        elif isinstance(
-            self.alpha, jax.Array
-        ):  # a schedule's value (``at_step``); traced: checked by its schedule
+        elif isinstance(self.alpha, jax.Array):
+            # a schedule's value (``at_step``); a traced one was checked with its schedule
             if not isinstance(self.alpha, jax.core.Tracer):
                 _check_alpha_values(self.alpha, "alpha")
         else:

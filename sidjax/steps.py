@@ -132,7 +132,8 @@ def make_step(
     Callers check the rules first (``sidjax.make_learner`` does); ``loss`` is
     the method's (``spec.loss``). ``metrics``: ``loss`` (the objective),
     ``ce`` and ``accuracy`` of the last unit on the batch it saw,
-    ``unit_loss [K]`` (zeros for BP).
+    ``unit_loss [K]`` (zeros for BP) and ``unit_accuracy [K]``. A scheduled
+    alpha (``SIDLoss.at_step``) takes its value at ``state.step``.
     """
 
     def build(loss):

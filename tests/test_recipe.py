@@ -237,3 +237,15 @@ def test_a_model_that_is_not_a_network_is_one_line(fashion_mnist):
     bare = nnx.Linear(784, 10, rngs=nnx.Rngs(0))
     with pytest.raises(ConfigError, match=r"the model factory returned Linear, not \(network, variables\)"):
         sidjax.run(tiny_config(), model=lambda key: bare, dataset=fashion_mnist, progress=False)
+
+
+def test_a_resume_given_other_alpha_values_is_refused(fashion_mnist, tmp_path):
+    out = str(tmp_path / "run")
+    sidjax.run(tiny_config(epochs=1), out, alpha=0.7, dataset=fashion_mnist, progress=False)
+    with pytest.raises(ConfigError, match=r"your own alpha \(given \[0.7\]\), and this run is given your own "
+                                          r"alpha \(given \[0.6\]\)"):  # fmt: skip
+        sidjax.run(tiny_config(epochs=2), out, alpha=0.6, resume=True, dataset=fashion_mnist, progress=False)
+    more = sidjax.run(
+        tiny_config(epochs=2), out, alpha=0.7, resume=True, dataset=fashion_mnist, progress=False
+    )
+    assert more.summary["network"]["alpha"] == [0.7, 0.7, 0.7]

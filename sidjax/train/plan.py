@@ -55,8 +55,9 @@ class Plan(NamedTuple):
         own alpha applied).
       recipe: what the config's fields cannot record: ``{"tx": "custom"}``
         for your own optimizer, ``{"alpha": "schedule"}`` for an alpha
-        schedule (``{}`` for neither); run directories keep it, so that a
-        resume is given the same.
+        schedule or ``"given [values]"`` for alpha values given to ``run``
+        (``{}`` for none); run directories keep it, so that a resume is given
+        the same.
     """
 
     config: TrainConfig
@@ -318,7 +319,11 @@ def _recipe(
     if alpha is not None:
         loss = dataclasses.replace(loss, alpha=tuple(alpha) if isinstance(alpha, list) else alpha)
         check_alpha_schedule(loss, total_steps)
-        recipe["alpha"] = "schedule" if loss.scheduled else "given"
+        recipe["alpha"] = (
+            "schedule"
+            if loss.scheduled
+            else f"given {[round(float(a), 6) for a in jnp.atleast_1d(jnp.asarray(loss.alpha))]}"
+        )
     return tx, loss, recipe
 
 
