@@ -446,12 +446,10 @@ class RunDir:
             self.log(f"{self.path}: the checkpoint of {position.describe()} is damaged ({damage}); skipped")
             return None
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+        state_dir = os.path.join(self.path, "checkpoints", str(position.id), "state")
         with _orbax_quiet():
-            manager = None
-            try:
-                manager = self._open(self.path)
-                saved = saved_arrays(os.path.join(self.path, "checkpoints", str(position.id), "state"))
-                differences = layout_differences(saved, abstract)
+            try:  # this checkpoint alone: a manager would list every step, which a writer may be removing
+                differences = layout_differences(saved_arrays(state_dir), abstract)
                 if differences and not (self.exists(position) and self.intact(position)):
                     self.log(
                         f"{self.path}: the checkpoint of {position.describe()} was removed while it was read"
@@ -464,17 +462,14 @@ class RunDir:
                         "trained with",
                         "model",
                     )
-                args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
-                state = manager.restore(position.id, args=args).state
+                with ocp.StandardCheckpointer() as checkpointer:
+                    state = checkpointer.restore(state_dir, abstract)
             except CheckpointLayoutError:
                 raise
-            except Exception as err:  # intact files orbax cannot read
+            except Exception as err:  # intact files orbax cannot read, or files removed while read
                 self.log(f"{self.path}: the checkpoint of {position.describe()} cannot be read "
                          f"({type(err).__name__}); skipped")  # fmt: skip
                 return None
-            finally:
-                if manager is not None:
-                    manager.close()
         metrics = None
         if position.step:
             try:
