@@ -42,9 +42,9 @@ def layout_differences(saved: Any, template: Any, most: int = 3) -> str:
     return "; ".join(p for p in parts if p)
 
 
-def saved_arrays(state_dir: str) -> Any:
+def saved_arrays(checkpointer: ocp.StandardCheckpointer, state_dir: str) -> Any:
     """The array metadata (names, shapes) of a checkpoint's ``state`` item, read without its arrays."""
-    metadata = ocp.StandardCheckpointer().metadata(state_dir)
+    metadata = checkpointer.metadata(state_dir)
     metadata = getattr(metadata, "item_metadata", metadata)
     return getattr(metadata, "tree", metadata)
 

@@ -447,9 +447,10 @@ class RunDir:
             return None
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
         state_dir = os.path.join(self.path, "checkpoints", str(position.id), "state")
-        with _orbax_quiet():
-            try:  # this checkpoint alone: a manager would list every step, which a writer may be removing
-                differences = layout_differences(saved_arrays(state_dir), abstract)
+        # this checkpoint alone: a manager would list every step, which a writer may be removing
+        with _orbax_quiet(), ocp.StandardCheckpointer() as checkpointer:  # one reader for layout and arrays
+            try:
+                differences = layout_differences(saved_arrays(checkpointer, state_dir), abstract)
                 if differences and not (self.exists(position) and self.intact(position)):
                     self.log(
                         f"{self.path}: the checkpoint of {position.describe()} was removed while it was read"
@@ -462,8 +463,7 @@ class RunDir:
                         "trained with",
                         "model",
                     )
-                with ocp.StandardCheckpointer() as checkpointer:
-                    state = checkpointer.restore(state_dir, abstract)
+                state = checkpointer.restore(state_dir, abstract)
             except CheckpointLayoutError:
                 raise
             except Exception as err:  # intact files orbax cannot read, or files removed while read
