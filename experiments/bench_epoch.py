@@ -28,9 +28,9 @@ import numpy as np
 
 from experiments.benchlib import environment, write_json
 from sidjax import TrainConfig, load_dataset, make_learner
-from sidjax.train.epoch import fits_on_device, prepare_data, train_epoch
-from sidjax.train.plan import make_plan, seed_keys
-from sidjax.train.programs import init_states, make_programs
+from sidjax.train.plan import make_plan
+from sidjax.train.seeds import Seeds, seed_keys
+from sidjax.train.session import Session
 
 DEFAULT_RUNS = ",".join(
     ["trunk:simplecnn:sid", "trunk:simplecnn:bp"]
@@ -44,13 +44,8 @@ def bench_run(spec: str, args, dataset) -> dict:
                          batch_size=args.batch_size, limit_train=args.limit_train, epochs=1 + args.epochs,
                          tiny=args.tiny)  # fmt: skip
     plan = make_plan(config, dataset)
-    programs = make_programs(plan, dataset, (0,))
-    data = prepare_data(plan, dataset, (0,), fits_on_device(plan, dataset))
-    state = init_states(plan, (0,))
-    epochs = []
-    for epoch in range(1, config.epochs + 1):  # the first epoch compiles and autotunes
-        state, progress = train_epoch(plan, programs, state, data, (0,), epoch)
-        epochs.append(progress.seconds)
+    session = Session(plan, dataset, Seeds((0,)))
+    epochs = [session.train(epoch).seconds for epoch in session.epochs()]  # the first compiles and autotunes
     step_s = time_step(plan, dataset, args)
     examples = plan.steps_per_epoch * config.batch_size
     epoch_s = float(np.median(epochs[1:]))

@@ -91,6 +91,9 @@ def make_learner(
         slots = init_slots(network, variables, batch_size) if pipelined else ()
         return new_state(variables, tx, slots)
 
+    def template(variables: Variables) -> TrainState:
+        return jax.eval_shape(init, variables)
+
     def memory_bytes(state, batch, key) -> int:
         return memory_beyond_arguments(jax.jit(step, donate_argnums=0).lower(state, batch, key).compile())
 
@@ -105,6 +108,7 @@ def make_learner(
         gather=lambda state: state,
         put=jax.device_put,
         memory_bytes=memory_bytes,
+        template=template,
     )
 
 
@@ -130,4 +134,5 @@ def _on_mesh(
         gather=lambda state: state,  # global arrays: one program reads them where they are
         put=lambda tree: replicate(tree, mesh),
         memory_bytes=memory_bytes,
+        template=lambda variables: jax.eval_shape(init, variables),
     )

@@ -22,7 +22,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from sidjax.errors import ConfigError
-from sidjax.network import Network
+from sidjax.network import Network, Parts
 from sidjax.state import TrainState
 
 DATA, UNIT = "data", "unit"
@@ -96,16 +96,8 @@ def shard_state(state: TrainState, network: Network, mesh: Mesh) -> TrainState:
         split = NamedSharding(mesh, PartitionSpec(UNIT))
         return _place(tree, lambda a: split if a.ndim else replicated)
 
-    def place(parts):
-        return parts._replace(stem=_place(parts.stem, lambda a: replicated), units=units(parts.units))
-
-    return state._replace(
-        params=place(state.params),
-        stats=place(state.stats),
-        opt_state=place(state.opt_state),
-        step=_place(state.step, lambda a: replicated),
-        slots=units(state.slots),
-    )
+    parts = Parts(_place(state.parts.stem, lambda a: replicated), units(state.parts.units))
+    return TrainState(parts, _place(state.step, lambda a: replicated), units(state.slots))
 
 
 def shard_batch(batch: tuple, network: Network, mesh: Mesh) -> tuple:

@@ -22,6 +22,7 @@ holds the least memory (one unit's activations and temp at a time).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -31,11 +32,11 @@ import optax
 
 from sidjax.errors import ConfigError
 from sidjax.losses import SIDLoss
-from sidjax.network import Network
+from sidjax.network import Network, Parts
 from sidjax.schedule import init_slots
 from sidjax.state import Learner, TrainState, new_state
-from sidjax.steps import Augment, batch_metrics, join_state, memory_beyond_arguments, stem_state, step_key
-from sidjax.units import PartState, make_unit_update, walk
+from sidjax.steps import Augment, batch_metrics, memory_beyond_arguments, step_key, trained_stem
+from sidjax.units import UnitUpdate, make_unit_update, walk
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +66,94 @@ class Stages:
         """The device of unit k."""
         return self.device(next(s for s, (a, b) in enumerate(self.bounds) if a <= k < b))
 
+    def place(self, network: Network, state: TrainState) -> TrainState:
+        """A state in the network's layout -> each unit (and its slot) on its stage's device, as tuples."""
+
+        def units(tree):
+            return tuple(jax.device_put(t, self.device_of(k)) for k, t in enumerate(network.unit_list(tree)))
+
+        parts = Parts(jax.device_put(state.parts.stem, self.device(0)), units(state.parts.units))
+        slots = units(state.slots) if state.slots else ()
+        return TrainState(parts, jax.device_put(state.step, self.device(0)), slots)
+
+    def gather(self, network: Network, state: TrainState) -> TrainState:
+        """The state on the first device, in the network's layout (for evaluation and checkpoints)."""
+        state = jax.device_put(state, self.devices[0])
+        parts = state.parts._replace(units=network.join_units(list(state.parts.units)))
+        slots = network.join_units(list(state.slots)) if state.slots else ()
+        return state._replace(parts=parts, slots=slots)
+
+
+@dataclasses.dataclass(frozen=True)
+class StagedStep:
+    """One training step as one program per stage, dispatched in order from Python."""
+
+    network: Network
+    stages: Stages
+    update: UnitUpdate
+    loss: SIDLoss
+    pipelined: bool
+    augment: Augment | None
+
+    def stage(self, s: int, units, inputs, stem, batch):
+        """Stage s's walk; stage 0 also augments the batch, builds the first input and counts the step."""
+        network, (a, b) = self.network, self.stages.bounds[s]
+        x, labels, key, step = batch
+        key = step_key(key, step)
+        alphas = self.loss.alphas(network.num_units, step)
+        if s == 0:
+            if self.augment is not None:
+                x = self.augment(key, x)
+            fresh = network.first_input(x, labels)
+            inputs = [fresh._replace(valid=jnp.asarray(True)), *inputs] if self.pipelined else fresh
+            step = step + 1
+        elif not self.pipelined:
+            inputs = inputs._replace(valid=True)  # every synchronous input is valid: no masking traced
+        units, stem, outputs = walk(self.update, list(units), range(a, b), inputs, alphas, key, stem, x)
+        return units, stem, outputs, step
+
+    def run(self, program: Callable, state: TrainState, batch, key) -> tuple[TrainState, dict]:
+        """One step, every stage through ``program`` (the jitted ``stage``, or one that records it)."""
+        stages, units, outputs, carry = self.stages, [], [], None
+        stem, step = trained_stem(self.network, state), None
+        for s, (a, b) in enumerate(stages.bounds):
+            if self.pipelined:
+                inputs = [state.slots[k] for k in range(max(a, 1), b)]
+            else:
+                inputs = None if s == 0 else jax.device_put(carry, stages.device(s))
+            x, labels = batch if s == 0 else (None, None)
+            first = jax.device_put((x, labels, key, state.step), stages.device(s))
+            parts, new_stem, outs, new_step = program(
+                s, state.parts.units[a:b], inputs, stem if s == 0 else None, first
+            )
+            stem, step = (new_stem, new_step) if s == 0 else (stem, step)
+            units, outputs, carry = units + parts, outputs + outs, outs[-1].next
+        parts = Parts(stem or state.parts.stem, tuple(units))
+        slots = self.next_slots(state.slots, outputs) if self.pipelined else ()
+        return TrainState(parts, step, slots), self.metrics(outputs)
+
+    def next_slots(self, slots: tuple, outputs: list) -> tuple:
+        """Unit k's output waits one step in unit k+1's slot, moved only where k+1 is on another stage."""
+        device_of = self.stages.device_of
+        moved = [
+            out.next if device_of(k) == device_of(k + 1) else jax.device_put(out.next, device_of(k + 1))
+            for k, out in enumerate(outputs[:-1])
+        ]
+        return (slots[0], *moved)
+
+    def metrics(self, outputs: list) -> dict:
+        """The step's metrics from every unit's output, on the first device."""
+        fields = [[o.loss for o in outputs], [o.logits for o in outputs], [o.next.labels for o in outputs],
+                  [o.next.valid for o in outputs]]  # fmt: skip
+        return _metrics(*jax.device_put(fields, self.stages.device(0)), pipelined=self.pipelined)
+
+
+@functools.partial(jax.jit, static_argnames="pipelined")
+def _metrics(losses, logits, labels, valid, pipelined: bool) -> dict:
+    valid = jnp.stack([jnp.asarray(v, jnp.float32) for v in valid]) if pipelined else None
+    losses = jnp.stack(losses)
+    return batch_metrics(losses.sum(), losses, jnp.stack(logits), jnp.stack(labels), valid)
+
 
 def make_stages(
     network: Network,
@@ -79,108 +168,11 @@ def make_stages(
 ) -> Learner:
     """The learner of a blockwise network with its units in stages (``sidjax.make_learner`` checks the rules)."""
     stages = Stages.cut(network.num_units, num_stages, devices)
-    update = make_unit_update(network, tx, loss)
-    dev0 = stages.device(0)
+    staged = StagedStep(network, stages, make_unit_update(network, tx, loss), loss, pipelined, augment)
+    program = jax.jit(staged.stage, static_argnums=0)
 
-    def stage_program(s, units, inputs, stem, batch):
-        """Stage s's walk; stage 0 also augments the batch, builds the first input and counts the step."""
-        a, b = stages.bounds[s]
-        x, labels, key, step = batch
-        key = step_key(key, step)
-        alphas = loss.alphas(network.num_units, step)
-        if s == 0:
-            if augment is not None:
-                x = augment(key, x)
-            fresh = network.first_input(x, labels)
-            inputs = [fresh._replace(valid=jnp.asarray(True)), *inputs] if pipelined else fresh
-            step = step + 1
-        elif not pipelined:
-            inputs = inputs._replace(valid=True)  # every synchronous input is valid: no masking traced
-        units, stem, outputs = walk(update, list(units), range(a, b), inputs, alphas, key, stem, x)
-        return units, stem, outputs, step
-
-    metrics = jax.jit(lambda losses, logits, labels, valid: batch_metrics(
-        jnp.stack(losses).sum(), jnp.stack(losses), jnp.stack(logits), jnp.stack(labels),
-        jnp.stack([jnp.asarray(v, jnp.float32) for v in valid]) if pipelined else None))  # fmt: skip
-
-    def run(program: Callable, state: TrainState, batch, key):
-        """One step, every stage through ``program`` (the jitted stage program, or one that records it)."""
-        slots = list(state.slots)
-        units, outputs, carry, new_step = [], [], None, None
-        stem = stem_state(network, state)
-        for s, (a, b) in enumerate(stages.bounds):
-            if pipelined:
-                inputs = [slots[k] for k in range(max(a, 1), b)]
-            else:
-                inputs = None if s == 0 else jax.device_put(carry, stages.device(s))
-            x, labels = batch if s == 0 else (None, None)
-            first = jax.device_put((x, labels, key, state.step), stages.device(s))
-            parts = [
-                PartState(state.params.units[k], state.stats.units[k], state.opt_state.units[k])
-                for k in range(a, b)
-            ]
-            parts, new_stem, outs, step = program(s, parts, inputs, stem if s == 0 else None, first)
-            if s == 0:
-                stem, new_step = new_stem, step
-            units += parts
-            outputs += outs
-            carry = outs[-1].next
-        new = join_state(state, units, stem, tuple)._replace(step=new_step)
-        if pipelined:
-            new = new._replace(slots=next_slots(slots, outputs))
-        losses, logits, labels, valid = jax.device_put(
-            tuple([getattr(o, f) for o in outputs] for f in ("loss", "logits")) +
-            tuple([getattr(o.next, f) for o in outputs] for f in ("labels", "valid")), dev0)  # fmt: skip
-        return new, metrics(losses, logits, labels, valid)
-
-    def next_slots(slots: list, outputs: list) -> tuple:
-        """Unit k's output waits one step in unit k+1's slot, moved only where k+1 is on another stage."""
-        moved = [
-            out.next
-            if stages.device_of(k) == stages.device_of(k + 1)
-            else jax.device_put(out.next, stages.device_of(k + 1))
-            for k, out in enumerate(outputs[:-1])
-        ]
-        return (slots[0], *moved)
-
-    program = jax.jit(stage_program, static_argnums=0)
-
-    def place(state: TrainState) -> TrainState:
-        """A state in the network's layout -> units (and their slots) on their stages' devices, as tuples."""
-
-        def units(tree):
-            return tuple(
-                jax.device_put(t, stages.device_of(k)) for k, t in enumerate(network.unit_list(tree))
-            )
-
-        return state._replace(
-            params=state.params._replace(
-                stem=jax.device_put(state.params.stem, dev0), units=units(state.params.units)
-            ),
-            stats=state.stats._replace(
-                stem=jax.device_put(state.stats.stem, dev0), units=units(state.stats.units)
-            ),
-            opt_state=state.opt_state._replace(
-                stem=jax.device_put(state.opt_state.stem, dev0), units=units(state.opt_state.units)
-            ),
-            step=jax.device_put(state.step, dev0),
-            slots=units(state.slots) if pipelined else (),
-        )
-
-    def gather(state: TrainState) -> TrainState:
-        """The state on the first device, in the network's layout (for evaluation and checkpoints)."""
-        state = jax.device_put(state, stages.devices[0])
-        join = network.join_units
-        return state._replace(
-            params=state.params._replace(units=join(list(state.params.units))),
-            stats=state.stats._replace(units=join(list(state.stats.units))),
-            opt_state=state.opt_state._replace(units=join(list(state.opt_state.units))),
-            slots=join(list(state.slots)) if pipelined else (),
-        )
-
-    def init(variables) -> TrainState:
-        slots = init_slots(network, variables, batch_size) if pipelined else ()
-        return place(new_state(variables, tx, slots))
+    def fresh(variables) -> TrainState:
+        return new_state(variables, tx, init_slots(network, variables, batch_size) if pipelined else ())
 
     def memory_bytes(state: TrainState, batch, key) -> int:
         """The largest over stages of a stage program's memory beyond its arguments, plus its inputs.
@@ -191,26 +183,20 @@ def make_stages(
         optimizer state live beside the old ones until the step returns.
         """
         calls = []
-
-        def record(s, *args):
-            calls.append((s, args))
-            return program(s, *args)
-
-        run(record, state, batch, key)
-        peak = 0
-        for s, args in calls:
-            own = memory_beyond_arguments(program.lower(s, *args).compile())  # outputs included
-            inputs = sum(a.nbytes for a in jax.tree.leaves([args[1], args[3]]))  # the step's intermediates
-            peak = max(peak, own + inputs)
-        return peak
+        staged.run(lambda s, *args: calls.append((s, args)) or program(s, *args), state, batch, key)
+        sizes = [memory_beyond_arguments(program.lower(s, *args).compile())  # outputs included
+                 + sum(a.nbytes for a in jax.tree.leaves([args[1], args[3]]))  # the step's intermediates
+                 for s, args in calls]  # fmt: skip
+        return max(sizes)
 
     return Learner(
         network=network,
-        init=init,
-        step=lambda state, batch, key: run(program, state, batch, key),
-        place=place,
-        gather=gather,
-        put=lambda tree: jax.device_put(tree, dev0),
+        init=lambda variables: stages.place(network, fresh(variables)),
+        step=lambda state, batch, key: staged.run(program, state, batch, key),
+        place=lambda state: stages.place(network, state),
+        gather=lambda state: stages.gather(network, state),
+        put=lambda tree: jax.device_put(tree, stages.device(0)),
         memory_bytes=memory_bytes,
+        template=lambda variables: jax.eval_shape(fresh, variables),
         traceable=False,
     )

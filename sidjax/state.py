@@ -13,19 +13,22 @@ import optax
 from sidjax.network import Network, Parts, Variables
 
 
-class TrainState(NamedTuple):
-    """Everything that changes during training; a pytree of arrays.
+class PartState(NamedTuple):
+    """A trainable part (the stem or one unit) as it learns: its params, its stats and its own optimizer state.
 
-    Attributes:
-      params: the network's trained variables (``Parts``).
-      stats: its other variables, updated by the training forward pass
-        (BatchNorm's running statistics; empty for most networks).
-      opt_state: the stem's and each unit's own optimizer state (stacked
-        units have stacked states), so every unit is an independent learner.
-      step: int32 scalar, steps taken.
-      slots: the pipelined schedule's carry (``sidjax.schedule``): unit k's
-        pending input for k = 1..K-1, stacked or a tuple like the units;
-        ``()`` in the synchronous schedule.
+    For stacked units one ``PartState`` holds all K, every leaf ``[K, ...]``.
+    """
+
+    params: Any
+    stats: Any
+    opt_state: Any
+
+
+class SavedState(NamedTuple):
+    """A ``TrainState`` as checkpoints hold it: ``params``, ``stats`` and ``opt_state`` as three ``Parts``.
+
+    The network's own layout (``Variables`` plus the optimizer state), and
+    the checkpoint format of every run directory written so far.
     """
 
     params: Parts
@@ -34,28 +37,84 @@ class TrainState(NamedTuple):
     step: chex.Array
     slots: Any = ()
 
+
+class TrainState(NamedTuple):
+    """Everything that changes during training; a pytree of arrays.
+
+    Attributes:
+      parts: ``Parts(stem, units)`` of ``PartState``: each part's params,
+        stats (BatchNorm's running statistics; empty for most networks) and
+        its own optimizer state, so every unit is an independent learner.
+        ``units`` is one stacked ``PartState`` for stacked units, else a
+        tuple of K.
+      step: int32 scalar, steps taken.
+      slots: the pipelined schedule's carry (``sidjax.schedule``): unit k's
+        pending input for k = 1..K-1, stacked or a tuple like the units;
+        ``()`` in the synchronous schedule.
+    """
+
+    parts: Parts
+    step: chex.Array
+    slots: Any = ()
+
+    @property
+    def params(self) -> Parts:
+        """Every part's params, as ``Parts``."""
+        return _field(self.parts, "params")
+
+    @property
+    def stats(self) -> Parts:
+        """Every part's stats, as ``Parts``."""
+        return _field(self.parts, "stats")
+
+    @property
+    def opt_state(self) -> Parts:
+        """Every part's optimizer state, as ``Parts``."""
+        return _field(self.parts, "opt_state")
+
     @property
     def variables(self) -> Variables:
         """``Variables(params, stats)``: what evaluation and prediction read."""
         return Variables(self.params, self.stats)
 
+    def saved(self) -> SavedState:
+        """This state as checkpoints hold it."""
+        return SavedState(self.params, self.stats, self.opt_state, self.step, self.slots)
+
+    @classmethod
+    def from_saved(cls, saved: SavedState) -> TrainState:
+        """A state from its checkpoint form (``saved``'s ``Parts`` stacked or tuples alike)."""
+        params, stats, opt = saved.params, saved.stats, saved.opt_state
+        if held_apart(params.units):
+            units = tuple(PartState(*u) for u in zip(params.units, stats.units, opt.units, strict=True))
+        else:
+            units = PartState(params.units, stats.units, opt.units)
+        return cls(Parts(PartState(params.stem, stats.stem, opt.stem), units), saved.step, saved.slots)
+
+
+def held_apart(units: Any) -> bool:
+    """Units held as a tuple of K values, not stacked (a stacked ``PartState`` is a NamedTuple, not a tuple of K)."""
+    return type(units) is tuple
+
+
+def _field(parts: Parts, name: str) -> Parts:
+    units = parts.units
+    units = tuple(getattr(u, name) for u in units) if held_apart(units) else getattr(units, name)
+    return Parts(getattr(parts.stem, name), units)
+
 
 def map_units(units: Any, fn, *rest: Any) -> Any:
     """Applies ``fn`` per unit: vmapped over stacked units, mapped over a tuple."""
-    if isinstance(units, tuple):
+    if held_apart(units):
         return tuple(fn(u, *(r[k] for r in rest)) for k, u in enumerate(units))
     return jax.vmap(fn)(units, *rest)
 
 
-def init_opt_state(params: Parts, tx: optax.GradientTransformation) -> Parts:
-    """One optimizer state for the stem and one per unit."""
-    return Parts(tx.init(params.stem), map_units(params.units, tx.init))
-
-
 def new_state(variables: Variables, tx: optax.GradientTransformation, slots: Any = ()) -> TrainState:
-    """A fresh ``TrainState`` at step 0."""
-    return TrainState(variables.params, variables.stats, init_opt_state(variables.params, tx),
-                      jnp.zeros((), jnp.int32), slots)  # fmt: skip
+    """A fresh ``TrainState`` at step 0: one optimizer state for the stem and one per unit."""
+    params, stats = variables.params, variables.stats
+    opt = Parts(tx.init(params.stem), map_units(params.units, tx.init))
+    return TrainState.from_saved(SavedState(params, stats, opt, jnp.zeros((), jnp.int32), slots))
 
 
 def keep_where(valid: Any, new: Any, old: Any) -> Any:
@@ -65,12 +124,12 @@ def keep_where(valid: Any, new: Any, old: Any) -> Any:
     return jax.tree.map(lambda n, o: jnp.where(valid, n, o), new, old)
 
 
-def update_part(
-    tx: optax.GradientTransformation, params: Any, grads: Any, opt_state: Any, valid: Any = True
-) -> tuple[Any, Any]:
-    """One optimizer step of one part on its own state; ``valid`` False keeps both unchanged."""
-    updates, new_opt = tx.update(grads, opt_state, params)
-    return keep_where(valid, (optax.apply_updates(params, updates), new_opt), (params, opt_state))
+def step_part(
+    tx: optax.GradientTransformation, part: PartState, grads: Any, stats: Any, valid: Any = True
+) -> PartState:
+    """One optimizer step of one part on its own state, with its new ``stats``; ``valid`` False keeps it."""
+    updates, opt_state = tx.update(grads, part.opt_state, part.params)
+    return keep_where(valid, PartState(optax.apply_updates(part.params, updates), stats, opt_state), part)
 
 
 def apply_gradients(
@@ -90,26 +149,14 @@ def apply_gradients(
       valid: optional bool ``[K]``; unit k keeps its params, stats and
         optimizer state where False (a pipelined slot not yet filled).
     """
-    params, opt = state.params, state.opt_state
-    stem, stem_opt = update_part(tx, params.stem, grads.stem, opt.stem)
+    parts = state.parts
+    stem = step_part(tx, parts.stem, grads.stem, stats.stem)
     if valid is None:
-        new = map_units(params.units, lambda p, g, o: update_part(tx, p, g, o), grads.units, opt.units)
-        unit_stats = stats.units
+        units = map_units(parts.units, lambda u, g, s: step_part(tx, u, g, s), grads.units, stats.units)
     else:
-        new = map_units(
-            params.units, lambda p, g, o, v: update_part(tx, p, g, o, v), grads.units, opt.units, valid
-        )
-        unit_stats = map_units(stats.units, lambda n, v, o: keep_where(v, n, o), valid, state.stats.units)
-    if isinstance(params.units, tuple):
-        units, unit_opts = tuple(u for u, _ in new), tuple(o for _, o in new)
-    else:
-        units, unit_opts = new
-    return state._replace(
-        params=Parts(stem, units),
-        stats=Parts(stats.stem, unit_stats),
-        opt_state=Parts(stem_opt, unit_opts),
-        step=state.step + 1,
-    )
+        units = map_units(parts.units, lambda u, g, s, v: step_part(tx, u, g, s, v),
+                          grads.units, stats.units, valid)  # fmt: skip
+    return state._replace(parts=Parts(stem, units), step=state.step + 1)
 
 
 class Learner(NamedTuple):
@@ -133,6 +180,9 @@ class Learner(NamedTuple):
       put: host arrays (data) -> where this learner's programs read them.
       memory_bytes: ``(state, batch, key) -> int``: compiled memory of one
         step beyond its arguments, as training runs it (donated state).
+      template: ``template(variables) -> TrainState`` of shapes: what
+        ``init`` gives, in the network's layout (how ``gather`` returns it and
+        checkpoints hold it); nothing is computed, ``variables`` may be shapes.
       traceable: ``step`` is one program that may be traced inside another
         (``lax.scan`` over steps, ``vmap`` over seeds); False for stages,
         whose step dispatches one program per stage from Python.
@@ -145,4 +195,5 @@ class Learner(NamedTuple):
     gather: Callable[[TrainState], TrainState]
     put: Callable[[Any], Any]
     memory_bytes: Callable[[TrainState, tuple[chex.Array, chex.Array], chex.PRNGKey], int]
+    template: Callable[[Variables], TrainState]
     traceable: bool = True

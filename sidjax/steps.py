@@ -36,8 +36,8 @@ from sidjax.losses import SIDLoss, label_distribution
 from sidjax.methods import MethodSpec
 from sidjax.network import Network, Parts, UnitInput, Variables
 from sidjax.schedule import next_slots, pipelined_losses, unit_inputs
-from sidjax.state import TrainState, apply_gradients
-from sidjax.units import PartState, make_unit_update, vmapped_losses, walk
+from sidjax.state import PartState, TrainState, apply_gradients
+from sidjax.units import make_unit_update, vmapped_losses, walk
 
 Augment = Callable[[chex.PRNGKey, chex.Array], chex.Array]
 Batch = tuple[chex.Array, chex.Array]
@@ -218,13 +218,14 @@ def _walk_step(network, tx, loss, pipelined):
     alphas = loss.alphas(network.num_units)
 
     def inner(state, x, labels, key):
-        units = [unit_state(network, state, k) for k in range(network.num_units)]
-        stem = stem_state(network, state)
+        units, stem = network.unit_list(state.parts.units), trained_stem(network, state)
         inputs = network.first_input(x, labels)
         if pipelined:
             inputs = unit_inputs(network, state.slots, inputs._replace(valid=jnp.asarray(True)))
         units, stem, outputs = walk(update, units, range(network.num_units), inputs, alphas, key, stem, x)
-        new = join_state(state, units, stem, network.join_units)
+        new = state._replace(
+            parts=Parts(stem or state.parts.stem, network.join_units(units)), step=state.step + 1
+        )
         if pipelined:
             new = new._replace(slots=next_slots(network, state.slots, [o.next for o in outputs]))
         losses = jnp.stack([o.loss for o in outputs])
@@ -236,33 +237,9 @@ def _walk_step(network, tx, loss, pipelined):
     return inner
 
 
-def unit_state(network: Network, state: TrainState, k: int) -> PartState:
-    """Unit k as a ``PartState``, from stacked or tuple units."""
-    return PartState(*(network.unit_values(t.units, k) for t in (state.params, state.stats, state.opt_state)))
-
-
-def stem_state(network: Network, state: TrainState) -> PartState | None:
-    """The stem as a ``PartState`` (None without a stem)."""
-    if network.stem is None:
-        return None
-    return PartState(state.params.stem, state.stats.stem, state.opt_state.stem)
-
-
-def join_state(
-    state: TrainState, units: list[PartState], stem: PartState | None, join: Callable
-) -> TrainState:
-    """``state`` after its units (a list, in order) and its stem were updated, one step later.
-
-    ``join`` turns the list of per-unit values into the state's layout
-    (``Network.join_units``, or ``tuple`` for units held apart).
-    """
-    stem = stem or PartState(state.params.stem, state.stats.stem, state.opt_state.stem)
-    return state._replace(
-        params=Parts(stem.params, join([u.params for u in units])),
-        stats=Parts(stem.stats, join([u.stats for u in units])),
-        opt_state=Parts(stem.opt_state, join([u.opt_state for u in units])),
-        step=state.step + 1,
-    )
+def trained_stem(network: Network, state: TrainState) -> PartState | None:
+    """The stem's ``PartState`` where the first unit trains it, None for a network without a stem."""
+    return None if network.stem is None else state.parts.stem
 
 
 def memory_beyond_arguments(compiled: jax.stages.Compiled) -> int:

@@ -27,15 +27,7 @@ import optax
 
 from sidjax.losses import SIDLoss
 from sidjax.network import Network, UnitInput
-from sidjax.state import keep_where, update_part
-
-
-class PartState(NamedTuple):
-    """A trainable part (the stem or one unit) as it learns: params, stats and its own optimizer state."""
-
-    params: Any
-    stats: Any
-    opt_state: Any
+from sidjax.state import PartState, step_part
 
 
 class UnitOutput(NamedTuple):
@@ -85,11 +77,9 @@ def make_unit_update(network: Network, tx: optax.GradientTransformation, loss: S
         (value, (h_out, logits, unit_stats, stem_stats)), (g_stem, g_unit) = jax.value_and_grad(
             objective, (0, 1), has_aux=True
         )(None if stem is None else stem.params, unit.params)
-        unit_params, unit_opt = update_part(tx, unit.params, g_unit, unit.opt_state, inp.valid)
-        unit = PartState(unit_params, keep_where(inp.valid, unit_stats, unit.stats), unit_opt)
+        unit = step_part(tx, unit, g_unit, unit_stats, inp.valid)
         if stem is not None:
-            stem_params, stem_opt = update_part(tx, stem.params, g_stem, stem.opt_state, inp.valid)
-            stem = PartState(stem_params, keep_where(inp.valid, stem_stats, stem.stats), stem_opt)
+            stem = step_part(tx, stem, g_stem, stem_stats, inp.valid)
         nxt = network.next_input(inp, h_out, logits)
         return unit, stem, UnitOutput(nxt, masked(value, inp.valid), logits)
 

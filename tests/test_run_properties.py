@@ -15,10 +15,9 @@ from test_properties import _plan
 
 import sidjax
 from sidjax.data import epoch_order, symmetric_label_noise
-from sidjax.train.epoch import epoch_chunks, prepare_data
-from sidjax.train.plan import seed_keys
-from sidjax.train.programs import init_states, make_programs
 from sidjax.train.runner import load_run, run, summarize
+from sidjax.train.seeds import Seeds, seed_keys
+from sidjax.train.session import Session
 
 
 @pytest.mark.parametrize("seeds", [(0,), (0, 1)])
@@ -34,10 +33,10 @@ def test_the_labels_that_reach_the_step_are_each_seeds_noisy_labels_in_its_order
         return step(state, batch, key)
 
     plan = plan._replace(learner=plan.learner._replace(step=recording))
-    data = prepare_data(plan, dataset, seeds, resident)
-    programs, state = make_programs(plan, dataset, seeds, streamed=not resident), init_states(plan, seeds)
-    for args in epoch_chunks(plan, data, seeds, epoch=1):
-        state, _ = programs.chunk(state, *args)
+    plan = plan._replace(config=dataclasses.replace(plan.config, device_data_mb=1000 if resident else 0))
+    session = Session(plan, dataset, Seeds(seeds))
+    assert session.data.resident == resident
+    session.train(epoch=1)
     jax.effects_barrier()
     for seed in seeds:
         noisy = symmetric_label_noise(dataset.train_labels, 0.3, dataset.num_classes, seed)[0][:80]
@@ -70,7 +69,10 @@ def test_the_best_validation_epoch_is_chosen_on_validation_alone():
     ]  # fmt: skip
     data = types.SimpleNamespace(dataset=types.SimpleNamespace(train_labels=np.zeros(80), test_labels=np.zeros(16)),
                                  realised_noise=[0.3], resident=True)  # fmt: skip
-    summary = summarize(plan, dataclasses.replace(plan.config, epochs=3), history, data, 0, 1, 0.0)
+    plan = plan._replace(config=dataclasses.replace(plan.config, epochs=3))
+    session = types.SimpleNamespace(plan=plan, histories={0: history}, data=data, seeds=Seeds((0,)), network={},
+                                    compile_time=0.0)  # fmt: skip
+    summary = summarize(session, 0)
     assert summary["best_val_epoch"] == 2, "the epoch with the highest validation accuracy"
     assert summary["test_accuracy_at_best_val"] == 0.40, (
         "that epoch's test accuracy, whatever test would choose"

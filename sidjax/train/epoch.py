@@ -20,6 +20,7 @@ from sidjax.data import Dataset, epoch_order, symmetric_label_noise
 from sidjax.data.device import nbytes
 from sidjax.train.plan import Plan
 from sidjax.train.programs import RunPrograms
+from sidjax.train.seeds import Seeds
 
 
 class RunData(NamedTuple):
@@ -59,7 +60,7 @@ def fits_on_device(plan: Plan, dataset: Dataset) -> bool:
     )
 
 
-def prepare_data(plan: Plan, dataset: Dataset, seeds: tuple[int, ...], resident: bool) -> RunData:
+def prepare_data(plan: Plan, dataset: Dataset, seeds: Seeds, resident: bool) -> RunData:
     """Limits, label noise per seed (each seed's own, as a separate run would draw), the
     validation hold-out (the last ``config.validation`` examples), placement."""
     config = plan.config
@@ -80,7 +81,7 @@ def prepare_data(plan: Plan, dataset: Dataset, seeds: tuple[int, ...], resident:
     )
     noisy_labels = noisy_all[:, :num]
     realised = [float((n != data.train_labels).mean()) for n in noisy_labels]
-    train_labels = noisy_labels[0] if len(seeds) == 1 else noisy_labels
+    train_labels = seeds.stack_host(list(noisy_labels))
     train_images = data.train_images
     if resident:
         train_images, train_labels = plan.learner.put((train_images, train_labels))
@@ -103,12 +104,11 @@ def _streamed(plan: Plan, data: RunData, order: np.ndarray, starts) -> Any:
         yield (*plan.learner.put((images, labels, np.ascontiguousarray(local))), 0, length)
 
 
-def epoch_chunks(plan: Plan, data: RunData, seeds: tuple[int, ...], epoch: int, first: int = 0):
+def epoch_chunks(plan: Plan, data: RunData, seeds: Seeds, epoch: int, first: int = 0):
     """The arguments of every chunk of ``epoch`` from its step ``first``: ``(images, labels, order, start, length)``."""
     steps, chunk = plan.steps_per_epoch, plan.steps_per_chunk
     num, batch = len(data.dataset.train_labels), plan.config.batch_size
-    orders = [epoch_order(num, batch, seed, epoch) for seed in seeds]
-    order = orders[0] if len(seeds) == 1 else np.stack(orders)
+    order = seeds.stack_host([epoch_order(num, batch, seed, epoch) for seed in seeds])
     starts = [(start, min(chunk, steps - start)) for start in range(first, steps, chunk)]
     if not data.resident:
         return _streamed(plan, data, order, starts)
@@ -134,12 +134,10 @@ class Progress(NamedTuple):
         return [{k: v.astype(np.float64).mean(0) for k, v in m.items()} for m in self.metrics]
 
 
-def _per_seed(results: list, count: int) -> list[dict[str, np.ndarray]]:
+def _per_seed(results: list, seeds: Seeds) -> list[dict[str, np.ndarray]]:
     """Chunk metrics ``[S?, length, ...]`` -> per seed, every step's metrics ``[steps, ...]``."""
-    host = jax.device_get(results)
-    if count == 1:
-        return [{k: np.concatenate([r[k] for r in host]) for k in host[0]}]
-    return [{k: np.concatenate([r[k][i] for r in host]) for k in host[0]} for i in range(count)]
+    host = [seeds.split(r) for r in jax.device_get(results)]
+    return [{k: np.concatenate([r[i][k] for r in host]) for k in host[0][i]} for i in range(len(seeds))]
 
 
 def train_epoch(
@@ -147,7 +145,7 @@ def train_epoch(
     programs: RunPrograms,
     state: Any,
     data: RunData,
-    seeds: tuple[int, ...],
+    seeds: Seeds,
     epoch: int,
     progress: Progress | None = None,
     pause: Callable[[int], bool] | None = None,
@@ -180,7 +178,7 @@ def train_epoch(
     seconds = time.perf_counter() - begin
     if on_chunk:
         on_chunk(pending[1])
-    new = _per_seed(results, len(seeds))
+    new = _per_seed(results, seeds)
     if progress.metrics is not None:
         new = [
             {

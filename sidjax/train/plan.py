@@ -26,7 +26,7 @@ from sidjax.learner import make_learner
 from sidjax.losses import Alpha, check_alpha_schedule
 from sidjax.methods import MethodSpec, get_method
 from sidjax.network import Network, Variables
-from sidjax.state import Learner
+from sidjax.state import Learner, TrainState
 from sidjax.train.config import TrainConfig
 
 ModelFactory = Callable[[chex.PRNGKey], tuple[Network, Variables]]
@@ -102,12 +102,6 @@ def builtin_model(
             raise ConfigError(f"{field} {value}: {err}", field) from None
 
     return build
-
-
-def seed_keys(seed: int) -> tuple[jax.Array, jax.Array]:
-    """``(init_key, train_key)`` of one seed: one root key, split once per concern."""
-    init_key, train_key = jax.random.split(jax.random.key(seed))
-    return init_key, train_key
 
 
 def abstract_network(build: ModelFactory) -> tuple[Network, Any]:
@@ -268,6 +262,12 @@ def make_plan(
     )
     return Plan(config, spec, network, build, learner, info, steps, chunk, cpu_convolutions, tx, recipe,
                 spec.loss(loss))  # fmt: skip
+
+
+def state_template(plan: Plan) -> TrainState:
+    """The shapes of one seed's ``TrainState`` in the network's layout (how checkpoints hold it); nothing is computed."""
+    variables = jax.eval_shape(lambda key: plan.build(key)[1], jax.random.key(0))
+    return plan.learner.template(variables)
 
 
 def trained_network(plan: Plan) -> dict[str, Any]:

@@ -21,10 +21,11 @@ import numpy as np
 
 from sidjax.data import Dataset, normalised_batch
 from sidjax.evaluation import make_split_evaluator, make_split_predictor
-from sidjax.network import Variables, stack, unstack
+from sidjax.network import Variables, stack
 from sidjax.parallel import gather as to_host
 from sidjax.state import TrainState
-from sidjax.train.plan import Plan, seed_keys
+from sidjax.train.plan import Plan
+from sidjax.train.seeds import Seeds
 
 
 class RunPrograms(NamedTuple):
@@ -45,7 +46,7 @@ class RunPrograms(NamedTuple):
     chunk: Any
     evaluate: Callable[[Any, Any, Any], list[dict[str, np.ndarray]]]
     predict: Callable[[Any, Any], list[np.ndarray]]
-    seeds: tuple[int, ...]
+    seeds: Seeds
 
 
 def over_seeds(fn: Callable, in_axes: tuple, count: int, unroll: bool) -> Callable:
@@ -120,10 +121,9 @@ class PythonChunks:
         return state, self.stack(per_step)
 
 
-def make_chunks(plan: Plan, dataset: Dataset, seeds: tuple[int, ...], streamed: bool) -> Any:
+def make_chunks(plan: Plan, dataset: Dataset, seeds: Seeds, streamed: bool) -> Any:
     """The chunk program of ``plan``'s learner for ``seeds`` (images shared, or per seed when ``streamed``)."""
-    learner = plan.learner
-    keys = jnp.stack([seed_keys(s)[1] for s in seeds]) if len(seeds) > 1 else seed_keys(seeds[0])[1]
+    learner, keys = plan.learner, seeds.train_keys()
     if not learner.traceable:
         return PythonChunks(learner.step, dataset, keys)
 
@@ -138,15 +138,13 @@ def make_chunks(plan: Plan, dataset: Dataset, seeds: tuple[int, ...], streamed: 
             return state, jax.tree.map(lambda m: m[None], metrics)
         return jax.lax.scan(body, state, idxs)
 
-    if len(seeds) > 1:
+    if seeds.together:
         axes = (0, 0 if streamed else None, 0, 0, None, 0, None)
         chunk = over_seeds(chunk, axes, len(seeds), plan.cpu_convolutions)
     return CompiledChunks(jax.jit(chunk, static_argnums=6, donate_argnums=0), keys)
 
 
-def make_programs(
-    plan: Plan, dataset: Dataset, seeds: tuple[int, ...], streamed: bool = False
-) -> RunPrograms:
+def make_programs(plan: Plan, dataset: Dataset, seeds: Seeds, streamed: bool = False) -> RunPrograms:
     """The programs that train ``plan`` on ``dataset`` for ``seeds`` together.
 
     ``dataset`` supplies the normalisation statistics (constants in the
@@ -157,21 +155,17 @@ def make_programs(
         plan.network, dataset, config.eval_batch_size, config.label_smoothing
     )
     predict_split = make_split_predictor(plan.network, dataset, config.eval_batch_size)
-    if len(seeds) > 1:
+    if seeds.together:
         evaluate_split = over_seeds(evaluate_split, (0, None, None), len(seeds), plan.cpu_convolutions)
         predict_split = over_seeds(predict_split, (0, None), len(seeds), plan.cpu_convolutions)
     evaluate_jit, predict_jit = jax.jit(evaluate_split), jax.jit(predict_split)
 
-    def per_seed(tree) -> list:
-        host = to_host(tree)
-        return [host] if len(seeds) == 1 else unstack(host, len(seeds))
-
     return RunPrograms(
         chunk=make_chunks(plan, dataset, seeds, streamed),
-        evaluate=lambda state, images, labels: per_seed(
-            evaluate_jit(_variables(learner, state), images, labels)
+        evaluate=lambda state, images, labels: seeds.split(
+            to_host(evaluate_jit(_variables(learner, state), images, labels))
         ),
-        predict=lambda state, images: per_seed(predict_jit(_variables(learner, state), images)),
+        predict=lambda state, images: seeds.split(to_host(predict_jit(_variables(learner, state), images))),
         seeds=seeds,
     )
 
@@ -180,18 +174,16 @@ def _variables(learner, state: TrainState) -> Variables:
     return learner.gather(state).variables
 
 
-def init_states(plan: Plan, seeds: tuple[int, ...]) -> Any:
+def init_states(plan: Plan, seeds: Seeds) -> Any:
     """Each seed's fresh state from its own init key, placed (stacked along axis 0 for several seeds)."""
-    states = [plan.learner.init(plan.build(seed_keys(s)[0])[1]) for s in seeds]
-    return states[0] if len(seeds) == 1 else stack(states)
+    return seeds.stack([plan.learner.init(plan.build(key)[1]) for key in seeds.init_keys()])
 
 
-def load_states(plan: Plan, states: list[TrainState]) -> Any:
+def load_states(plan: Plan, seeds: Seeds, states: list[TrainState]) -> Any:
     """Per-seed ``TrainState``s in the network's layout (restored checkpoints) -> placed."""
-    return plan.learner.place(states[0]) if len(states) == 1 else jax.device_put(stack(states))
+    return jax.device_put(seeds.stack(states)) if seeds.together else plan.learner.place(states[0])
 
 
-def unload_states(plan: Plan, state: Any, count: int) -> list[TrainState]:
+def unload_states(plan: Plan, seeds: Seeds, state: Any) -> list[TrainState]:
     """The placed state -> per-seed ``TrainState``s on the host, in the network's layout."""
-    host = to_host(plan.learner.gather(state))
-    return [host] if count == 1 else unstack(host, count)
+    return seeds.split(to_host(plan.learner.gather(state)))

@@ -58,6 +58,7 @@ import orbax.checkpoint as ocp
 
 from sidjax._version import __version__
 from sidjax.errors import ConfigError
+from sidjax.state import TrainState
 from sidjax.train.config import TrainConfig
 from sidjax.train.layout import CheckpointLayoutError, layout_differences, saved_arrays
 
@@ -438,14 +439,16 @@ class RunDir:
         """The checkpoint's files match its manifest."""
         return self._damage(position.id) is None
 
-    def restore(self, position: Position, template: Any) -> tuple[Any, dict[str, np.ndarray] | None] | None:
+    def restore(
+        self, position: Position, template: TrainState
+    ) -> tuple[TrainState, dict[str, np.ndarray] | None] | None:
         """The checkpoint's state shaped like ``template`` and its partial epoch's per-step metrics
         (None at an epoch's end); None (with a message) if it is damaged or unreadable."""
         damage = self._damage(position.id)
         if damage:
             self.log(f"{self.path}: the checkpoint of {position.describe()} is damaged ({damage}); skipped")
             return None
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template.saved())  # the checkpoint's form
         state_dir = os.path.join(self.path, "checkpoints", str(position.id), "state")
         # this checkpoint alone: a manager would list every step, which a writer may be removing
         with _orbax_quiet(), ocp.StandardCheckpointer() as checkpointer:  # one reader for layout and arrays
@@ -463,7 +466,7 @@ class RunDir:
                         "trained with",
                         "model",
                     )
-                state = checkpointer.restore(state_dir, abstract)
+                state = TrainState.from_saved(checkpointer.restore(state_dir, abstract))
             except CheckpointLayoutError:
                 raise
             except Exception as err:  # intact files orbax cannot read, or files removed while read
@@ -482,6 +485,42 @@ class RunDir:
                 return None
             metrics = {k: np.asarray(v, np.float32) for k, v in saved.items()}
         return state, metrics
+
+    def newest_restorable(
+        self, epoch: int | None, template: TrainState, skipped: list[str]
+    ) -> tuple[Position, TrainState]:
+        """The newest checkpoint that restores (``epoch``: that epoch's end), and its state.
+
+        A save still under way is not tried. The writer may remove a
+        checkpoint (file by file) while it is read: then it looks again.
+        ``skipped`` receives a message per checkpoint passed over; with none
+        restorable, ``ConfigError`` lists them.
+        """
+        for _ in range(5):
+            skipped.clear()
+            tried, restored = self._first_restorable(epoch, template)
+            if restored is not None:
+                return tried[-1], restored[0]
+            if all(self.exists(p) and self.intact(p) for p in tried):
+                break
+        raise ConfigError(f"{self.path} holds no intact checkpoint to load ({'; '.join(skipped) or 'none'})")
+
+    def _first_restorable(self, epoch: int | None, template: TrainState) -> tuple[list[Position], Any]:
+        positions = [p for p in self.checkpoints() if not self.being_written(p)]
+        if epoch is not None:
+            positions = [p for p in positions if (p.epochs, p.step) == (epoch, 0)]
+            if not positions:
+                ends = sorted(p.epochs for p in self.checkpoints() if not p.step)
+                raise ConfigError(
+                    f"{self.path} has no checkpoint of epoch {epoch}; it has {ends or 'none'}", "epoch"
+                )
+        tried = []
+        for position in positions:
+            tried.append(position)
+            restored = self.restore(position, template)
+            if restored is not None:
+                return tried, restored
+        return tried, None
 
     def partial_seconds(self, position: Position) -> float:
         """The training time of the steps before a checkpoint inside an epoch."""
@@ -575,21 +614,22 @@ class RunDir:
         every = self.config.checkpoint_every
         return self._checkpointing and (epoch % every == 0 or epoch == self.config.epochs)
 
-    def write_epoch(self, record: dict[str, Any], state: Any | None) -> None:
-        """Appends the epoch's metrics line, checkpoints ``state`` if given, and moves a new run into place."""
+    def write_epoch(self, record: dict[str, Any], state: TrainState | None) -> bool:
+        """Appends the epoch's metrics line, checkpoints ``state`` if given, and moves a new run into place;
+        whether a checkpoint was saved."""
         with (
             self._writing(f"epoch {record['epoch']}'s metrics"),
             open(os.path.join(self.live, "metrics.jsonl"), "a") as f,
         ):
             f.write(json.dumps(record) + "\n")
-        if state is not None:
-            self.save(state, record["epoch"], 0)
+        saved = state is not None and self.save(state, record["epoch"], 0)
         if self.live == self.incoming:
             self._move_into_place()
+        return saved
 
     def save(
         self,
-        state: Any,
+        state: TrainState,
         epochs: int,
         step: int,
         metrics: dict[str, np.ndarray] | None = None,
@@ -609,7 +649,8 @@ class RunDir:
         what = f"the checkpoint of {Position(checkpoint_id, epochs, step).describe()}"
         with self._writing(what, discard=directory), _orbax_quiet():
             _room_for(self.live, sum(int(np.asarray(x).nbytes) for x in jax.tree.leaves(state)))
-            self._manager.save(checkpoint_id, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+            saved = ocp.args.StandardSave(state.saved())
+            self._manager.save(checkpoint_id, args=ocp.args.Composite(state=saved))
             write_atomic(os.path.join(directory, POSITION), json.dumps(position))
             write_atomic(os.path.join(directory, MANIFEST), json.dumps(file_digests(directory)))
         if self.live == self.incoming:

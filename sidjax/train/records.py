@@ -1,0 +1,97 @@
+"""What a run records of each epoch: training means, test and validation metrics, the memorisation curve."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from sidjax.evaluation import split_metrics
+from sidjax.train.epoch import RunData
+from sidjax.train.plan import Plan
+from sidjax.train.stops import DIVERGED, TrainingDiverged
+
+
+def epoch_record(plan: Plan, epoch: int, mean: dict[str, np.ndarray], test: dict[str, Any], num_test: int,
+                 extra: dict[str, float], seconds: dict[str, float]) -> dict[str, Any]:  # fmt: skip
+    """One seed's record of ``epoch`` (a line of ``metrics.jsonl``).
+
+    Args:
+      mean: the epoch's training metrics, each the mean over its steps.
+      test: the test split's sums (``split_metrics``) over ``num_test`` examples.
+      extra: validation and label-noise diagnostics (``label_diagnostics``).
+      seconds: ``{"epoch_time_s": training, "eval_time_s": evaluation}``.
+    """
+    test = split_metrics(test, num_test)
+    return {
+        "epoch": epoch,
+        "train_loss": float(mean["loss"]),
+        "train_ce": float(mean["ce"]),
+        "train_accuracy": float(mean["accuracy"]),
+        **per_unit_training(plan, mean),
+        "test_accuracy": test["accuracy"],
+        "per_unit_accuracy": test["per_unit_accuracy"],
+        "per_unit_kl": test["per_unit_kl"],
+        **extra,
+        **seconds,
+    }
+
+
+def per_unit_training(plan: Plan, mean: dict[str, np.ndarray]) -> dict[str, list[float]]:
+    """Each unit's mean training loss (local methods) and accuracy over the epoch's batches, as seen in training."""
+    per_unit = {}
+    if plan.method.local:
+        per_unit["train_unit_loss"] = mean["unit_loss"].tolist()
+    if "unit_accuracy" in mean:
+        per_unit["train_unit_accuracy"] = mean["unit_accuracy"].tolist()
+    return per_unit
+
+
+def check_diverged(plan: Plan, record: dict[str, Any], seed: int | None) -> None:
+    """Raises ``TrainingDiverged`` where the epoch's loss is not finite, or where the last unit's
+    training cross-entropy exceeds ``DIVERGED`` times a uniform guess's (``log N``): a finite loss
+    that large (Adam at lr 1000 reaches 1e19) means the run is at chance and will not come back."""
+    chance = float(np.log(plan.info.num_classes))
+    if np.isfinite(record["train_loss"]) and record["train_ce"] <= DIVERGED * chance:
+        return
+    what = (
+        f"the training loss is {record['train_loss']}"
+        if not np.isfinite(record["train_loss"])
+        else f"the last unit's training cross-entropy is {record['train_ce']:.3g}, over {DIVERGED:g} times a "
+        f"uniform guess's ({chance:.2f})"
+    )
+    who = f" (seed {seed})" if seed is not None else ""
+    raise TrainingDiverged(
+        f"training diverged in epoch {record['epoch']}{who}: {what}; the learning rate is the likely cause: "
+        f"lower it (now {plan.config.lr:g})"
+    )
+
+
+def label_diagnostics(plan: Plan, data: RunData, predict: Callable[[Any], list[np.ndarray]]) -> list[dict]:
+    """Per seed: validation accuracy (on its labels as given), and with label noise the memorisation curve.
+
+    ``predict(images) -> per-seed classes``. With noise, the training examples
+    are predicted once more (evaluation mode) and split by whether the seed
+    flipped their label: ``train_clean_accuracy`` (unflipped, predicted as
+    labelled), ``train_flipped_memorised`` (flipped, predicted as the wrong
+    label they were given) and ``train_flipped_true`` (flipped, predicted as
+    their true class).
+    """
+    found = [{} for _ in data.noisy_labels]
+    if data.val_images is not None:
+        for extra, predicted, labels in zip(found, predict(data.val_images), data.val_labels, strict=True):
+            extra["val_accuracy"] = float((predicted == labels).mean())
+    if plan.config.label_noise > 0:
+        images = data.train_images if data.resident else plan.learner.put(data.train_images)
+        clean = data.dataset.train_labels
+        for extra, predicted, noisy in zip(found, predict(images), data.noisy_labels, strict=True):
+            flipped = noisy != clean
+            extra["train_clean_accuracy"] = _mean(predicted[~flipped] == clean[~flipped])
+            extra["train_flipped_memorised"] = _mean(predicted[flipped] == noisy[flipped])
+            extra["train_flipped_true"] = _mean(predicted[flipped] == clean[flipped])
+    return found
+
+
+def _mean(hits: np.ndarray) -> float:
+    return float(hits.mean()) if hits.size else float("nan")

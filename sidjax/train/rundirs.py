@@ -1,0 +1,162 @@
+"""The run directories of the seeds trained together: one per seed, or none (no ``out_dir``).
+
+Every question "is there a directory to write to?" is answered here, so the
+run layer writes, checkpoints and restores the same way with or without one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from sidjax.errors import ConfigError
+from sidjax.state import TrainState
+from sidjax.train.config import TrainConfig
+from sidjax.train.rundir import Position, RunDir
+
+
+class RunDirs:
+    """One ``RunDir`` per seed, in the seeds' order, or none.
+
+    Args:
+      dirs: seed -> its directory (empty: the run writes nothing).
+    """
+
+    def __init__(self, dirs: dict[int, RunDir]):
+        self._dirs = dirs
+
+    @classmethod
+    def open(cls, out_dir: str | None, config: TrainConfig, log: Callable[[str], None], steps_per_epoch: int,
+             recipe: dict[str, str]) -> RunDirs:  # fmt: skip
+        """``out_dir`` itself for one seed, ``out_dir/seed<k>`` for each of several; none without ``out_dir``."""
+        if out_dir is None:
+            return cls({})
+        if isinstance(config.seed, int):
+            return cls({config.seed: RunDir(out_dir, config, log, steps_per_epoch, recipe)})
+        paths = {s: os.path.join(out_dir, f"seed{s}") for s in config.seeds}
+        return cls({s: RunDir(p, config.for_seed(s), log, steps_per_epoch, recipe) for s, p in paths.items()})
+
+    def __bool__(self) -> bool:
+        return bool(self._dirs)
+
+    def __iter__(self) -> Iterator[RunDir]:
+        return iter(self._dirs.values())
+
+    def only(self, seeds) -> RunDirs:
+        """The directories of ``seeds`` (those still to train)."""
+        return RunDirs({s: self._dirs[s] for s in seeds if s in self._dirs})
+
+    @property
+    def where(self) -> str | None:
+        """The directory messages name: the run's, or the parent of several seeds' (None without one)."""
+        runs = list(self)
+        if not runs:
+            return None
+        return runs[0].path if len(runs) == 1 else os.path.dirname(runs[0].path)
+
+    def claim(self, *, resume: bool, overwrite: bool) -> None:
+        """Checks every directory, then claims every one: a refused run writes nothing (``release`` after)."""
+        for d in self:
+            d.check(resume=resume, overwrite=overwrite)
+        for d in self:
+            d.claim()
+
+    def release(self) -> None:
+        for d in self:
+            d.release()
+
+    def finished(self) -> dict[int, dict[str, Any]]:
+        """Each seed whose run has finished at this config's length: its summary."""
+        found = {s: d.finished_summary() for s, d in self._dirs.items()}
+        return {s: summary for s, summary in found.items() if summary is not None}
+
+    def finished_state(self, seed: int, template: TrainState) -> TrainState | None:
+        """The last checkpoint's state of a finished run, where it has one."""
+        run_dir = self._dirs[seed]
+        positions = run_dir.checkpoints()
+        restored = run_dir.restore(positions[0], template) if positions else None
+        return restored[0] if restored else None
+
+    def histories(self, seeds, epochs: int) -> dict[int, list[dict]]:
+        """Each seed's recorded epochs 1..``epochs`` (none without a directory)."""
+        return {s: self._dirs[s].history()[:epochs] if s in self._dirs else [] for s in seeds}
+
+    def begin(self, position: Position | None, dataset: dict, network: dict) -> None:
+        for d in self:
+            d.begin(position, dataset, network)
+
+    def close(self) -> None:
+        for d in self:
+            d.close()
+
+    def checkpoint_due(self, epoch: int) -> bool:
+        return any(d.checkpoint_due(epoch) for d in self)
+
+    def write_epoch(self, records: list[dict], states: list[TrainState] | None) -> bool:
+        """Each seed's metrics line, and its checkpoint where ``states`` are given; whether one was saved."""
+        if not self:
+            return False
+        saved = [d.write_epoch(record, states[i] if states else None) for i, (d, record) in
+                 enumerate(zip(self, records, strict=True))]  # fmt: skip
+        return any(saved)
+
+    def save(self, states: list[TrainState], epochs: int, steps: int, metrics: list, seconds: float) -> bool:
+        """A checkpoint inside an epoch for every seed; False where nothing could be saved."""
+        wrote = [d.save(states[i], epochs, steps, metrics[i], seconds) for i, d in enumerate(self)]
+        return any(wrote)
+
+    def finish(self, seed: int, summary: dict[str, Any]) -> None:
+        if seed in self._dirs:
+            self._dirs[seed].finish(summary)
+
+    def start(self, template: TrainState, log: Callable[[str], None]):
+        """The newest checkpoint every seed holds intact: ``(states, position, partial metrics or None)``.
+
+        None where there is nothing to resume (no directory, or nothing
+        recorded); ``ConfigError`` where epochs are recorded but none can be
+        continued from.
+        """
+        runs = list(self)
+        if not (runs and any(d.history() or d.checkpoints() for d in runs)):
+            return None
+        common = set.intersection(*({(p.epochs, p.step) for p in d.checkpoints()} for d in runs))
+        for epochs, step in sorted(common, reverse=True):
+            positions = [
+                next(p for p in d.checkpoints() if (p.epochs, p.step) == (epochs, step)) for d in runs
+            ]
+            restored = [d.restore(p, template) for d, p in zip(runs, positions, strict=True)]
+            if all(r is not None for r in restored):
+                finished = max(len(d.history()) for d in runs)
+                if finished > epochs or step:
+                    later = f"; epochs {epochs + 1}..{finished} run again" if finished > epochs else ""
+                    log(f"resuming from the checkpoint of {positions[0].describe()}{later}")
+                partial = [r[1] for r in restored] if step else None
+                return [r[0] for r in restored], positions[0], partial
+        first = max(runs, key=lambda d: len(d.history()))
+        why = "checkpoint_every is 0" if not first.config.checkpoint_every else "no intact checkpoint of a recorded epoch is left"  # fmt: skip
+        raise ConfigError(
+            f"resume: {first.path} holds {len(first.history())} finished epochs but nothing to continue from "
+            f"({why}); nothing was changed: use overwrite=True to start again, or another out_dir",
+            "resume",
+        )
+
+    def partial_seconds(self, position: Position) -> float:
+        """The training time of a resumed epoch's steps before the checkpoint, as recorded with it."""
+        first = next(iter(self), None)
+        return first.partial_seconds(position) if first else 0.0
+
+    def stopped(self, signal: str, where: str, saved: bool) -> str:
+        """The message of a run a stop signal ended."""
+        if saved:
+            return f"stopped by {signal} {where}; {self.where} holds a checkpoint of that point"
+        why = "no out directory" if not self else "checkpoint_every is 0"
+        return f"stopped by {signal} {where}; nothing could be saved ({why})"
+
+    def interrupted(self, recorded: int) -> str:
+        """The message of a run Ctrl-C ended after ``recorded`` epochs."""
+        if not self:
+            return f"interrupted after {recorded} epochs; nothing was saved (no out directory)"
+        if any(d.live != d.path for d in self):
+            return f"interrupted before the first epoch ended; nothing was saved in {self.where}"
+        return f"interrupted; {self.where} holds epochs 1..{recorded} and continues from its last checkpoint"

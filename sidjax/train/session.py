@@ -1,0 +1,166 @@
+"""One run's life after its plan: seeds, run directories, programs, data and state, epoch by epoch.
+
+    session = Session(plan, dataset, Seeds((0, 1)), dirs, resume=True)
+    session.compile()
+    with session.writing(), stop_signals() as stop:
+        for epoch in session.epochs():
+            progress = session.train(epoch, stop)
+            session.record(session.evaluate(epoch, progress), stop)
+    states = session.host_states()
+
+Benchmarks and tests drive a ``Session`` as ``sidjax.run`` does; without run
+directories (``RunDirs({})``) it writes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from sidjax.data import Dataset
+from sidjax.state import TrainState
+from sidjax.train.epoch import Progress, epoch_chunks, fits_on_device, prepare_data, train_epoch
+from sidjax.train.plan import Plan, state_template, trained_network
+from sidjax.train.programs import init_states, load_states, make_programs, unload_states
+from sidjax.train.records import check_diverged, epoch_record, label_diagnostics
+from sidjax.train.rundirs import RunDirs
+from sidjax.train.seeds import Seeds
+from sidjax.train.signals import StopRequest
+from sidjax.train.stops import RunInterrupted, RunStopped
+
+
+class Session:
+    """The seeds of one plan trained together, from a fresh or resumed state to the config's last epoch.
+
+    Args:
+      plan: from ``make_plan``.
+      dataset: the data (its statistics normalise every batch).
+      seeds: the seeds trained together.
+      dirs: their run directories (``RunDirs({})``: none).
+      resume: start from the newest checkpoint every seed's directory holds.
+      log: where messages go.
+
+    Attributes:
+      state: the placed training state (stacked along a leading seed axis for several seeds).
+      position: the checkpoint resumed from, or None.
+      histories: seed -> its epoch records so far.
+      network: what is trained (``trained_network``), recorded with the run.
+      compile_time: seconds ``compile`` took.
+    """
+
+    def __init__(self, plan: Plan, dataset: Dataset, seeds: Seeds, dirs: RunDirs | None = None, *,
+                 resume: bool = False, log: Callable[[str], None] = print):  # fmt: skip
+        self.plan, self.seeds, self.dirs, self.log = plan, seeds, dirs or RunDirs({}), log
+        resident = fits_on_device(plan, dataset)
+        self.programs = make_programs(plan, dataset, seeds, streamed=not resident)
+        self.data = prepare_data(plan, dataset, seeds, resident)
+        self.network = trained_network(plan)
+        start = self.dirs.start(state_template(plan), log) if resume else None
+        self.position, self.resumed = None, None
+        if start is None:
+            self.state = init_states(plan, seeds)
+        else:
+            states, self.position, partial = start
+            self.state = load_states(plan, seeds, states)
+            if self.position.step:
+                self.resumed = Progress(self.position.step, partial, self.dirs.partial_seconds(self.position))
+        self.first = 1 if self.position is None else self.position.epochs + 1
+        self.histories = self.dirs.histories(seeds, self.first - 1)
+        self.compile_time = 0.0
+
+    def epochs(self) -> range:
+        """The epochs still to train."""
+        return range(self.first, self.plan.config.epochs + 1)
+
+    def compile(self) -> float:
+        """Compiles the first chunk ahead, so that epoch times exclude compilation; its seconds."""
+        if self.first <= self.plan.config.epochs:
+            start = self.resumed.steps if self.resumed else 0
+            args = next(iter(epoch_chunks(self.plan, self.data, self.seeds, self.first, start)))
+            self.compile_time = self.programs.chunk.compile(self.state, *args)
+        return self.compile_time
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Writes the run directories while inside; Ctrl-C becomes ``RunInterrupted``, saying what was kept."""
+        self.dirs.begin(self.position, self.plan.info._asdict(), self.network)
+        try:
+            yield
+        except KeyboardInterrupt:
+            recorded = min(len(h) for h in self.histories.values())
+            raise RunInterrupted(self.dirs.interrupted(recorded)) from None
+        finally:
+            self.dirs.close()
+
+    def train(self, epoch: int, stop: StopRequest | None = None, progress: bool = False) -> Progress:
+        """Trains ``epoch`` to its end; inside it, checkpoints every ``checkpoint_steps`` steps, and at a
+        stop signal checkpoints and raises ``RunStopped``."""
+        config, steps = self.plan.config, self.plan.steps_per_epoch
+        resumed = self.resumed if epoch == self.first else None
+        every = config.checkpoint_steps if config.checkpoint_every and self.dirs else 0
+        bar = tqdm(total=steps, initial=resumed.steps if resumed else 0, desc=f"{config.method} epoch {epoch}/{config.epochs}",
+                   disable=not progress, leave=False, mininterval=1.0 if os.isatty(2) else 30.0)  # fmt: skip
+        saved = {"at": resumed.steps if resumed else 0}
+
+        def pause(done: int) -> bool:  # at a chunk boundary inside the epoch
+            return bool(stop) or bool(every) and done // every > saved["at"] // every
+
+        self.state, run = self._train_from(epoch, resumed, pause, bar)
+        while run.steps < steps:  # paused inside the epoch: checkpoint, then stop or go on
+            wrote = self.dirs.save(self.host_states(), epoch - 1, run.steps, run.metrics, run.seconds)
+            saved["at"] = run.steps
+            if stop:
+                raise self._stopped(stop, f"in epoch {epoch} at step {run.steps} of {steps}", wrote)
+            self.state, run = self._train_from(epoch, run, pause, bar)
+        bar.close()
+        return run
+
+    def _train_from(self, epoch: int, progress: Progress | None, pause, bar) -> tuple[Any, Progress]:
+        return train_epoch(self.plan, self.programs, self.state, self.data, self.seeds, epoch, progress, pause,
+                           bar.update)  # fmt: skip
+
+    def evaluate(self, epoch: int, run: Progress) -> list[dict[str, Any]]:
+        """Each seed's record of ``epoch`` (training means, test and validation metrics, times), checked
+        for divergence (``TrainingDiverged``)."""
+        begin = time.perf_counter()
+        tests = self.programs.evaluate(self.state, self.data.test_images, self.data.test_labels)
+        extras = label_diagnostics(
+            self.plan, self.data, lambda images: self.programs.predict(self.state, images)
+        )
+        seconds = {"epoch_time_s": run.seconds, "eval_time_s": time.perf_counter() - begin}
+        num_test = len(self.data.dataset.test_labels)
+        records = []
+        for seed, mean, test, extra in zip(self.seeds, run.means(), tests, extras, strict=True):
+            records.append(epoch_record(self.plan, epoch, mean, test, num_test, extra, seconds))
+            check_diverged(self.plan, records[-1], seed if self.seeds.together else None)
+        return records
+
+    def record(self, records: list[dict], stop: StopRequest | None = None,
+               on_epoch: Callable[[dict], None] | None = None, progress: bool = False) -> None:  # fmt: skip
+        """Each seed's epoch: its metrics line (and checkpoint where due), the callback, the log line;
+        ``RunStopped`` after it if a stop signal arrived."""
+        config, epoch = self.plan.config, records[0]["epoch"]
+        stopping = bool(stop) and epoch < config.epochs  # a stop signal during the epoch's end
+        due = bool(self.dirs) and (self.dirs.checkpoint_due(epoch) or stopping)
+        saved = self.dirs.write_epoch(records, self.host_states() if due else None)
+        for seed, record in zip(self.seeds, records, strict=True):
+            self.histories[seed].append(record)
+            if on_epoch:
+                on_epoch({**record, "seed": seed})
+            if progress:
+                self.log(f"{config.method} seed {seed} epoch {epoch}: loss {record['train_loss']:.4f}, "
+                         f"test acc {record['test_accuracy']:.4f}, {record['epoch_time_s']:.1f}s")  # fmt: skip
+        if stopping:
+            raise self._stopped(stop, f"after epoch {epoch}", saved)
+
+    def host_states(self) -> list[TrainState]:
+        """Each seed's state on the host, in the network's layout."""
+        return unload_states(self.plan, self.seeds, self.state)
+
+    def _stopped(self, stop: StopRequest, where: str, saved: bool) -> RunStopped:
+        return RunStopped(self.dirs.stopped(stop.name, where, saved), stop.signum, saved)
