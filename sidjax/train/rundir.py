@@ -37,161 +37,42 @@ Guarantees:
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
 import json
-import logging
 import os
-import re
-import resource
 import shutil
-import socket
-import subprocess
-import threading
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from sidjax._version import __version__
 from sidjax.errors import ConfigError
 from sidjax.state import TrainState
+from sidjax.train.checkpoints import POSITION, Position, SavedCheckpoints
+from sidjax.train.claim import STALE_CLAIM_S, Claim
 from sidjax.train.config import TrainConfig
-from sidjax.train.layout import CheckpointLayoutError, layout_differences, saved_arrays
+from sidjax.train.files import (
+    MANIFEST,
+    RunWriteError,
+    file_digests,
+    io_cause,
+    orbax_quiet,
+    read_metrics,
+    room_for,
+    writable,
+    write_atomic,
+)
+from sidjax.train.provenance import provenance
+
+__all__ = ["STALE_CLAIM_S", "Position", "RunDir", "RunWriteError", "provenance", "read_metrics"]
 
 RUN_FILES = ("config.json", "run.json", "metrics.jsonl", "summary.json", "checkpoints")
 
 
-def provenance() -> dict[str, Any]:
-    """The sidjax version and, where sidjax runs from a git checkout, its commit and what differs from it.
-
-    Anything in the repository counts (``experiments/`` and its configs, new
-    files not yet added included), but ``results/``, which runs write into:
-    ``git_modified`` is whether anything differs, ``git_modified_paths`` the
-    first 20 paths that do. Without a checkout (an installed package) all
-    three are None.
-    """
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        top = _git(here, "rev-parse", "--show-toplevel").strip()
-        commit = _git(top, "rev-parse", "HEAD").strip()
-        status = _git(
-            top, "status", "--porcelain", "--untracked-files=normal", "--", ".", ":(exclude)results"
-        )
-    except (OSError, subprocess.SubprocessError):
-        commit, status = None, ""
-    paths = [line[3:] for line in status.splitlines() if line.strip()]
-    return {
-        "sidjax_version": __version__,
-        "git_commit": commit,
-        "git_modified": bool(paths) if commit else None,
-        "git_modified_paths": paths[:20] if commit else None,
-    }
-
-
-def _git(directory: str, *args: str) -> str:
-    return subprocess.run(["git", "-C", directory, *args], capture_output=True, text=True, timeout=10,
-                          check=True).stdout  # fmt: skip
-
-
-STALE_CLAIM_S = 600.0  # a claim from another machine, not renewed for this long, is taken over
-RENEW_CLAIM_S = 60.0  # how often a writer renews its claim
-
-
-class RunWriteError(OSError):
-    """A run directory could not be written (full disk, quota, file-size limit, ...).
-
-    Attributes:
-      what: what could not be written, why, and what is intact (one clause).
-      saved: whether an intact checkpoint of the run remains (``resume`` continues there).
-    """
-
-    ADVICE = "free space on that disk (or raise the quota or file-size limit)"
-
-    def __init__(self, what: str, saved: bool):
-        super().__init__(what)
-        self.what, self.saved = what, saved
-
-    def __str__(self) -> str:
-        return f"{self.what}; {self.ADVICE} and run again" + (" with resume=True" if self.saved else "")
-
-
 # Fields that may differ when a run is resumed: they change neither the numbers nor the files.
 RESUMABLE = ("checkpoint_every", "checkpoint_steps", "steps_per_chunk", "device_data_mb", "eval_batch_size")
-POSITION = "position.json"  # in each checkpoint's directory: where in the run it was taken
-
-
-class Position(NamedTuple):
-    """Where a checkpoint was taken: ``epochs`` finished, then ``step`` steps into the next epoch.
-
-    Attributes:
-      id: the checkpoint's directory name (orbax's step).
-      epochs: epochs finished.
-      step: steps done in epoch ``epochs + 1`` (0 at an epoch's end).
-    """
-
-    id: int
-    epochs: int
-    step: int = 0
-
-    def describe(self) -> str:
-        if self.step:
-            return f"epoch {self.epochs + 1} at step {self.step}"
-        return f"epoch {self.epochs}"
-
-
-def read_metrics(path: str) -> list[dict[str, Any]]:
-    """The epoch records of a ``metrics.jsonl`` file, up to a torn line (a kill mid-write)."""
-    records = []
-    if not os.path.exists(path):
-        return records
-    with open(path) as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                break
-            if (
-                not line.endswith("\n")
-                or not isinstance(record, dict)
-                or record.get("epoch") != len(records) + 1
-            ):
-                break
-            records.append(record)
-    return records
-
-
-MANIFEST = "files.sha256.json"  # in each checkpoint's directory, written after orbax's save
-
-
-def file_digests(directory: str) -> dict[str, str]:
-    """sha256 of every file below ``directory`` (its manifest excluded), by relative path."""
-    digests = {}
-    for root, _, names in os.walk(directory):
-        for name in names:
-            path = os.path.join(root, name)
-            relative = os.path.relpath(path, directory)
-            if relative != MANIFEST:
-                digests[relative] = _file_sha256(path)
-    return digests
-
-
-def _file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 class RunDir:
@@ -221,8 +102,8 @@ class RunDir:
         self.incoming = self._sibling("incoming")
         self.live: str | None = None  # where this run writes: incoming until the first checkpoint, then path
         self._manager: ocp.CheckpointManager | None = None
-        self._lock: int | None = None  # the claim's file descriptor
-        self._renewing: threading.Event | None = None  # set to stop the claim's renewal
+        self._claim = Claim(self.path, self._sibling("lock"), log)
+        self.saved = SavedCheckpoints(self.path, self._sibling("lock"), log, lambda: len(self.history()))
 
     def _sibling(self, kind: str) -> str:
         return _sibling(self.path, kind)
@@ -238,7 +119,7 @@ class RunDir:
         ancestor = parent  # where the claim and a new run's staging directory are written
         while not os.path.exists(ancestor):
             ancestor = os.path.dirname(ancestor)
-        if ancestor == parent and os.path.isdir(self.path) and not _writable(parent):
+        if ancestor == parent and os.path.isdir(self.path) and not writable(parent):
             raise ConfigError(
                 f"out {self.path}: its parent {parent} is read-only, and a run keeps its lock file (and a new "
                 f"run its staging directory) beside its directory; name a directory inside it, e.g. "
@@ -246,7 +127,7 @@ class RunDir:
                 "out",
             )
         for where in (ancestor, self.path):
-            if os.path.isdir(where) and not _writable(where):
+            if os.path.isdir(where) and not writable(where):
                 raise ConfigError(
                     f"out {self.path}: cannot write in {where} (permission denied); choose another out",
                     "out",
@@ -270,67 +151,9 @@ class RunDir:
                 )
 
     def claim(self) -> None:
-        """Makes this process the directory's only writer, or refuses in one line (writing nothing).
-
-        The claim is an exclusive ``flock`` on ``.<name>.lock`` beside the
-        directory, held until ``release`` (which removes the file); the file
-        names the holder. The kernel releases the lock of a process that dies,
-        even by SIGKILL, and its file stays: such a stale claim is taken over,
-        and said so.
-        """
-        lock = self._sibling("lock")
-        os.makedirs(os.path.dirname(lock), exist_ok=True)
-        while True:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
-                os.close(fd)
-                raise ConfigError(
-                    f"out {self.path} is being written by another sidjax process ({holder}); wait for it to "
-                    "finish or stop it (two writers would corrupt the run), or choose another out",
-                    "out",
-                ) from None
-            with contextlib.suppress(FileNotFoundError):
-                if os.fstat(fd).st_ino == os.stat(lock).st_ino:
-                    break
-            os.close(fd)  # we locked the file of a writer that had just released and removed it: again
-        before = os.pread(fd, 4096, 0).decode(errors="replace").strip()
-        if before:  # a writer that ends removes its file: this one was killed, or runs elsewhere
-            try:
-                self._take_over(before, time.time() - os.fstat(fd).st_mtime)
-            except ConfigError:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                os.close(fd)
-                raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {_now()}".encode(), 0)
-        self._lock = fd
-        self._renewing = threading.Event()
-        threading.Thread(target=_renew, args=(fd, self._renewing), daemon=True, name="sidjax-claim").start()
-
-    def _take_over(self, holder: str, age: float) -> None:
-        """Takes over the claim of ``holder``, last renewed ``age`` seconds ago, or refuses.
-
-        On this machine the free ``flock`` proves the holder is gone. A holder on
-        another machine may still be running (its lock is not seen from here):
-        it is refused until its claim has gone ``STALE_CLAIM_S`` without renewal.
-        """
-        host = re.match(r"pid \d+ on (\S+),", holder)
-        if host and host.group(1) != socket.gethostname() and age < STALE_CLAIM_S:
-            raise ConfigError(
-                f"out {self.path} is claimed by {host.group(0)[:-1]} (another machine), renewed {age:.0f} s ago; "
-                "sidjax cannot see that process from here: wait for it to finish, or, if it is gone, run again "
-                f"once its claim is {STALE_CLAIM_S / 60:.0f} minutes old, or delete {self._sibling('lock')}",
-                "out",
-            )
-        why = (
-            "is no longer running"
-            if not host or host.group(1) == socket.gethostname()
-            else (f"has not renewed its claim for {age / 60:.0f} minutes")
-        )
-        self.log(f"{self.path}: its last writer ({holder}) {why}; taking the run over")
+        """Makes this process the directory's only writer, or refuses in one line (writing nothing);
+        ``release`` gives the claim up (``sidjax.train.claim``)."""
+        self._claim.acquire()
 
     def _check_same_settings(self) -> None:
         path = os.path.join(self.path, "config.json")
@@ -410,141 +233,6 @@ class RunDir:
         except (FileNotFoundError, json.JSONDecodeError):
             return {}
 
-    def checkpoints(self) -> list[Position]:
-        """Checkpoints whose finished epochs the metrics record, newest first."""
-        recorded = len(self.history())
-        positions = self._all_positions()  # orbax moves a finished save into a directory named by its step
-        return sorted(
-            (p for p in positions if p.epochs <= recorded), key=lambda p: (p.epochs, p.step), reverse=True
-        )
-
-    def being_written(self, position: Position) -> bool:
-        """The checkpoint has no manifest yet while its run's writer holds the claim: a save under way."""
-        step = os.path.join(self.path, "checkpoints", str(position.id))
-        return os.path.exists(self._sibling("lock")) and not os.path.exists(os.path.join(step, MANIFEST))
-
-    def exists(self, position: Position) -> bool:
-        """The checkpoint is still there (a writer keeps only the newest two)."""
-        return os.path.isdir(os.path.join(self.path, "checkpoints", str(position.id)))
-
-    def _position(self, checkpoint_id: int) -> Position:
-        try:
-            with open(os.path.join(self.path, "checkpoints", str(checkpoint_id), POSITION)) as f:
-                saved = json.load(f)
-            return Position(checkpoint_id, int(saved["epochs"]), int(saved["step"]))
-        except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError, ValueError):
-            return Position(checkpoint_id, checkpoint_id)  # older sidjax: checkpoints named by epoch
-
-    def intact(self, position: Position) -> bool:
-        """The checkpoint's files match its manifest."""
-        return self._damage(position.id) is None
-
-    def restore(
-        self, position: Position, template: TrainState
-    ) -> tuple[TrainState, dict[str, np.ndarray] | None] | None:
-        """The checkpoint's state shaped like ``template`` and its partial epoch's per-step metrics
-        (None at an epoch's end); None (with a message) if it is damaged or unreadable."""
-        damage = self._damage(position.id)
-        if damage:
-            self.log(f"{self.path}: the checkpoint of {position.describe()} is damaged ({damage}); skipped")
-            return None
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template.saved())  # the checkpoint's form
-        state_dir = os.path.join(self.path, "checkpoints", str(position.id), "state")
-        # this checkpoint alone: a manager would list every step, which a writer may be removing
-        with _orbax_quiet(), ocp.StandardCheckpointer() as checkpointer:  # one reader for layout and arrays
-            try:
-                differences = layout_differences(saved_arrays(checkpointer, state_dir), abstract)
-                if differences and not (self.exists(position) and self.intact(position)):
-                    self.log(
-                        f"{self.path}: the checkpoint of {position.describe()} was removed while it was read"
-                    )
-                    return None  # a writer keeps the newest two: what was read was half gone
-                if differences:
-                    raise CheckpointLayoutError(
-                        f"{self.path}: the checkpoint of {position.describe()} holds another network or "
-                        f"optimizer than the one given ({differences}); give the model (and tx) it was "
-                        "trained with",
-                        "model",
-                    )
-                state = TrainState.from_saved(checkpointer.restore(state_dir, abstract))
-            except CheckpointLayoutError:
-                raise
-            except Exception as err:  # intact files orbax cannot read, or files removed while read
-                self.log(f"{self.path}: the checkpoint of {position.describe()} cannot be read "
-                         f"({type(err).__name__}); skipped")  # fmt: skip
-                return None
-        metrics = None
-        if position.step:
-            try:
-                with open(os.path.join(self.path, "checkpoints", str(position.id), POSITION)) as f:
-                    saved = json.load(f)["metrics"]
-            except FileNotFoundError:
-                self.log(
-                    f"{self.path}: the checkpoint of {position.describe()} was removed while it was read"
-                )
-                return None
-            metrics = {k: np.asarray(v, np.float32) for k, v in saved.items()}
-        return state, metrics
-
-    def newest_restorable(
-        self, epoch: int | None, template: TrainState, skipped: list[str]
-    ) -> tuple[Position, TrainState]:
-        """The newest checkpoint that restores (``epoch``: that epoch's end), and its state.
-
-        A save still under way is not tried. The writer may remove a
-        checkpoint (file by file) while it is read: then it looks again.
-        ``skipped`` receives a message per checkpoint passed over; with none
-        restorable, ``ConfigError`` lists them.
-        """
-        for _ in range(5):
-            skipped.clear()
-            tried, restored = self._first_restorable(epoch, template)
-            if restored is not None:
-                return tried[-1], restored[0]
-            if all(self.exists(p) and self.intact(p) for p in tried):
-                break
-        raise ConfigError(f"{self.path} holds no intact checkpoint to load ({'; '.join(skipped) or 'none'})")
-
-    def _first_restorable(self, epoch: int | None, template: TrainState) -> tuple[list[Position], Any]:
-        positions = [p for p in self.checkpoints() if not self.being_written(p)]
-        if epoch is not None:
-            positions = [p for p in positions if (p.epochs, p.step) == (epoch, 0)]
-            if not positions:
-                ends = sorted(p.epochs for p in self.checkpoints() if not p.step)
-                raise ConfigError(
-                    f"{self.path} has no checkpoint of epoch {epoch}; it has {ends or 'none'}", "epoch"
-                )
-        tried = []
-        for position in positions:
-            tried.append(position)
-            restored = self.restore(position, template)
-            if restored is not None:
-                return tried, restored
-        return tried, None
-
-    def partial_seconds(self, position: Position) -> float:
-        """The training time of the steps before a checkpoint inside an epoch."""
-        try:
-            with open(os.path.join(self.path, "checkpoints", str(position.id), POSITION)) as f:
-                return float(json.load(f).get("seconds", 0.0))
-        except (FileNotFoundError, json.JSONDecodeError, TypeError, ValueError):
-            return 0.0
-
-    def _damage(self, checkpoint_id: int) -> str | None:
-        """Why the checkpoint's files cannot be trusted, or None when they match their manifest."""
-        step = os.path.join(self.path, "checkpoints", str(checkpoint_id))
-        try:
-            with open(os.path.join(step, MANIFEST)) as f:
-                expected = json.load(f)
-        except FileNotFoundError:
-            return "no checksum manifest: the run was stopped while saving it"
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return "its checksum manifest is unreadable"
-        try:
-            return None if file_digests(step) == expected else "file checksum mismatch"
-        except FileNotFoundError:  # removed while it was read (a writer keeps the newest two)
-            return "removed while it was read"
-
     def begin(
         self, position: Position | None, dataset: dict[str, Any], network: dict[str, Any] | None = None
     ) -> None:
@@ -555,10 +243,10 @@ class RunDir:
         without its data (``sidjax.load_run``); so does ``network``, what is
         trained (``trained_network``).
         """
-        now = _now()
+        now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         if position is not None:
             self.live = self.path
-            self._drop_checkpoints_after(position)
+            self.saved.drop_after(position)
             history = self.history()[: position.epochs]
             write_atomic(
                 os.path.join(self.path, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in history)
@@ -585,24 +273,6 @@ class RunDir:
                 info["recipe"] = self.recipe
         write_atomic(os.path.join(self.live, "run.json"), json.dumps(info, indent=2))
         self._manager = self._open(self.live) if self._checkpointing else None
-
-    def _drop_checkpoints_after(self, position: Position) -> None:
-        """Removes the checkpoints after ``position``: their steps are about to run again (a damaged one among them).
-
-        Orbax does not save a step that already exists: a damaged checkpoint left
-        in place would outlive the steps that replace it.
-        """
-        for later in self._all_positions():
-            if (later.epochs, later.step) > (position.epochs, position.step):
-                shutil.rmtree(os.path.join(self.path, "checkpoints", str(later.id)))
-
-    def _all_positions(self) -> list[Position]:
-        root = os.path.join(self.path, "checkpoints")
-        try:
-            names = os.listdir(root)
-        except (FileNotFoundError, NotADirectoryError):
-            names = []
-        return [self._position(int(n)) for n in names if n.isdigit()]
 
     @property
     def _checkpointing(self) -> bool:
@@ -647,8 +317,8 @@ class RunDir:
             position["metrics"] = {k: np.asarray(v).tolist() for k, v in metrics.items()}
             position["seconds"] = seconds
         what = f"the checkpoint of {Position(checkpoint_id, epochs, step).describe()}"
-        with self._writing(what, discard=directory), _orbax_quiet():
-            _room_for(self.live, sum(int(np.asarray(x).nbytes) for x in jax.tree.leaves(state)))
+        with self._writing(what, discard=directory), orbax_quiet():
+            room_for(self.live, sum(int(np.asarray(x).nbytes) for x in jax.tree.leaves(state)))
             saved = ocp.args.StandardSave(state.saved())
             self._manager.save(checkpoint_id, args=ocp.args.Composite(state=saved))
             write_atomic(os.path.join(directory, POSITION), json.dumps(position))
@@ -692,11 +362,11 @@ class RunDir:
             raise self._write_failed(what, err) from None
 
     def _write_failed(self, what: str, err: Exception) -> RunWriteError:
-        cause = _io_cause(err)
+        cause = io_cause(err)
         if self.live != self.path:
             kept, saved = "nothing was saved (the run had not finished its first epoch)", False
         else:
-            intact = next((p for p in self.checkpoints() if self.intact(p)), None)
+            intact = next((p for p in self.saved.checkpoints() if self.saved.intact(p)), None)
             saved = intact is not None
             kept = (
                 f"the checkpoint of {intact.describe()} is intact"
@@ -718,14 +388,7 @@ class RunDir:
         if self.live == self.incoming:
             shutil.rmtree(self.incoming, ignore_errors=True)
             self.live = None
-        if self._renewing is not None:
-            self._renewing.set()
-            self._renewing = None
-        if self._lock is not None:
-            os.remove(self._sibling("lock"))  # while still held: a writer waiting on it will see it is gone
-            fcntl.flock(self._lock, fcntl.LOCK_UN)
-            os.close(self._lock)
-            self._lock = None
+        self._claim.release()
 
     @staticmethod
     def _open(directory: str) -> ocp.CheckpointManager:
@@ -744,55 +407,3 @@ def describe_recipe(recipe: dict[str, str]) -> str:
 def _sibling(path: str, kind: str) -> str:
     """``.<name>.<kind>`` beside the run directory ``path``: its lock, a new run's staging directory."""
     return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{kind}")
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-def _writable(directory: str) -> bool:
-    """The directory can take new files (``access`` also answers a read-only file system)."""
-    return os.access(directory, os.W_OK | os.X_OK)
-
-
-def _room_for(directory: str, nbytes: int) -> None:
-    """Raises ``OSError`` before a checkpoint of ``nbytes`` is written where it cannot fit: a failure
-    inside orbax's writer threads cannot be turned into one line."""
-    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-    if limit != resource.RLIM_INFINITY and limit < nbytes:
-        raise OSError(f"the file-size limit (ulimit -f) is {limit} bytes; the checkpoint needs {nbytes}")
-    free = shutil.disk_usage(directory).free
-    if free < nbytes:
-        raise OSError(f"No space left on device: {free} bytes free, the checkpoint needs {nbytes}")
-
-
-def _renew(fd: int, stop: threading.Event) -> None:
-    """Renews a claim (its lock file's modification time) until ``stop`` is set."""
-    while not stop.wait(RENEW_CLAIM_S):
-        with contextlib.suppress(OSError):  # the claim was just released
-            os.utime(fd)
-
-
-def _io_cause(err: Exception) -> str:
-    """The operating system's words for a failed write, e.g. ``No space left on device``."""
-    if isinstance(err, OSError) and err.strerror:
-        return err.strerror
-    if isinstance(err, OSError) and err.args:
-        return str(err.args[0])
-    found = re.search(r"([^:\[\]]+) \[os_error_code='?\d+'?\]", str(err))  # tensorstore's form
-    if found:
-        return found.group(1).strip()
-    first = (str(err).splitlines() or [type(err).__name__])[0]
-    return first if len(first) <= 160 else first[:157] + "..."
-
-
-@contextlib.contextmanager
-def _orbax_quiet():
-    """Orbax logs each unreadable checkpoint file through absl before it raises; the run says it once."""
-    logger = logging.getLogger("absl")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
