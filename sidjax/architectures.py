@@ -5,9 +5,9 @@ modules, each ``h -> h``) and a rule saying how the layers may be cut into K
 contiguous blocks. The same backbone serves three ways:
 
 * blockwise SID/DGL: block k = its group of layers + a belief head
-  (``sidjax.network.make_blockwise_network``); the stem trains with block 1;
+  (``sidjax.builders.make_blockwise_network``); the stem trains with block 1;
 * the shared-trunk extractor: stem + all layers + pool + linear -> d
-  (``sidjax.network.make_network``);
+  (``sidjax.builders.make_network``);
 * end to end for BP: the blockwise network trained with CE on the last head.
 
 Images are NHWC, 28x28x1 or 32x32x3 (any size works where the pools fit).

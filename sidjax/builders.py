@@ -30,7 +30,7 @@ from sidjax.models import BeliefModule, BlockUnit
 from sidjax.network import Network, PartDef, Parts, Variables, in_mode, stack
 from sidjax.ops import ConvImpl
 
-Model = str | Backbone
+Architecture = str | Backbone  # a key of ARCHITECTURES, or your own Backbone
 
 
 def _shape(module: nnx.Module | None, shape: tuple[int, ...], *extra) -> tuple[int, ...]:
@@ -206,7 +206,7 @@ def trunk(
 
 
 def backbone(
-    model: Model, input_shape, rngs: nnx.Rngs, *, conv_impl: ConvImpl = "xla", tiny: bool = False
+    model: Architecture, input_shape, rngs: nnx.Rngs, *, conv_impl: ConvImpl = "xla", tiny: bool = False
 ) -> Backbone:
     """A ``Backbone`` as given, or built from its name in ``ARCHITECTURES``."""
     if isinstance(model, Backbone):
@@ -218,12 +218,12 @@ def backbone(
     return ARCHITECTURES[model](tuple(input_shape), tiny, conv_impl, rngs)
 
 
-def _label(model: Model, mode: str) -> str:
+def _label(model: Architecture, mode: str) -> str:
     return f"{model if isinstance(model, str) else 'backbone'}/{mode}"
 
 
 def make_network(
-    model: Model,
+    model: Architecture,
     input_shape: tuple[int, ...],
     num_classes: int,
     num_modules: int,
@@ -265,7 +265,7 @@ def make_network(
 
 
 def make_blockwise_network(
-    model: Model,
+    model: Architecture,
     input_shape: tuple[int, ...],
     num_classes: int,
     num_blocks: int,
@@ -306,5 +306,5 @@ def make_blockwise_network(
                      name=_label(model, "blockwise"))  # fmt: skip
 
 
-__all__ = ["Model", "Network", "Variables", "backbone", "blockwise", "from_units", "make_blockwise_network",
+__all__ = ["Architecture", "Network", "Variables", "backbone", "blockwise", "from_units", "make_blockwise_network",
            "make_network", "trunk"]  # fmt: skip

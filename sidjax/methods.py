@@ -26,10 +26,9 @@ from sidjax.losses import SIDLoss
 MODES: tuple[str, ...] = ("trunk", "blockwise")
 EXECUTIONS: tuple[str, ...] = ("auto", "vmap", "fused", "sequential")
 # "auto" execution of a local method, chosen from measurements (experiments/bench_memory.py,
-# experiments/bench_step.py): the shared trunk vmaps its stacked modules (SID/BP step time 1.004 on
-# a 2-core CPU); blockwise networks walk their units in one program, the mode with a memory saving
-# (ViT-Tiny K = 8: 0.26x BP's memory at 0.92x its step time; README.md, "Memory and time
-# against K"). Same choice on every backend until an accelerator measurement says otherwise
+# experiments/bench_step.py; numbers in RESULTS.md): the shared trunk vmaps its stacked units, as
+# fast as BP's step; blockwise networks walk their units in one program, the mode with a memory
+# saving. Same choice on every backend until an accelerator measurement says otherwise
 # (experiments/device_check.sh measures all three there).
 AUTO_EXECUTION: dict[str, str] = {"trunk": "vmap", "blockwise": "sequential"}
 

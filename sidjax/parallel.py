@@ -76,7 +76,7 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     return _place(tree, lambda a: replicated)
 
 
-def gather(tree: Any) -> Any:
+def to_host(tree: Any) -> Any:
     """Host (numpy) copies of possibly multi-process sharded arrays, on every process."""
     if jax.process_count() == 1:
         return jax.device_get(tree)

@@ -7,7 +7,7 @@ import re
 
 from sidjax.errors import ConfigError
 
-PLACEMENTS: tuple[str, ...] = ("single", "mesh:DATA,MODULE", "stages[:N]")
+PLACEMENTS: tuple[str, ...] = ("single", "mesh:DATA,UNIT", "stages[:N]")
 
 
 @dataclasses.dataclass(frozen=True)

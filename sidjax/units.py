@@ -155,10 +155,9 @@ def walk(
       ``(units, stem, outputs)``. An ``optimization_barrier`` after each
       unit ties its output to its finished update, so that a scheduler that
       honours it starts unit k+1 only once unit k's activations are dead.
-      XLA:CPU (jax 0.10.2) overlaps some units anyway: ViT-Tiny at K = 8,
-      batch 64, needs 0.26x BP's memory in this one program, 0.19x with
-      one program per unit (``placement="stages"``; README, "Memory and
-      time against K").
+      A scheduler may still overlap some units; one program per unit
+      (``placement="stages"``) holds the least (``experiments/bench_memory.py``
+      measures both; RESULTS.md has the numbers).
     """
     chained = isinstance(inputs, UnitInput)
     inp = inputs if chained else None

@@ -73,3 +73,54 @@ def test_the_configuration_does_not_import_the_engine():
     engine = {"sidjax.architectures", "sidjax.builders", "sidjax.steps", "sidjax.ops", "sidjax.network",
               "sidjax.learner", "sidjax.units", "sidjax.stages", "sidjax.schedule", "sidjax.heads"}  # fmt: skip
     assert GRAPH["sidjax.train.config"] & engine == set()
+
+
+def _names_imported(path: str, module: str) -> set[str]:
+    """The names ``path`` imports from ``module`` anywhere in its body."""
+    return {
+        alias.name
+        for node in ast.walk(ast.parse(open(path).read()))
+        if isinstance(node, ast.ImportFrom) and node.module == module
+        for alias in node.names
+    }
+
+
+def test_the_run_layer_calls_no_step_builder_below_the_learner():
+    # the run layer gets its step, its state and the state's template from the Learner alone
+    below = {"sidjax.steps", "sidjax.stages", "sidjax.units", "sidjax.schedule"}
+    run_layer = {name: path for name, path in MODULES.items() if name.startswith("sidjax.train")}
+    reached = {name: sorted(GRAPH[name] & below) for name in run_layer}
+    assert reached == {name: [] for name in run_layer}
+    builders = {"new_state", "apply_gradients", "step_part", "map_units"}
+    used = {
+        name: sorted(_names_imported(path, "sidjax.state") & builders) for name, path in run_layer.items()
+    }
+    assert used == {name: [] for name in run_layer}
+
+
+def _body_lines(node: ast.FunctionDef) -> int:
+    """A function's lines after its docstring."""
+    body = node.body
+    first = body[0]
+    if (
+        isinstance(first, ast.Expr)
+        and isinstance(first.value, ast.Constant)
+        and isinstance(first.value.value, str)
+    ):
+        if len(body) == 1:
+            return 0
+        first = body[1]
+    return node.end_lineno - first.lineno + 1
+
+
+def test_functions_and_files_stay_short_enough_to_read_at_once():
+    long_functions, long_files = [], []
+    for name, path in MODULES.items():
+        source = open(path).read()
+        if len(source.splitlines()) > 420:
+            long_files.append(name)
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and _body_lines(node) > 60:
+                long_functions.append(f"{name}.{node.name}: {_body_lines(node)} lines")
+    assert long_functions == [] and long_files == []
+    assert len(open(MODULES["sidjax.train.runner"]).read().splitlines()) <= 300

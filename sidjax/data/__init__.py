@@ -10,7 +10,7 @@ Sources, tried in this order:
 * your own arrays: ``Dataset.from_arrays``.
 
 ``sidjax.data.device`` orders an epoch and builds its batches on the device;
-``sidjax.epoch`` decides whether a split lives there or streams.
+``sidjax.train.epoch`` decides whether a split lives there or streams.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The command line, generated from ``TrainConfig``: ``sidjax train`` and ``sidjax compare``.
 
 Every ``TrainConfig`` field is a flag (``--num-modules`` for ``num_modules``),
-grouped as ``sidjax.config.GROUPS``, with its docstring line as help, its
+grouped as ``sidjax.train.config.GROUPS``, with its docstring line as help, its
 default shown and its choices from the tables (``METHODS``,
 ``ARCHITECTURES``, ...). Bad input exits with status 2 and one line naming
 the flag, before any data is loaded wherever it does not depend on the data.

@@ -78,7 +78,7 @@ class TrainConfig:
       batch_size: examples per training step.
       eval_batch_size: examples per evaluation step.
       seed: one seed, or several (0,1,2) trained together in one program, each in its own seed<k>/ directory.
-      placement: single (one device), mesh:DATA,MODULE (one program on a device mesh), stages[:N] (blockwise units in N stages on the devices).
+      placement: single (one device), mesh:DATA,UNIT (one program on a device mesh), stages[:N] (blockwise units in N stages on the devices).
       execution: how a local step groups its unit updates: auto, vmap, fused or sequential.
       steps_per_chunk: training steps per compiled chunk, between host syncs (0: the largest divisor of the epoch's steps up to 64; 1 for convolutional networks on CPU).
       checkpoint_every: epochs between checkpoints when writing to a directory (0: none).
@@ -190,7 +190,7 @@ def migrate(record: dict[str, Any]) -> dict[str, Any]:
     """A config record of an earlier sidjax in this version's fields.
 
     Before the placement setting existed, runs said ``pipeline`` (off,
-    synchronous or pipelined), ``devices`` (stages) and ``mesh`` (DATA,MODULE).
+    synchronous or pipelined), ``devices`` (stages) and ``mesh`` (DATA,UNIT).
     """
     record = dict(record)
     pipeline, devices, mesh = record.pop("pipeline", None), record.pop("devices", 0), record.pop("mesh", None)

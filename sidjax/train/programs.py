@@ -22,7 +22,7 @@ import numpy as np
 from sidjax.data import Dataset, normalised_batch
 from sidjax.evaluation import make_split_evaluator, make_split_predictor
 from sidjax.network import Variables, stack
-from sidjax.parallel import gather as to_host
+from sidjax.parallel import to_host
 from sidjax.state import TrainState
 from sidjax.train.plan import Plan
 from sidjax.train.seeds import Seeds
@@ -53,8 +53,8 @@ def over_seeds(fn: Callable, in_axes: tuple, count: int, unroll: bool) -> Callab
     """``fn`` over ``count`` seeds in one program: ``jax.vmap``, or with ``unroll`` its contract unrolled.
 
     Unrolled, the seeds follow one another: XLA:CPU turns a vmapped
-    convolution into a grouped one, measured 3.7x slower per seed (SimpleCNN,
-    batch 128, two seeds) than the seeds apart.
+    convolution into a grouped one, several times slower per seed than the
+    seeds apart.
     """
     if not unroll:
         return jax.vmap(fn, in_axes=in_axes)

@@ -5,7 +5,7 @@ one) some seconds before SIGKILL; preemptible VMs and TPU hosts SIGTERM;
 batch systems SIGUSR1/SIGUSR2; a closed terminal SIGHUP. While a run trains,
 ``stop_signals`` records the first of these instead of dying; the run
 checkpoints at the next chunk boundary, writes what it has and stops with
-one line saying how to continue (``sidjax.train.runner.RunStopped``).
+one line saying how to continue (``sidjax.train.stops.RunStopped``).
 Ctrl-C (SIGINT) keeps its own meaning: stop now.
 
 A signal the run was started to ignore stays ignored: ``nohup sidjax train
