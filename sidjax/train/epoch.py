@@ -3,14 +3,12 @@
 ``prepare_data`` applies the config's limits and each seed's label noise and
 decides where the training split lives: on the device for the whole run when
 both splits fit in ``device_data_mb``, else on the host, sent chunk by chunk.
-``train_epoch`` runs one epoch as a sequence of compiled chunks.
+``epoch_chunks`` cuts an epoch into the compiled chunks ``sidjax.train.session`` runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -19,7 +17,6 @@ import numpy as np
 from sidjax.data import Dataset, epoch_order, symmetric_label_noise
 from sidjax.data.device import nbytes
 from sidjax.train.plan import Plan
-from sidjax.train.programs import RunPrograms
 from sidjax.train.seeds import Seeds
 
 
@@ -90,6 +87,23 @@ def prepare_data(plan: Plan, dataset: Dataset, seeds: Seeds, resident: bool) -> 
                    val_images, val_labels)  # fmt: skip
 
 
+class Chunk(NamedTuple):
+    """The arguments of one compiled chunk: ``length`` steps whose batches are ``order[start: start + length]``.
+
+    Attributes:
+      images, labels: the training split (resident), or this chunk's examples (streamed).
+      order: ``[S?, steps, B]`` indices into ``images``.
+      start: the chunk's first step in ``order``.
+      length: its steps.
+    """
+
+    images: Any
+    labels: Any
+    order: Any
+    start: int
+    length: int
+
+
 def _streamed(plan: Plan, data: RunData, order: np.ndarray, starts) -> Any:
     """Each chunk's examples gathered on the host and sent; the next is sent while one computes."""
     for start, length in starts:
@@ -101,11 +115,11 @@ def _streamed(plan: Plan, data: RunData, order: np.ndarray, starts) -> Any:
             images = np.stack([data.train_images[f] for f in flat])
             labels = np.stack([lab[f] for lab, f in zip(data.train_labels, flat, strict=True)])
         local = np.broadcast_to(np.arange(flat.shape[-1], dtype=np.int32).reshape(length, -1), idx.shape)
-        yield (*plan.learner.put((images, labels, np.ascontiguousarray(local))), 0, length)
+        yield Chunk(*plan.learner.put((images, labels, np.ascontiguousarray(local))), 0, length)
 
 
 def epoch_chunks(plan: Plan, data: RunData, seeds: Seeds, epoch: int, first: int = 0):
-    """The arguments of every chunk of ``epoch`` from its step ``first``: ``(images, labels, order, start, length)``."""
+    """Every ``Chunk`` of ``epoch`` from its step ``first``."""
     steps, chunk = plan.steps_per_epoch, plan.steps_per_chunk
     num, batch = len(data.dataset.train_labels), plan.config.batch_size
     order = seeds.stack_host([epoch_order(num, batch, seed, epoch) for seed in seeds])
@@ -113,7 +127,7 @@ def epoch_chunks(plan: Plan, data: RunData, seeds: Seeds, epoch: int, first: int
     if not data.resident:
         return _streamed(plan, data, order, starts)
     order_on_device = plan.learner.put(order)
-    return ((data.train_images, data.train_labels, order_on_device, s, n) for s, n in starts)
+    return (Chunk(data.train_images, data.train_labels, order_on_device, s, n) for s, n in starts)
 
 
 class Progress(NamedTuple):
@@ -133,57 +147,16 @@ class Progress(NamedTuple):
         """Per seed, each metric's mean over the steps done (float64)."""
         return [{k: v.astype(np.float64).mean(0) for k, v in m.items()} for m in self.metrics]
 
+    def extend(self, steps: int, metrics: list[dict[str, np.ndarray]], seconds: float) -> Progress:
+        """This progress followed by a segment: ``steps`` done in all, the segment's per-step ``metrics``
+        and its ``seconds``. A partial epoch saved by an older sidjax keeps its own keys."""
+        if self.metrics is not None:
+            metrics = [{k: np.concatenate([old[k], m[k]]) for k in m if k in old}
+                       for old, m in zip(self.metrics, metrics, strict=True)]  # fmt: skip
+        return Progress(steps, metrics, self.seconds + seconds)
 
-def _per_seed(results: list, seeds: Seeds) -> list[dict[str, np.ndarray]]:
+
+def per_seed(results: list, seeds: Seeds) -> list[dict[str, np.ndarray]]:
     """Chunk metrics ``[S?, length, ...]`` -> per seed, every step's metrics ``[steps, ...]``."""
     host = [seeds.split(r) for r in jax.device_get(results)]
     return [{k: np.concatenate([r[i][k] for r in host]) for k in host[0][i]} for i in range(len(seeds))]
-
-
-def train_epoch(
-    plan: Plan,
-    programs: RunPrograms,
-    state: Any,
-    data: RunData,
-    seeds: Seeds,
-    epoch: int,
-    progress: Progress | None = None,
-    pause: Callable[[int], bool] | None = None,
-    on_chunk: Callable[[int], None] | None = None,
-) -> tuple[Any, Progress]:
-    """Trains ``epoch`` from ``progress`` (None: its start) to its end, or to the first chunk boundary
-    where ``pause(steps_done)`` says so (to checkpoint, or to stop).
-
-    The order of batches comes from ``(seed, epoch)`` alone (``epoch_order``),
-    and a resumed epoch continues on the same chunk boundaries, so an epoch
-    trained in segments gives the numbers of one trained at once. Chunk i+1 is
-    queued before chunk i's metrics are waited for, so the device never waits
-    for the host; ``on_chunk(steps)`` reports progress.
-    """
-    progress = progress or Progress()
-    begin = time.perf_counter()
-    results, pending, done = [], None, progress.steps
-    for args in epoch_chunks(plan, data, seeds, epoch, done):
-        state, metrics = programs.chunk(state, *args)
-        if pending is not None:
-            jax.block_until_ready(pending[0])
-            if on_chunk:
-                on_chunk(pending[1])
-        pending = (metrics, args[-1])
-        results.append(metrics)
-        done += args[-1]
-        if done < plan.steps_per_epoch and pause is not None and pause(done):
-            break
-    jax.block_until_ready((state, pending[0]))
-    seconds = time.perf_counter() - begin
-    if on_chunk:
-        on_chunk(pending[1])
-    new = _per_seed(results, seeds)
-    if progress.metrics is not None:
-        new = [
-            {
-                k: np.concatenate([old[k], m[k]]) for k in m if k in old
-            }  # an older sidjax's partial epoch: its keys
-            for old, m in zip(progress.metrics, new, strict=True)
-        ]
-    return state, Progress(done, new, progress.seconds + seconds)

@@ -20,11 +20,12 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import jax
 from tqdm.auto import tqdm
 
 from sidjax.data import Dataset
 from sidjax.state import TrainState
-from sidjax.train.epoch import Progress, epoch_chunks, fits_on_device, prepare_data, train_epoch
+from sidjax.train.epoch import Progress, epoch_chunks, fits_on_device, per_seed, prepare_data
 from sidjax.train.plan import Plan, state_template, trained_network
 from sidjax.train.programs import init_states, load_states, make_programs, unload_states
 from sidjax.train.records import check_diverged, epoch_record, label_diagnostics
@@ -110,19 +111,44 @@ class Session:
         def pause(done: int) -> bool:  # at a chunk boundary inside the epoch
             return bool(stop) or bool(every) and done // every > saved["at"] // every
 
-        self.state, run = self._train_from(epoch, resumed, pause, bar)
+        self.state, run = self._train_from(epoch, resumed, pause, bar.update)
         while run.steps < steps:  # paused inside the epoch: checkpoint, then stop or go on
             wrote = self.dirs.save(self.host_states(), epoch - 1, run.steps, run.metrics, run.seconds)
             saved["at"] = run.steps
             if stop:
                 raise self._stopped(stop, f"in epoch {epoch} at step {run.steps} of {steps}", wrote)
-            self.state, run = self._train_from(epoch, run, pause, bar)
+            self.state, run = self._train_from(epoch, run, pause, bar.update)
         bar.close()
         return run
 
-    def _train_from(self, epoch: int, progress: Progress | None, pause, bar) -> tuple[Any, Progress]:
-        return train_epoch(self.plan, self.programs, self.state, self.data, self.seeds, epoch, progress, pause,
-                           bar.update)  # fmt: skip
+    def _train_from(self, epoch: int, progress: Progress | None, pause: Callable[[int], bool],
+                    on_chunk: Callable[[int], None]) -> tuple[Any, Progress]:  # fmt: skip
+        """Trains ``epoch`` from ``progress`` (None: its start) to its end, or to the first chunk boundary
+        where ``pause(steps_done)`` says so (to checkpoint, or to stop).
+
+        The order of batches comes from ``(seed, epoch)`` alone (``epoch_order``),
+        and a resumed epoch continues on the same chunk boundaries, so an epoch
+        trained in segments gives the numbers of one trained at once. Chunk i+1 is
+        queued before chunk i's metrics are waited for, so the device never waits
+        for the host; ``on_chunk(steps)`` reports progress.
+        """
+        progress, state = progress or Progress(), self.state
+        begin = time.perf_counter()
+        results, pending, done = [], None, progress.steps
+        for chunk in epoch_chunks(self.plan, self.data, self.seeds, epoch, done):
+            state, metrics = self.programs.chunk(state, *chunk)
+            if pending is not None:
+                jax.block_until_ready(pending[0])
+                on_chunk(pending[1])
+            pending = (metrics, chunk.length)
+            results.append(metrics)
+            done += chunk.length
+            if done < self.plan.steps_per_epoch and pause(done):
+                break
+        jax.block_until_ready((state, pending[0]))
+        seconds = time.perf_counter() - begin
+        on_chunk(pending[1])
+        return state, progress.extend(done, per_seed(results, self.seeds), seconds)
 
     def evaluate(self, epoch: int, run: Progress) -> list[dict[str, Any]]:
         """Each seed's record of ``epoch`` (training means, test and validation metrics, times), checked
