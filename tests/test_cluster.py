@@ -19,6 +19,7 @@ from conftest import records, tiny_config
 from test_faults import _damage, _resume
 
 from sidjax import ConfigError
+from sidjax.train import claim as claim_module
 from sidjax.train import rundir
 from sidjax.train.rundir import RunDir, RunWriteError
 from sidjax.train.runner import DIVERGED, load_run, run
@@ -183,7 +184,7 @@ def test_a_claim_from_another_machine_is_honoured_until_it_goes_unrenewed(tmp_pa
 
 
 def test_a_writer_renews_its_claim_while_it_holds_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(rundir, "RENEW_CLAIM_S", 0.05)
+    monkeypatch.setattr(claim_module, "RENEW_CLAIM_S", 0.05)
     claim = RunDir(str(tmp_path / "run"), tiny_config())
     claim.claim()
     try:

@@ -75,7 +75,7 @@ class RunDirs:
     def finished_state(self, seed: int, template: TrainState) -> TrainState | None:
         """The last checkpoint's state of a finished run, where it has one."""
         run_dir = self._dirs[seed]
-        positions = run_dir.saved.saved.checkpoints()
+        positions = run_dir.saved.checkpoints()
         restored = run_dir.saved.restore(positions[0], template) if positions else None
         return restored[0] if restored else None
 
