@@ -10,6 +10,9 @@ which loss each part minimises and where gradients may flow:
 * ``bp``: end-to-end backprop of the last unit's cross-entropy.
 * ``bp_remat``: ``bp`` with ``jax.checkpoint`` at every unit boundary (less
   memory, one extra forward pass).
+* ``noprop``: NoProp as the SID authors ran it (``sidjax.noprop``): each unit
+  of a shared trunk denoises its own noisy label code; prediction iterates
+  the units from Gaussian noise. Trunk only.
 
 The rules below are the only place each is checked and worded; the
 configuration calls them with its settings, ``sidjax.make_learner`` with
@@ -46,6 +49,11 @@ class MethodSpec:
       remat: rematerialise every unit in the backward pass (BP only).
       modes: the network kinds it trains: ``"trunk"`` and/or ``"blockwise"``.
       summary: one line for ``--help``.
+      objective: what each unit is given and minimises: ``"belief"`` (the
+        previous unit's belief; SID's loss, or BP's cross-entropy of the last
+        unit) or ``"noprop"`` (a noisy label code; the denoising loss).
+      unit_input: how units read their second input by default
+        (``belief_input``): ``"prob"``, ``"log"`` (as it is) or ``"none"``.
     """
 
     name: str
@@ -55,6 +63,18 @@ class MethodSpec:
     remat: bool = False
     modes: tuple[str, ...] = MODES
     summary: str = ""
+    objective: str = "belief"
+    unit_input: str | None = None
+
+    @property
+    def default_belief_input(self) -> str:
+        """The ``belief_input`` a network for this method is built with unless one is given."""
+        return self.unit_input or ("prob" if self.belief_input else "none")
+
+    @property
+    def uses_alpha(self) -> bool:
+        """Its units minimise SID's loss, weighted by alpha."""
+        return self.local and self.objective == "belief"
 
     def loss(self, loss: SIDLoss) -> SIDLoss:
         """The local loss this method trains with: DGL's alpha is 1 (forward only); BP uses the smoothing."""
@@ -83,6 +103,14 @@ METHODS: dict[str, MethodSpec] = {
     "bp_remat": MethodSpec(
         "bp_remat", local=False, remat=True, summary="bp with jax.checkpoint at every unit boundary"
     ),
+    "noprop": MethodSpec(
+        "noprop",
+        local=True,
+        modes=("trunk",),
+        objective="noprop",
+        unit_input="log",
+        summary="NoProp (the SID authors' form): each unit denoises a noisy label code; predicts from noise",
+    ),
 }
 
 
@@ -105,8 +133,17 @@ def check_mode(spec: MethodSpec, mode: str) -> None:
         )
 
 
-def check_belief_input(spec: MethodSpec, reads_belief: bool) -> None:
-    """A method whose heads read no belief (DGL) is not given heads that do."""
+def check_belief_input(spec: MethodSpec, reads_belief: bool, belief_input: str | None = None) -> None:
+    """A method whose heads read no belief (DGL) is not given heads that do; NoProp's units read their
+    label code as it is (``belief_input`` ``"log"``, where the setting is known)."""
+    if spec.unit_input is not None and belief_input not in (None, spec.unit_input):
+        raise ConfigError(
+            f"method {spec.name!r} feeds each unit a vector it reads as it is: belief_input must be "
+            f"{spec.unit_input!r} (or left unset), got {belief_input!r}",
+            "belief_input",
+        )
+    if spec.unit_input is not None and not reads_belief:
+        raise ConfigError(f"method {spec.name!r} needs units that read their second input", "belief_input")
     if reads_belief and not spec.belief_input:
         raise ConfigError(
             f"method {spec.name!r} needs heads without belief input: belief_input 'none' "
@@ -172,11 +209,12 @@ def check_training(
     pipelined: bool = False,
     stages: bool = False,
     stacked: bool | None = None,
+    belief_input: str | None = None,
 ) -> str:
     """Every rule above for one way of training: the configuration calls it with its settings,
     ``sidjax.make_learner`` with the network's. Returns the execution a local step uses."""
     check_mode(spec, mode)
-    check_belief_input(spec, reads_belief)
+    check_belief_input(spec, reads_belief, belief_input)
     if pipelined:
         check_pipelined(spec, mode)
     if stages:

@@ -229,6 +229,9 @@ class Network:
         shared trunk (False: the stem gets every unit's gradient).
       belief_input: whether units read the previous belief (False for DGL).
       name: a label for logs.
+      inference: how the trained network predicts, ``inference(network,
+        variables, x) -> [K, B, N]``, where its method does not predict by
+        the belief chain (NoProp's ``sidjax.noprop.Denoise``); None: the chain.
     """
 
     stem: PartDef | None
@@ -240,6 +243,7 @@ class Network:
     cut_features: bool
     belief_input: bool = True
     name: str = ""
+    inference: Any = None
 
     @property
     def mode(self) -> str:
@@ -347,6 +351,8 @@ class Network:
 
     def apply(self, variables: Variables, x: chex.Array) -> chex.Array:
         """Inference in evaluation mode: every unit's logits ``[K, B, N]``; the prediction is row -1."""
+        if self.inference is not None:
+            return self.inference(self, variables, x)
         return self.forward(variables, x, train=False, cut=False).logits
 
     def modules(

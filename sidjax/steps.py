@@ -35,6 +35,7 @@ import optax
 from sidjax.losses import SIDLoss, label_distribution
 from sidjax.methods import MethodSpec
 from sidjax.network import Network, Parts, UnitInput, Variables, sg
+from sidjax.noprop import noprop_objective
 from sidjax.schedule import next_slots, pipelined_losses, unit_inputs
 from sidjax.state import PartState, TrainState, apply_gradients
 from sidjax.units import make_unit_update, vmapped_losses, walk
@@ -160,8 +161,11 @@ def make_objective(network: Network, spec: MethodSpec, loss: SIDLoss, execution:
 
     ``objective(params, stats, x, labels, key) -> (value, (unit_losses [K],
     logits [K, B, N], stats))``: the sum of the local losses, or BP's
-    cross-entropy of the last unit (``unit_losses`` zeros).
+    cross-entropy of the last unit (``unit_losses`` zeros), or NoProp's
+    denoising losses (``sidjax.noprop``; its "logits" are the units' outputs).
     """
+    if spec.objective == "noprop":
+        return noprop_objective(network)
     if not spec.local:
         return _bp_objective(network, loss, spec.remat)
     return _local_objective(network, spec.loss(loss), execution)

@@ -102,6 +102,10 @@ def _add_field(group, field: dataclasses.Field, help_text: str) -> None:
         kw["choices"] = CHOICES[field.name]
     if field.name == "dataset":
         kw["help"] = f"{' | '.join(DATASETS)} | folder:/root (default: %(default)s)"
+    if field.name == "method":  # every method with its one-line summary, from the table
+        kw["help"] = (
+            "; ".join(f"{name}: {spec.summary}" for name, spec in METHODS.items()) + " (default: %(default)s)"
+        )
     if field.name == "model":
         kw["type"], kw["metavar"] = model_name, "NAME|MODULE:FACTORY"
         kw["help"] = (f"{' | '.join(ARCHITECTURES)}, or your own network: package.module:factory, a function "

@@ -64,7 +64,7 @@ class TrainConfig:
       belief_input: how units read the previous belief: prob, log (log-probabilities) or none; default: the method's (none for dgl, else prob).
       tiny: narrow variants of the architectures (smoke runs and tests).
       conv_impl: the convolution's backward pass: xla, or shifted (kh*kw matmuls, for slow XLA:CPU builds).
-      method: sid, dgl (greedy local learning, blockwise), bp (backprop), bp_remat (backprop with remat).
+      method: sid, dgl (greedy local learning, blockwise), bp (backprop), bp_remat (backprop with remat), noprop (NoProp, trunk).
       alpha: fidelity weight in [0, 1]: one value, or one per unit (a schedule, e.g. 0.9,0.7,0.5,0.3).
       divergence: forward (the authors' code: KL(p_prev || p)) or reverse (the paper: KL(p || target); needs smoothing).
       label_smoothing: epsilon of the target distribution, in [0, 1).
@@ -155,7 +155,7 @@ class TrainConfig:
         """How units read the previous belief: ``belief_input``, else the method's default."""
         if self.belief_input is not None:
             return self.belief_input
-        return "prob" if get_method(self.method).belief_input else "none"
+        return get_method(self.method).default_belief_input
 
     def for_seed(self, seed: int) -> TrainConfig:
         """This config with one seed: what a separate run of that seed would be."""
@@ -268,6 +268,6 @@ def _check_ranges(c: TrainConfig) -> None:
 def _check_rules(c: TrainConfig) -> None:
     spec, placement = get_method(c.method), c.placement_spec()
     check_training(spec, c.mode, reads_belief=c.belief != "none", execution=c.execution, pipelined=c.pipelined,
-                   stages=placement.kind == "stages")  # fmt: skip
+                   stages=placement.kind == "stages", belief_input=c.belief)  # fmt: skip
     spec.loss(c.loss())  # alpha's length is checked against the network built (make_plan)
     check_seeds(placement, len(c.seeds))

@@ -26,6 +26,7 @@ from sidjax.learner import make_learner
 from sidjax.losses import Alpha, check_alpha_schedule
 from sidjax.methods import MethodSpec, get_method
 from sidjax.network import Network, Variables
+from sidjax.noprop import Denoise
 from sidjax.state import Learner, TrainState
 from sidjax.train.config import TrainConfig
 
@@ -245,6 +246,7 @@ def make_plan(
     if model is not None:
         config = _as_built(config, network, info)
     spec = get_method(config.method)
+    network, build = _predicting_as(spec, network, build)
     steps = info.num_train // config.batch_size
     tx, loss, recipe = _recipe(config, steps * config.epochs, tx, alpha)
     augment = config.augment
@@ -259,6 +261,18 @@ def make_plan(
     )
     return Plan(config, spec, network, build, learner, info, steps, chunk, cpu_convolutions, tx, recipe,
                 spec.loss(loss))  # fmt: skip
+
+
+def _predicting_as(spec: MethodSpec, network: Network, build: ModelFactory) -> tuple[Network, ModelFactory]:
+    """The network (and its factory's) predicting as ``spec`` does: NoProp denoises from noise."""
+    if spec.objective != "noprop":
+        return network, build
+
+    def built(key):
+        net, variables = build(key)
+        return dataclasses.replace(net, inference=Denoise()), variables
+
+    return dataclasses.replace(network, inference=Denoise()), built
 
 
 def state_template(plan: Plan) -> TrainState:
@@ -277,7 +291,7 @@ def trained_network(plan: Plan) -> dict[str, Any]:
     network = plan.network
     shapes = jax.eval_shape(lambda key: plan.build(key)[1].params, jax.random.key(0))
     alpha = None
-    if plan.method.local:
+    if plan.method.uses_alpha:
         alpha = (
             "schedule"
             if plan.loss.scheduled
