@@ -20,6 +20,7 @@ NAMES: tuple[str, ...] = (
     "alpha",
     "strong_baseline",
     "pipeline",
+    "comparison",
 )
 
 
