@@ -80,7 +80,14 @@ def load_run(directory: str) -> Run | None:
         raise ResultError(f"{metrics_path}: {len(metrics)} epochs, summary.json says {summary['epochs']}")
     late = late_epochs(len(metrics))
     summary = {**summary, "late_test_accuracy": float(np.mean([r["test_accuracy"] for r in metrics[-late:]]))}
-    return {"summary": summary, "metrics": metrics}
+    run = {"summary": summary, "metrics": metrics}
+    draws = os.path.join(
+        directory, "draws.json"
+    )  # a random prediction's spread (experiments/noprop_draws.py)
+    if os.path.exists(draws):
+        with open(draws) as f:
+            run["draws"] = json.load(f)["accuracies"]
+    return run
 
 
 def late_epochs(epochs: int) -> int:
@@ -836,7 +843,15 @@ def comparison_section(exp, found, plots: str, rel: str) -> str:
             if not same and sid in found:
                 verdicts.append(f"- {network}: \"SID outperforms {method}\" over the last 5 epochs "
                                 f"{verdict(last)}; at the final epoch {verdict(final)}.")  # fmt: skip
-    return "\n".join(lines + [""] + verdicts)
+    spread = []
+    for name in (n for n in found if n.endswith("/noprop")):
+        draws = [r["draws"] for r in found[name].values() if "draws" in r]
+        if len(draws) == len(found[name]):
+            widest = max(100 * (max(d) - min(d)) for d in draws)
+            spread.append(f"- {name}: over {len(draws[0])} draws of the starting noise, each seed's final network's "
+                          f"test accuracy spans at most {widest:.2f} points (draw 0 is the one reported above; "
+                          "`python -m experiments.noprop_draws`).")  # fmt: skip
+    return "\n".join(lines + [""] + verdicts + spread)
 
 
 SECTIONS = {

@@ -33,6 +33,8 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from sidjax.data import Dataset
+from sidjax.evaluation import evaluate
 from sidjax.network import Network, Parts, UnitInput, Variables
 
 
@@ -114,3 +116,19 @@ class Denoise:
             (_, v), _ = network.apply_unit(t, p, s, UnitInput(z, v, labels, True), train=False)
             outs.append(v)
         return jnp.stack(outs)
+
+
+def draw_accuracies(
+    network: Network, variables: Variables, dataset: Dataset, draws: int = 5, batch_size: int = 1000
+) -> list[float]:
+    """Test accuracy of a trained NoProp network's prediction for starting-noise draws ``0 .. draws-1``.
+
+    ``dataset``: a ``sidjax.Dataset`` whose test split is evaluated (apply the
+    run's ``limit_test`` first: ``dataset.subset(None, limit_test)``).
+    """
+    return [
+        evaluate(dataclasses.replace(network, inference=Denoise(draw)), variables, dataset, batch_size)[
+            "accuracy"
+        ]
+        for draw in range(draws)
+    ]

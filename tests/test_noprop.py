@@ -14,7 +14,7 @@ from conftest import NUM_CLASSES, tiny_batch, tiny_config, tiny_network
 import sidjax
 from sidjax.errors import ConfigError
 from sidjax.methods import get_method
-from sidjax.noprop import Denoise
+from sidjax.noprop import Denoise, draw_accuracies
 from sidjax.steps import make_objective
 
 T = 3
@@ -140,3 +140,19 @@ def test_unit_outputs_are_reported_per_unit_in_training():
     key = jax.random.fold_in(jax.random.key(0), 0)  # the step key of step 0
     expected = _hand_written_losses(network, variables, x, y, key)
     np.testing.assert_allclose(np.asarray(metrics["unit_loss"]), expected, rtol=1e-5)
+
+
+def test_draw_accuracies_are_each_draws_accuracy_on_the_test_split():
+    network, variables = _noprop_network()
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (48, 8, 8, 1), dtype=np.uint8), rng.integers(0, NUM_CLASSES, 48)
+    dataset = sidjax.Dataset.from_arrays(images, labels, images[:40], labels[:40], name="toy")
+    x = dataset.normalise(dataset.test_images)
+    expected = []
+    for draw in (0, 1):
+        drawn = dataclasses.replace(network, inference=Denoise(draw))
+        expected.append(
+            float((sidjax.predict(drawn, variables, x, batch_size=16).argmax(-1) == labels[:40]).mean())
+        )
+    found = draw_accuracies(network, variables, dataset, draws=2, batch_size=16)
+    np.testing.assert_allclose(found, expected, atol=1e-6)
