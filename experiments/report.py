@@ -788,7 +788,7 @@ def claims_section(results_dir: str) -> str:
     ]
     comparison = load_experiment(results_dir, configs.load("comparison"))
     for network, setting in (("mlp_trunk", "MLP trunk, L = 10, full Fashion-MNIST, 20 epochs"),
-                             ("simplecnn_trunk", "SimpleCNN trunk, L = 10, 4 000 Fashion-MNIST examples, 15 epochs")):  # fmt: skip
+                             ("simplecnn_trunk", "SimpleCNN trunk, L = 10, 4 000 Fashion-MNIST examples, 10 epochs")):  # fmt: skip
         sid, noprop = f"{network}/sid", f"{network}/noprop"
         if sid in comparison and noprop in comparison:
             last = _last_diffs(comparison, sid, noprop)

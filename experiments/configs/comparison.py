@@ -8,13 +8,13 @@ comparison here is SID, NoProp and BP on the shared trunk, same network,
 data, optimizer (Adam 1e-3, batch 128), alpha 0.5 and seeds:
 - mlp_trunk: MLP extractor, L = 10 units, full Fashion-MNIST, 20 epochs;
 - simplecnn_trunk: the authors' SimpleCNN extractor, L = 10, the first 4 000
-  training examples and 2 000 test examples, 15 epochs.
+  training examples and 2 000 test examples, 10 epochs.
 
 Command:  python -m experiments.run comparison --only 'mlp_trunk/*'
           python -m experiments.run comparison --only 'simplecnn_trunk/*'
 Hardware: 2-core x86_64 CPU, 3 seeds trained together per run: the MLP runs
 took 7-8 min each (the test suite ran beside them), the SimpleCNN runs
-~15-20 min each.
+~15 min each.
 Expected: the paper's claim is that SID is well above NoProp; a published
 NoProp figure for this simplified form on Fashion-MNIST does not exist, so
 NoProp is checked against its own formulas in the tests, not a number.
@@ -26,7 +26,7 @@ from experiments.configs import Experiment
 from sidjax.train.config import TrainConfig
 
 MLP = TrainConfig(model="mlp", num_modules=10, epochs=20)
-CNN = TrainConfig(model="simplecnn", num_modules=10, epochs=15, limit_train=4000, limit_test=2000)
+CNN = TrainConfig(model="simplecnn", num_modules=10, epochs=10, limit_train=4000, limit_test=2000)
 METHODS = ("sid", "noprop", "bp")
 
 EXPERIMENT = Experiment(
