@@ -20,7 +20,7 @@ import optax
 
 from sidjax.architectures import ARCHITECTURES, Backbone
 from sidjax.builders import make_blockwise_network, make_network
-from sidjax.data import Dataset, DatasetInfo, dataset_info, is_image_folder, random_crop_flip
+from sidjax.data import Dataset, DatasetInfo, dataset_info, is_image_folder, load_dataset, random_crop_flip
 from sidjax.errors import ConfigError
 from sidjax.learner import make_learner
 from sidjax.losses import Alpha, check_alpha_schedule
@@ -29,6 +29,7 @@ from sidjax.network import Network, Variables
 from sidjax.noprop import Denoise
 from sidjax.state import Learner, TrainState
 from sidjax.train.config import TrainConfig
+from sidjax.train.rundir import RunDir
 
 ModelFactory = Callable[[chex.PRNGKey], tuple[Network, Variables]]
 Model = ModelFactory | tuple[Network, Variables] | Backbone
@@ -261,6 +262,41 @@ def make_plan(
     )
     return Plan(config, spec, network, build, learner, info, steps, chunk, cpu_convolutions, tx, recipe,
                 spec.loss(loss))  # fmt: skip
+
+
+def checked_dataset(plan: Plan, dataset: Dataset | None, data_dir, manual_dir) -> Dataset:
+    """The dataset given, or the config's loaded; refused where its images are not the plan's."""
+    config = plan.config
+    if dataset is None:
+        dataset = load_dataset(config.dataset, data_dir, manual_dir, image_size=config.image_size)
+    if dataset.input_shape != plan.info.input_shape:
+        raise ConfigError(
+            f"{config.dataset} images are {dataset.input_shape}, expected {plan.info.input_shape}"
+        )
+    return dataset
+
+
+def plan_of_run(path: str, model: Model | None = None, tx: Optimizer | None = None) -> Plan:
+    """The plan of the run in the directory ``path`` (``sidjax.load_run``): its config and dataset as
+    recorded, rebuilt with ``model`` and ``tx`` where the run was given its own; one line where they are
+    missing or build another model."""
+    config = RunDir.read_config(path)
+    run_info = RunDir(path, config).run_info()
+    saved = run_info.get("dataset")
+    info = None if saved is None else DatasetInfo(**{**saved, "input_shape": tuple(saved["input_shape"])})
+    if "tx" in run_info.get("recipe", {}) and tx is None:
+        raise ConfigError(f"{path} was trained with your own optimizer: give load_run the same tx", "tx")
+    if model is None and config.model not in ARCHITECTURES:
+        raise ConfigError(
+            f"{path} was trained with your own model {config.model!r}: give load_run the same model", "model"
+        )
+    plan = make_plan(config, model=model, info=info, tx=tx)
+    if plan.config.model != config.model:
+        raise ConfigError(
+            f"{path} was trained with the model {config.model!r}; the model given builds {plan.config.model!r}",
+            "model",
+        )
+    return plan
 
 
 def _predicting_as(spec: MethodSpec, network: Network, build: ModelFactory) -> tuple[Network, ModelFactory]:

@@ -22,14 +22,13 @@ from typing import Any, NamedTuple
 import jax
 from tqdm.auto import tqdm
 
-from sidjax.architectures import ARCHITECTURES
-from sidjax.data import Dataset, DatasetInfo, load_dataset
+from sidjax.data import Dataset
 from sidjax.errors import ConfigError
 from sidjax.losses import Alpha
 from sidjax.network import Network, Variables
 from sidjax.state import TrainState
 from sidjax.train.config import TrainConfig
-from sidjax.train.plan import Model, Optimizer, Plan, make_plan, state_template
+from sidjax.train.plan import Model, Optimizer, Plan, checked_dataset, make_plan, plan_of_run, state_template
 from sidjax.train.rundir import RunDir, provenance
 from sidjax.train.rundirs import RunDirs
 from sidjax.train.seeds import Seeds
@@ -139,7 +138,7 @@ def run(
         done = _finished(plan, dirs) if resume else {}
         seeds = Seeds(tuple(s for s in config.seeds if s not in done))
         if len(seeds):
-            dataset = _dataset(plan, dataset, data_dir, manual_dir)
+            dataset = checked_dataset(plan, dataset, data_dir, manual_dir)
             done.update(_train(plan, dataset, seeds, dirs.only(seeds), resume, progress, on_epoch, log))
     except RunStopped as err:
         log(str(err))  # an uncaught SystemExit prints nothing
@@ -148,18 +147,6 @@ def run(
         dirs.release()
     results = [done[s] for s in config.seeds]
     return results[0] if isinstance(config.seed, int) else results
-
-
-def _dataset(plan: Plan, dataset: Dataset | None, data_dir, manual_dir) -> Dataset:
-    """The dataset given, or the config's loaded; refused where its images are not the plan's."""
-    config = plan.config
-    if dataset is None:
-        dataset = load_dataset(config.dataset, data_dir, manual_dir, image_size=config.image_size)
-    if dataset.input_shape != plan.info.input_shape:
-        raise ConfigError(
-            f"{config.dataset} images are {dataset.input_shape}, expected {plan.info.input_shape}"
-        )
-    return dataset
 
 
 def _finished(plan: Plan, dirs: RunDirs) -> dict[int, RunResult]:
@@ -257,22 +244,7 @@ def load_run(
     """
     if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral)):
         raise ConfigError(f"epoch must be an int, a finished epoch's number; got {epoch!r}", "epoch")
-    config = RunDir.read_config(path)
-    run_info = RunDir(path, config).run_info()
-    saved = run_info.get("dataset")
-    info = None if saved is None else DatasetInfo(**{**saved, "input_shape": tuple(saved["input_shape"])})
-    if "tx" in run_info.get("recipe", {}) and tx is None:
-        raise ConfigError(f"{path} was trained with your own optimizer: give load_run the same tx", "tx")
-    if model is None and config.model not in ARCHITECTURES:
-        raise ConfigError(
-            f"{path} was trained with your own model {config.model!r}: give load_run the same model", "model"
-        )
-    plan = make_plan(config, model=model, info=info, tx=tx)
-    if plan.config.model != config.model:
-        raise ConfigError(
-            f"{path} was trained with the model {config.model!r}; the model given builds {plan.config.model!r}",
-            "model",
-        )
+    plan = plan_of_run(path, model, tx)
     skipped: list[str] = []
     run_dir = RunDir(path, plan.config, log=skipped.append, steps_per_epoch=plan.steps_per_epoch)
     position, state = run_dir.saved.newest_restorable(
