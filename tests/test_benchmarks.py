@@ -10,7 +10,7 @@ from experiments import bench_epoch, bench_memory, bench_parallel, bench_step
 
 def test_bench_step_times_sid_against_bp(tmp_path):
     out = tmp_path / "step.json"
-    report = bench_step.main(["--model", "mlp", "--num-modules", "3", "--batch-size", "32", "--steps", "5",
+    report = bench_step.main(["--model", "mlp", "--num-modules", "3", "--batch-size", "32", "--steps", "20",
                               "--json", str(out)])  # fmt: skip
     assert json.loads(out.read_text())["methods"].keys() == {"sid", "bp"}
     # the same network plus three small heads' local losses: near BP's time, not a multiple of it
