@@ -172,14 +172,14 @@ def test_a_torn_metrics_line_resumes(tmp_path, fashion_mnist):
 def test_a_failed_start_leaves_nothing_and_overwrite_keeps_the_old_run_until_the_new_one_is_under_way(
     tmp_path, fashion_mnist, monkeypatch
 ):
-    import sidjax.train.runner
+    import sidjax.train.plan
 
     out = tmp_path / "run"
 
     def unavailable(*args, **kwargs):
         raise DatasetUnavailableError("fashion_mnist: no files here")
 
-    monkeypatch.setattr(sidjax.train.runner, "load_dataset", unavailable)
+    monkeypatch.setattr(sidjax.train.plan, "load_dataset", unavailable)  # where run loads the config's data
     with pytest.raises(DatasetUnavailableError):
         run(tiny_config(), str(out), progress=False)
     assert not out.exists() and not os.listdir(tmp_path)
