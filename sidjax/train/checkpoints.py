@@ -46,7 +46,7 @@ class Position(NamedTuple):
         return f"epoch {self.epochs}"
 
 
-class SavedCheckpoints:
+class StoredCheckpoints:
     """The checkpoints in ``path/checkpoints``.
 
     Args:

@@ -50,7 +50,7 @@ import orbax.checkpoint as ocp
 
 from sidjax.errors import ConfigError
 from sidjax.state import TrainState
-from sidjax.train.checkpoints import POSITION, Position, SavedCheckpoints
+from sidjax.train.checkpoints import POSITION, Position, StoredCheckpoints
 from sidjax.train.claim import STALE_CLAIM_S, Claim
 from sidjax.train.config import TrainConfig
 from sidjax.train.files import (
@@ -103,7 +103,7 @@ class RunDir:
         self.live: str | None = None  # where this run writes: incoming until the first checkpoint, then path
         self._manager: ocp.CheckpointManager | None = None
         self._claim = Claim(self.path, self._sibling("lock"), log)
-        self.saved = SavedCheckpoints(self.path, self._sibling("lock"), log, lambda: len(self.history()))
+        self.stored = StoredCheckpoints(self.path, self._sibling("lock"), log, lambda: len(self.history()))
 
     def _sibling(self, kind: str) -> str:
         return _sibling(self.path, kind)
@@ -246,7 +246,7 @@ class RunDir:
         now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         if position is not None:
             self.live = self.path
-            self.saved.drop_after(position)
+            self.stored.drop_after(position)
             history = self.history()[: position.epochs]
             write_atomic(
                 os.path.join(self.path, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in history)
@@ -366,7 +366,7 @@ class RunDir:
         if self.live != self.path:
             kept, saved = "nothing was saved (the run had not finished its first epoch)", False
         else:
-            intact = next((p for p in self.saved.checkpoints() if self.saved.intact(p)), None)
+            intact = next((p for p in self.stored.checkpoints() if self.stored.intact(p)), None)
             saved = intact is not None
             kept = (
                 f"the checkpoint of {intact.describe()} is intact"

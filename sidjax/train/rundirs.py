@@ -75,8 +75,8 @@ class RunDirs:
     def finished_state(self, seed: int, template: TrainState) -> TrainState | None:
         """The last checkpoint's state of a finished run, where it has one."""
         run_dir = self._dirs[seed]
-        positions = run_dir.saved.checkpoints()
-        restored = run_dir.saved.restore(positions[0], template) if positions else None
+        positions = run_dir.stored.checkpoints()
+        restored = run_dir.stored.restore(positions[0], template) if positions else None
         return restored[0] if restored else None
 
     def histories(self, seeds, epochs: int) -> dict[int, list[dict]]:
@@ -119,14 +119,14 @@ class RunDirs:
         continued from.
         """
         runs = list(self)
-        if not (runs and any(d.history() or d.saved.checkpoints() for d in runs)):
+        if not (runs and any(d.history() or d.stored.checkpoints() for d in runs)):
             return None
-        common = set.intersection(*({(p.epochs, p.step) for p in d.saved.checkpoints()} for d in runs))
+        common = set.intersection(*({(p.epochs, p.step) for p in d.stored.checkpoints()} for d in runs))
         for epochs, step in sorted(common, reverse=True):
             positions = [
-                next(p for p in d.saved.checkpoints() if (p.epochs, p.step) == (epochs, step)) for d in runs
+                next(p for p in d.stored.checkpoints() if (p.epochs, p.step) == (epochs, step)) for d in runs
             ]
-            restored = [d.saved.restore(p, template) for d, p in zip(runs, positions, strict=True)]
+            restored = [d.stored.restore(p, template) for d, p in zip(runs, positions, strict=True)]
             if all(r is not None for r in restored):
                 finished = max(len(d.history()) for d in runs)
                 if finished > epochs or step:
@@ -145,7 +145,7 @@ class RunDirs:
     def partial_seconds(self, position: Position) -> float:
         """The training time of a resumed epoch's steps before the checkpoint, as recorded with it."""
         first = next(iter(self), None)
-        return first.saved.partial_seconds(position) if first else 0.0
+        return first.stored.partial_seconds(position) if first else 0.0
 
     def stopped(self, signal: str, where: str, saved: bool) -> str:
         """The message of a run a stop signal ended."""

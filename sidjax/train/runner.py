@@ -247,7 +247,7 @@ def load_run(
     plan = plan_of_run(path, model, tx)
     skipped: list[str] = []
     run_dir = RunDir(path, plan.config, log=skipped.append, steps_per_epoch=plan.steps_per_epoch)
-    position, state = run_dir.saved.newest_restorable(
+    position, state = run_dir.stored.newest_restorable(
         None if epoch is None else int(epoch), state_template(plan), skipped
     )
     for message in skipped:
