@@ -119,13 +119,13 @@ class RunDirs:
         continued from.
         """
         runs = list(self)
-        if not (runs and any(d.history() or d.stored.checkpoints() for d in runs)):
+        listed = [{(p.epochs, p.step): p for p in d.stored.checkpoints()} for d in runs]  # read once per seed
+        if not (runs and any(d.history() or found for d, found in zip(runs, listed, strict=True))):
             return None
-        common = set.intersection(*({(p.epochs, p.step) for p in d.stored.checkpoints()} for d in runs))
-        for epochs, step in sorted(common, reverse=True):
-            positions = [
-                next(p for p in d.stored.checkpoints() if (p.epochs, p.step) == (epochs, step)) for d in runs
-            ]
+        common = set.intersection(*(set(found) for found in listed))
+        for at in sorted(common, reverse=True):
+            epochs, step = at
+            positions = [found[at] for found in listed]
             restored = [d.stored.restore(p, template) for d, p in zip(runs, positions, strict=True)]
             if all(r is not None for r in restored):
                 finished = max(len(d.history()) for d in runs)
