@@ -26,12 +26,12 @@ from sidjax.losses import (
     sid_local_loss,
     uniform_log_belief,
 )
-from sidjax.methods import EXECUTIONS, METHODS, MethodSpec
+from sidjax.methods import EXECUTIONS, METHODS, Method, register_method
 from sidjax.models import BeliefModule, BlockUnit
 from sidjax.network import Modules, Network, Parts, UnitInput, Variables
+from sidjax.objectives import local_losses
 from sidjax.placement import Placement
 from sidjax.state import Learner, TrainState
-from sidjax.steps import local_losses
 from sidjax.train.config import TrainConfig
 from sidjax.train.runner import RunInterrupted, RunResult, RunStopped, TrainingDiverged, load_run, run
 
@@ -50,7 +50,7 @@ __all__ = [
     "InfoProHead",
     "Learner",
     "MLPHead",
-    "MethodSpec",
+    "Method",
     "Modules",
     "Network",
     "Parts",
@@ -78,6 +78,7 @@ __all__ = [
     "make_learner",
     "make_network",
     "predict",
+    "register_method",
     "reverse_minimiser",
     "run",
     "sid_local_loss",

@@ -260,9 +260,24 @@ def mlp(input_shape, tiny, conv_impl, rngs) -> Backbone:
     return Backbone(None, [DenseLayer(in_features, width, rngs=rngs)], [width], even_cut(1, "mlp"))
 
 
+def mlp4(input_shape, tiny, conv_impl, rngs) -> Backbone:
+    """Flatten + four hidden layers of 500 ReLUs (64 tiny), one per block (K <= 4): the dense network on
+    which every method trains (Forward-Forward and the HSIC bottleneck were introduced on such MLPs)."""
+    del conv_impl
+    width, cin = (64 if tiny else 500), 1
+    for d in input_shape:
+        cin *= d
+    layers = []
+    for _ in range(4):
+        layers.append(DenseLayer(cin, width, rngs=rngs))
+        cin = width
+    return Backbone(None, layers, [width] * 4, even_cut(4, "mlp4"))
+
+
 # name -> backbone(input_shape (H, W, C), tiny, conv_impl, rngs)
 ARCHITECTURES: dict[str, Callable[..., Backbone]] = {
     "mlp": mlp,
+    "mlp4": mlp4,
     "simplecnn": simplecnn,
     "vgg11": vgg11,
     "resnet18": resnet18,

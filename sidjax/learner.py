@@ -25,7 +25,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from sidjax.losses import SIDLoss
-from sidjax.methods import check_training, get_method
+from sidjax.methods import Method, check_adapted, check_training, get_method
 from sidjax.network import Network, Variables
 from sidjax.parallel import DATA, check_mesh, make_mesh, replicate, shard_state
 from sidjax.placement import Placement
@@ -38,7 +38,7 @@ from sidjax.steps import Augment, make_step, memory_beyond_arguments
 def make_learner(
     network: Network,
     tx: optax.GradientTransformation,
-    method: str = "sid",
+    method: str | Method = "sid",
     loss: SIDLoss = SIDLoss(),
     *,
     execution: str = "auto",
@@ -56,7 +56,9 @@ def make_learner(
         ``sidjax.make_network``, ...
       tx: optax optimizer, applied per part (the stem and each unit, each on
         its own state).
-      method: a key of ``sidjax.METHODS``.
+      method: a key of ``sidjax.METHODS`` (or a ``sidjax.Method``). A method
+        that changes the network or how it predicts (``fa``, ``dfa``, ``ff``,
+        ``hsic``, ``noprop``) takes the network its ``adapt`` returns.
       loss: local-loss hyperparameters (BP uses only ``label_smoothing``).
       execution: how a local step groups its unit updates: ``"auto"``,
         ``"vmap"``, ``"fused"`` or ``"sequential"`` (``sidjax.steps``).
@@ -78,6 +80,7 @@ def make_learner(
         train, in one line naming the setting.
     """
     spec, placement = get_method(method), Placement.parse(placement)
+    check_adapted(spec, network)
     execution = check_training(spec, network.mode, reads_belief=network.belief_input, execution=execution,
                                pipelined=pipelined, stages=placement.kind == "stages", stacked=network.stacked)  # fmt: skip
     loss = spec.loss(loss)

@@ -1,7 +1,9 @@
 """What a training method is, and the rules of what it can train how: one table, one home per rule.
 
-Every method trains the same network (a stem and K units); they differ in
-which loss each part minimises and where gradients may flow:
+A method is a ``Method`` record of behaviour: what each unit of the network
+(a stem and K units) is given and minimises (its ``objective``), where
+gradients may flow, what it changes in the network (``prepare``) and how the
+trained network predicts (``inference``). The built-in ones:
 
 * ``sid``: every unit minimises its own local SID loss; no gradient crosses
   from one unit to the next (``docs/method.md``).
@@ -13,6 +15,13 @@ which loss each part minimises and where gradients may flow:
 * ``noprop``: NoProp as the SID authors ran it (``sidjax.noprop``): each unit
   of a shared trunk denoises its own noisy label code; prediction iterates
   the units from Gaussian noise. Trunk only.
+* ``fa`` / ``dfa``: feedback alignment (Lillicrap et al. 2016) and direct
+  feedback alignment (Noekland 2016) (``sidjax.feedback``).
+* ``ff``: Forward-Forward (Hinton 2022) (``sidjax.forward_forward``).
+* ``hsic``: the HSIC bottleneck (Ma, Lewis & Kleijn 2020) (``sidjax.hsic``).
+
+Your own rule is a ``Method`` too: ``register_method`` it, or name it as
+``"module:attribute"`` wherever a method's name is taken.
 
 The rules below are the only place each is checked and worded; the
 configuration calls them with its settings, ``sidjax.make_learner`` with
@@ -22,9 +31,20 @@ the network it is given. Each raises ``ConfigError`` naming the setting.
 from __future__ import annotations
 
 import dataclasses
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+import chex
 
 from sidjax.errors import ConfigError
+from sidjax.feedback import dfa_objective, direct_feedback, feedback_alignment
+from sidjax.forward_forward import Goodness, ff_objective
+from sidjax.hsic import hsic_objective, probe_heads
 from sidjax.losses import SIDLoss
+from sidjax.network import Network, Variables
+from sidjax.noprop import Denoise, noprop_objective
+from sidjax.objectives import bp_objective, local_objective
 
 MODES: tuple[str, ...] = ("trunk", "blockwise")
 EXECUTIONS: tuple[str, ...] = ("auto", "vmap", "fused", "sequential")
@@ -36,35 +56,75 @@ EXECUTIONS: tuple[str, ...] = ("auto", "vmap", "fused", "sequential")
 AUTO_EXECUTION: dict[str, str] = {"trunk": "vmap", "blockwise": "sequential"}
 
 
+Objective = Callable[..., tuple[chex.Array, tuple[chex.Array, chex.Array, Any]]]
+ObjectiveFactory = Callable[[Network, SIDLoss, str], Objective]
+Prepare = Callable[[Network, Variables, chex.PRNGKey], tuple[Network, Variables]]
+GRADIENTS: tuple[str, ...] = ("local", "global", "feedback")
+
+
 @dataclasses.dataclass(frozen=True)
-class MethodSpec:
-    """One training method.
+class Method:
+    """One training method as a record of behaviour: what its units are given and minimise, where
+    gradients flow, how the trained network predicts.
 
     Attributes:
       name: its key in ``METHODS``.
-      local: each unit minimises its own local loss (SID, DGL); False for one
-        global loss (BP), which cannot be split into per-unit programs.
-      belief_input: heads read the previous unit's belief.
-      alpha: a fixed fidelity weight (DGL's 1.0), or None to use the config's.
-      remat: rematerialise every unit in the backward pass (BP only).
-      modes: the network kinds it trains: ``"trunk"`` and/or ``"blockwise"``.
       summary: one line for ``--help``.
-      objective: what each unit is given and minimises: ``"belief"`` (the
-        previous unit's belief; SID's loss, or BP's cross-entropy of the last
-        unit) or ``"noprop"`` (a noisy label code; the denoising loss).
-      unit_input: how units read their second input by default
-        (``belief_input``): ``"prob"``, ``"log"`` (as it is) or ``"none"``.
+      objective: ``objective(network, loss, execution) -> fn`` with ``fn(params,
+        stats, x [B, ...], labels [B], key) -> (value, (unit_losses [K],
+        logits [K, B, N], stats))``: the one differentiable function a step
+        takes the gradient of. It builds what every unit is given (a belief, a
+        noisy label code, a label-embedded image, ...) and what each minimises;
+        ``logits`` are what the step reports accuracy from; ``stats`` the
+        stats after the forward pass. ``loss`` is the run's ``SIDLoss``,
+        ``execution`` a resolved execution (only SID's objectives read it).
+      gradients: where gradients may flow: ``"local"`` (no gradient crosses a
+        unit boundary), ``"global"`` (end-to-end backprop) or ``"feedback"``
+        (an error reaches each layer through fixed random matrices).
+      modes: the network kinds it trains: ``"trunk"`` and/or ``"blockwise"``.
+      belief_input: its units read the previous unit's belief (False: heads
+        without belief input, as DGL, FF and HSIC need).
+      unit_input: how units read their second input by default when it is not
+        a belief (NoProp's raw code: ``"log"``); None: from ``belief_input``.
+      inference: how the trained network predicts, ``inference(network,
+        variables, x) -> [K, B, N]`` (row -1 predicts), set on the network as
+        ``Network.inference``; None: the chain of beliefs.
+      prepare: ``prepare(network, variables, key) -> (network, variables)``:
+        what the method changes in a network before training (FA's fixed
+        feedback, drawn from ``key``, the seed's); None: nothing.
+      sid_units: its units minimise SID's local loss (``SIDLoss.unit_loss``),
+        so the unit walk, the pipelined schedule and stages can run it.
+      alpha: a fixed fidelity weight (DGL's 1.0), or None to use the run's.
+      remat: rematerialise every unit in the backward pass (``bp_remat``).
     """
 
     name: str
-    local: bool
+    summary: str
+    objective: ObjectiveFactory
+    gradients: str = "local"
+    modes: tuple[str, ...] = MODES
     belief_input: bool = True
+    unit_input: str | None = None
+    inference: Callable | None = None
+    prepare: Prepare | None = None
+    sid_units: bool = False
     alpha: float | None = None
     remat: bool = False
-    modes: tuple[str, ...] = MODES
-    summary: str = ""
-    objective: str = "belief"
-    unit_input: str | None = None
+
+    def __post_init__(self):
+        if self.gradients not in GRADIENTS:
+            raise ConfigError(
+                f"method {self.name!r}: gradients must be one of {GRADIENTS}, got {self.gradients!r}"
+            )
+        if not callable(self.objective):
+            raise ConfigError(
+                f"method {self.name!r}: objective must be objective(network, loss, execution) -> fn"
+            )
+
+    @property
+    def local(self) -> bool:
+        """Each unit minimises its own loss and no gradient crosses a unit boundary."""
+        return self.gradients == "local"
 
     @property
     def default_belief_input(self) -> str:
@@ -74,7 +134,7 @@ class MethodSpec:
     @property
     def uses_alpha(self) -> bool:
         """Its units minimise SID's loss, weighted by alpha."""
-        return self.local and self.objective == "belief"
+        return self.sid_units
 
     def loss(self, loss: SIDLoss) -> SIDLoss:
         """The local loss this method trains with: DGL's alpha is 1 (forward only); BP uses the smoothing."""
@@ -88,40 +148,100 @@ class MethodSpec:
             )
         return SIDLoss(self.alpha, "forward", loss.label_smoothing)
 
+    def make_objective(self, network: Network, loss: SIDLoss, execution: str = "fused") -> Objective:
+        """The step's differentiable objective for ``network`` (see ``objective``)."""
+        return self.objective(network, self.loss(loss), execution)
 
-METHODS: dict[str, MethodSpec] = {
-    "sid": MethodSpec("sid", local=True, summary="local SID losses, no gradient between units"),
-    "dgl": MethodSpec(
-        "dgl",
-        local=True,
-        belief_input=False,
-        alpha=1.0,
-        modes=("blockwise",),
-        summary="greedy local learning: alpha = 1, heads without belief input",
-    ),
-    "bp": MethodSpec("bp", local=False, summary="end-to-end backprop of the last unit's cross-entropy"),
-    "bp_remat": MethodSpec(
-        "bp_remat", local=False, remat=True, summary="bp with jax.checkpoint at every unit boundary"
-    ),
-    "noprop": MethodSpec(
-        "noprop",
-        local=True,
-        modes=("trunk",),
-        objective="noprop",
-        unit_input="log",
-        summary="NoProp (the SID authors' form): each unit denoises a noisy label code; predicts from noise",
-    ),
-}
+    def adapt(self, network: Network, variables: Variables, key: chex.PRNGKey) -> tuple[Network, Variables]:
+        """``network`` and ``variables`` as this method trains and predicts them (``prepare``, then ``inference``)."""
+        if self.prepare is not None:
+            network, variables = self.prepare(network, variables, key)
+        network = dataclasses.replace(network, inference=self.inference, method=self.name)
+        return network, variables
 
 
-def get_method(name: str) -> MethodSpec:
-    """The method called ``name`` (``ConfigError`` listing the known ones)."""
+def _sid(network, loss, execution):
+    return local_objective(network, loss, execution)
+
+
+def _bp(network, loss, execution):
+    return bp_objective(network, loss)
+
+
+def _bp_remat(network, loss, execution):
+    return bp_objective(network, loss, remat=True)
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register_method(method: Method) -> Method:
+    """Adds your own method to ``METHODS`` (so ``run``, the CLI and ``load_run`` find it by name); returns it."""
+    if not isinstance(method, Method):
+        raise ConfigError(f"register_method takes a sidjax.Method, got {type(method).__name__}", "method")
+    METHODS[method.name] = method
+    return method
+
+
+for _method in (
+    Method("sid", "local SID losses, no gradient between units", _sid, sid_units=True),
+    Method("dgl", "greedy local learning: alpha = 1, heads without belief input", _sid, belief_input=False,
+           alpha=1.0, modes=("blockwise",), sid_units=True),
+    Method("bp", "end-to-end backprop of the last unit's cross-entropy", _bp, gradients="global"),
+    Method("bp_remat", "bp with jax.checkpoint at every unit boundary", _bp_remat, gradients="global",
+           remat=True),
+    Method("noprop", "NoProp (the SID authors' form): each unit denoises a noisy label code; predicts from noise",
+           lambda network, loss, execution: noprop_objective(network), modes=("trunk",), unit_input="log",
+           inference=Denoise()),
+    Method("fa", "feedback alignment: backprop of the last unit's cross-entropy, errors through fixed random "
+           "matrices", _bp, gradients="feedback", prepare=feedback_alignment),
+    Method("dfa", "direct feedback alignment: the output error reaches each unit through its own fixed random "
+           "matrix", dfa_objective, gradients="feedback", modes=("blockwise",), prepare=direct_feedback),
+    Method("ff", "Forward-Forward: each unit separates label-embedded positives from negatives by goodness",
+           ff_objective, modes=("blockwise",), belief_input=False, inference=Goodness()),
+    Method("hsic", "HSIC bottleneck: each unit keeps little of the input and much of the label; read-out heads",
+           hsic_objective, modes=("blockwise",), belief_input=False, prepare=probe_heads),
+):  # fmt: skip
+    register_method(_method)
+
+
+def get_method(name: str | Method) -> Method:
+    """The method called ``name``, a ``Method`` itself, or ``"module:attribute"`` naming a ``Method``
+    (imported and registered); ``ConfigError`` listing the known ones."""
+    if isinstance(name, Method):
+        return name
+    if isinstance(name, str) and ":" in name and name not in METHODS:
+        return register_method(_imported(name))
     if name not in METHODS:
-        raise ConfigError(f"method must be one of {tuple(METHODS)}, got {name!r}", "method")
+        raise ConfigError(
+            f"method must be one of {tuple(METHODS)} or 'module:attribute' of your own sidjax.Method, got {name!r}",
+            "method",
+        )
     return METHODS[name]
 
 
-def check_mode(spec: MethodSpec, mode: str) -> None:
+def _imported(path: str) -> Method:
+    module, _, attribute = path.partition(":")
+    try:
+        found = getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"method {path!r}: cannot import it ({e})", "method") from None
+    if not isinstance(found, Method):
+        raise ConfigError(f"method {path!r} is a {type(found).__name__}, not a sidjax.Method", "method")
+    return dataclasses.replace(found, name=path)
+
+
+def check_adapted(spec: Method, network: Network) -> None:
+    """A method that changes the network or how it predicts is given the network its ``adapt`` returned."""
+    if (spec.prepare is not None or spec.inference is not None) and network.method != spec.name:
+        raise ConfigError(
+            f"method {spec.name!r} trains the network its adapt returns: network, variables = "
+            f"sidjax.METHODS[{spec.name!r}].adapt(network, variables, key)",
+            "method",
+        )
+
+
+def check_mode(spec: Method, mode: str) -> None:
     """The method trains networks of this kind (``"trunk"`` or ``"blockwise"``)."""
     if mode not in MODES:
         raise ConfigError(f"mode must be one of {MODES}, got {mode!r}", "mode")
@@ -133,7 +253,7 @@ def check_mode(spec: MethodSpec, mode: str) -> None:
         )
 
 
-def check_belief_input(spec: MethodSpec, reads_belief: bool, belief_input: str | None = None) -> None:
+def check_belief_input(spec: Method, reads_belief: bool, belief_input: str | None = None) -> None:
     """A method whose heads read no belief (DGL) is not given heads that do; NoProp's units read their
     label code as it is (``belief_input`` ``"log"``, where the setting is known)."""
     if spec.unit_input is not None and belief_input not in (None, spec.unit_input):
@@ -152,27 +272,27 @@ def check_belief_input(spec: MethodSpec, reads_belief: bool, belief_input: str |
         )
 
 
-def check_pipelined(spec: MethodSpec, mode: str) -> None:
+def check_pipelined(spec: Method, mode: str) -> None:
     """The pipelined schedule needs blockwise units that each learn alone."""
-    if not (spec.local and mode == "blockwise"):
+    if not (spec.sid_units and mode == "blockwise"):
         raise ConfigError(
-            "pipelined needs mode blockwise and a local method (sid or dgl): "
+            "pipelined needs mode blockwise and a method whose units minimise SID's loss (sid or dgl): "
             "a shared trunk or backprop has a backward pass across units",
             "pipelined",
         )
 
 
-def check_stages(spec: MethodSpec, mode: str) -> None:
+def check_stages(spec: Method, mode: str) -> None:
     """Units in stages (one program each) need blockwise units that each learn alone."""
-    if not (spec.local and mode == "blockwise"):
+    if not (spec.sid_units and mode == "blockwise"):
         raise ConfigError(
-            "placement stages needs mode blockwise and a local method (sid or dgl): "
+            "placement stages needs mode blockwise and a method whose units minimise SID's loss (sid or dgl): "
             "a shared trunk or backprop has one backward pass across units; use a mesh",
             "placement",
         )
 
 
-def resolve_execution(spec: MethodSpec, mode: str, execution: str, stacked: bool | None = None) -> str:
+def resolve_execution(spec: Method, mode: str, execution: str, stacked: bool | None = None) -> str:
     """The execution a local step uses: ``"auto"`` from ``AUTO_EXECUTION``; backprop is ``"fused"``.
 
     ``stacked`` is whether the units are identical (unknown before the network
@@ -186,8 +306,8 @@ def resolve_execution(spec: MethodSpec, mode: str, execution: str, stacked: bool
             "gradient reaches the extractor; use 'vmap' or 'fused'",
             "execution",
         )
-    if not spec.local:
-        return "fused"  # backprop has a single global loss
+    if not spec.sid_units:
+        return "fused"  # one objective, one gradient: backprop and every method that is not SID's loss
     if execution == "auto":
         execution = AUTO_EXECUTION[mode]
         return "fused" if execution == "vmap" and stacked is False else execution
@@ -201,7 +321,7 @@ def resolve_execution(spec: MethodSpec, mode: str, execution: str, stacked: bool
 
 
 def check_training(
-    spec: MethodSpec,
+    spec: Method,
     mode: str,
     *,
     reads_belief: bool,

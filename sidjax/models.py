@@ -40,14 +40,19 @@ class BeliefModule(nnx.Module):
 
 
 class BlockUnit(nnx.Module):
-    """Blockwise unit: ``z_k = layers(h)``, ``logits_k = head(z_k, log p_{k-1})``."""
+    """Blockwise unit: ``z_k = layers(h)``, ``logits_k = head(z_k, log p_{k-1})``.
 
-    def __init__(self, layers: Sequence[nnx.Module], head: nnx.Module):
+    With ``probe`` the head reads ``z_k`` stopped: a read-out that never trains
+    the block (the HSIC bottleneck's, ``sidjax.hsic.probe_heads``).
+    """
+
+    def __init__(self, layers: Sequence[nnx.Module], head: nnx.Module, probe: bool = False):
         self.layers = nnx.List(list(layers))
         self.head = head
+        self.probe = probe
 
     def __call__(self, h: jax.Array, log_belief: jax.Array) -> tuple[jax.Array, jax.Array]:
         """``h``: the previous block's output; -> ``(z_k, logits [B, N])``."""
         for layer in self.layers:
             h = layer(h)
-        return h, self.head(h, log_belief)
+        return h, self.head(jax.lax.stop_gradient(h) if self.probe else h, log_belief)

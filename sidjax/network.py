@@ -232,6 +232,7 @@ class Network:
       inference: how the trained network predicts, ``inference(network,
         variables, x) -> [K, B, N]``, where its method does not predict by
         the belief chain (NoProp's ``sidjax.noprop.Denoise``); None: the chain.
+      method: the method the network was adapted for (``Method.adapt``), or "".
     """
 
     stem: PartDef | None
@@ -244,6 +245,7 @@ class Network:
     belief_input: bool = True
     name: str = ""
     inference: Any = None
+    method: str = ""
 
     @property
     def mode(self) -> str:

@@ -26,73 +26,25 @@ the previous step, kept in ``TrainState.slots``; no unit waits for another).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import chex
 import jax
 import jax.numpy as jnp
 import optax
 
-from sidjax.losses import SIDLoss, label_distribution
-from sidjax.methods import MethodSpec
-from sidjax.network import Network, Parts, UnitInput, Variables, sg
-from sidjax.noprop import noprop_objective
+from sidjax.losses import SIDLoss
+from sidjax.network import Network, Parts
 from sidjax.schedule import next_slots, pipelined_losses, unit_inputs
 from sidjax.state import PartState, TrainState, apply_gradients
-from sidjax.units import make_unit_update, vmapped_losses, walk
+from sidjax.units import make_unit_update, walk
+
+if TYPE_CHECKING:
+    from sidjax.methods import Method
 
 Augment = Callable[[chex.PRNGKey, chex.Array], chex.Array]
 Batch = tuple[chex.Array, chex.Array]
 StepFn = Callable[[TrainState, Batch, chex.PRNGKey], tuple[TrainState, dict]]
-
-
-def local_losses(
-    network: Network,
-    variables: Variables,
-    x: chex.Array,
-    labels: chex.Array,
-    loss: SIDLoss,
-    *,
-    key: chex.PRNGKey | None = None,
-    execution: str = "vmap",
-) -> tuple[chex.Array, chex.Array, Parts]:
-    """All K local losses of the synchronous schedule in one differentiable function.
-
-    Args:
-      network, variables: the model.
-      x: ``[B, ...]``; labels: ``[B]``.
-      loss: local-loss hyperparameters (``docs/method.md``, equation 1).
-      key: the step's key (for dropout), or None.
-      execution: ``"vmap"`` (two-phase; stacked units) or ``"fused"``.
-
-    Returns:
-      ``(losses [K], logits [K, B, N], stats)``; ``losses[k]`` is unit k's
-      batch mean, ``stats`` the variables' stats after this forward pass.
-    """
-    alphas = loss.alphas(network.num_units)
-    if execution == "fused":
-        chain = network.forward(variables, x, labels, key, train=True, cut=True)
-        losses = jax.vmap(lambda lg, pv, a: loss.unit_loss(lg, pv, labels, a))(
-            chain.logits, chain.prev_log_beliefs, alphas
-        )
-        return losses, chain.logits, chain.stats
-    if execution != "vmap" or not network.stacked:
-        raise ValueError(
-            f"local_losses: execution 'vmap' needs stacked units, else 'fused'; got {execution!r}"
-        )
-    params, stats = variables.params, variables.stats
-    h0, stem_stats = network.apply_stem(params.stem, stats.stem, x, key)
-    teacher = network.run_units(  # phase 1: no gradient; its stats are those phase 2 computes again
-        jax.tree.map(sg, variables), network.first_input(sg(h0), labels), key, train=True, cut=True
-    )
-    if network.cut_features:  # unit 1 reads the stem's output, so the stem trains with it
-        feats, h_axis = teacher.inputs.at[0].set(h0), 0
-    else:  # shared trunk: every unit reads z, the extractor gets the sum
-        feats, h_axis = h0, None
-    inputs = UnitInput(feats, teacher.prev_log_beliefs, labels)
-    losses, logits, _, unit_stats = vmapped_losses(
-        network, loss, params.units, stats.units, inputs, alphas, key, h_axis, None
-    )
-    return losses, logits, Parts(stem_stats, unit_stats)
 
 
 def batch_metrics(objective, unit_losses, logits, labels, valid=None) -> dict[str, chex.Array]:
@@ -121,7 +73,7 @@ def step_key(key: chex.PRNGKey, step: chex.Array) -> chex.PRNGKey:
 def make_step(
     network: Network,
     tx: optax.GradientTransformation,
-    spec: MethodSpec,
+    spec: Method,
     loss: SIDLoss,
     execution: str,
     pipelined: bool = False,
@@ -137,11 +89,11 @@ def make_step(
     """
 
     def build(loss):
-        if spec.local and execution == "sequential":
+        if spec.sid_units and execution == "sequential":
             return _walk_step(network, tx, loss, pipelined)
         if pipelined:
             return _pipelined_step(network, tx, loss, vmap=execution == "vmap")
-        return _gradient_step(tx, make_objective(network, spec, loss, execution))
+        return _gradient_step(tx, spec.make_objective(network, loss, execution))
 
     fixed = None if loss.scheduled else build(loss)
 
@@ -154,40 +106,6 @@ def make_step(
         return inner(state, x, labels, key)
 
     return step
-
-
-def make_objective(network: Network, spec: MethodSpec, loss: SIDLoss, execution: str = "fused") -> Callable:
-    """The synchronous step's one differentiable objective (every execution but ``"sequential"``).
-
-    ``objective(params, stats, x, labels, key) -> (value, (unit_losses [K],
-    logits [K, B, N], stats))``: the sum of the local losses, or BP's
-    cross-entropy of the last unit (``unit_losses`` zeros), or NoProp's
-    denoising losses (``sidjax.noprop``; its "logits" are the units' outputs).
-    """
-    if spec.objective == "noprop":
-        return noprop_objective(network)
-    if not spec.local:
-        return _bp_objective(network, loss, spec.remat)
-    return _local_objective(network, spec.loss(loss), execution)
-
-
-def _bp_objective(network, loss, remat):
-    def objective(params, stats, x, labels, key):
-        chain = network.forward(Variables(params, stats), x, labels, key, train=True, cut=False, remat=remat)
-        target = label_distribution(labels, network.num_classes, loss.label_smoothing)
-        value = optax.softmax_cross_entropy(chain.logits[-1], target).mean()
-        return value, (jnp.zeros((network.num_units,)), chain.logits, chain.stats)
-
-    return objective
-
-
-def _local_objective(network, loss, execution):
-    def objective(params, stats, x, labels, key):
-        losses, logits, stats = local_losses(network, Variables(params, stats), x, labels, loss, key=key,
-                                             execution=execution)  # fmt: skip
-        return losses.sum(), (losses, logits, stats)
-
-    return objective
 
 
 def _gradient_step(tx, objective):

@@ -9,7 +9,6 @@ from conftest import NUM_CLASSES, tiny_blockwise, tree_max_abs
 from flax import nnx
 
 from sidjax import ARCHITECTURES, METHODS, SIDLoss, Variables, local_losses, make_learner, make_network
-from sidjax.steps import make_objective
 
 LOSS = SIDLoss(0.5)
 
@@ -101,7 +100,7 @@ def test_bp_remat_gives_bp_gradients(model, k, shape):
     x, y = batch_for(shape)
 
     def grads(method):
-        objective = make_objective(network, METHODS[method], LOSS)
+        objective = METHODS[method].make_objective(network, LOSS)
         return jax.jit(jax.value_and_grad(objective, has_aux=True))(
             variables.params, variables.stats, x, y, None
         )
@@ -137,7 +136,10 @@ def test_cuts_cover_every_layer_exactly_once(model):
     backbone = ARCHITECTURES[model]((32, 32, 3), False, "xla", nnx.Rngs(0))
     num = len(backbone.layers)
     assert (
-        num == {"mlp": 1, "simplecnn": 4, "vgg11": 8, "resnet18": 8, "resnet18_gn": 8, "vit_tiny": 12}[model]
+        num
+        == {"mlp": 1, "mlp4": 4, "simplecnn": 4, "vgg11": 8, "resnet18": 8, "resnet18_gn": 8, "vit_tiny": 12}[
+            model
+        ]
     )
     for k in ALLOWED.get(model, range(1, num + 1)):
         groups = backbone.cut(k)

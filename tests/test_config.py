@@ -122,7 +122,7 @@ BAD_COMMAND_LINES = [
     (["--lr", "nan"], "error: --lr must be a finite number in (0, inf), got nan"),
     (["--seed", "-3"], "error: --seed must be distinct integers"),
     (["--epochs", "abc"], "argument --epochs: invalid int value: 'abc'"),
-    (["--method", "adam"], "argument --method: invalid choice: 'adam'"),
+    (["--method", "adam"], "--method must be one of ('sid', 'dgl'"),
     (["--dataset", "imagenet5"], "error: --dataset must be one of"),
     (
         ["--mode", "blockwise", "--model", "resnet18", "--num-blocks", "3"],

@@ -9,14 +9,13 @@ from conftest import NUM_MODULES, count_compiles, tiny_batch, tiny_network, tree
 
 from sidjax import METHODS, SIDLoss, Variables, local_losses, make_learner, sid_local_loss, uniform_log_belief
 from sidjax.network import UnitInput, unstack
-from sidjax.steps import make_objective
 
 LOSS = SIDLoss(alpha=0.5)
 
 
 def grads_of(network, variables, x, y, method="sid", loss=LOSS, execution="fused"):
     """``((objective, (unit_losses, logits, stats)), grads)`` of one synchronous step's objective, jitted."""
-    objective = make_objective(network, METHODS[method], loss, execution)
+    objective = METHODS[method].make_objective(network, loss, execution)
     return jax.jit(jax.value_and_grad(objective, has_aux=True))(variables.params, variables.stats, x, y, None)
 
 

@@ -15,14 +15,13 @@ import sidjax
 from sidjax.errors import ConfigError
 from sidjax.methods import get_method
 from sidjax.noprop import Denoise, draw_accuracies
-from sidjax.steps import make_objective
 
 T = 3
 
 
 def _noprop_network():
     network, variables = tiny_network(num_modules=T, belief_input="log")
-    return dataclasses.replace(network, inference=Denoise()), variables
+    return get_method("noprop").adapt(network, variables, jax.random.key(0))
 
 
 def _hand_written_losses(network, variables, x, y, key):
@@ -43,7 +42,7 @@ def test_each_units_loss_is_the_mse_of_denoising_its_own_noisy_label_code():
     network, variables = _noprop_network()
     x, y = tiny_batch()
     key = jax.random.key(7)
-    objective = jax.jit(make_objective(network, get_method("noprop"), sidjax.SIDLoss()))
+    objective = jax.jit(get_method("noprop").make_objective(network, sidjax.SIDLoss()))
     value, (losses, _, _) = objective(variables.params, variables.stats, x, y, key)
     expected = _hand_written_losses(network, variables, x, y, key)
     np.testing.assert_allclose(
@@ -55,7 +54,7 @@ def test_each_units_loss_is_the_mse_of_denoising_its_own_noisy_label_code():
 def test_no_gradient_crosses_a_unit_and_the_extractor_gets_the_sum():
     network, variables = _noprop_network()
     x, y = tiny_batch()
-    objective = make_objective(network, get_method("noprop"), sidjax.SIDLoss())
+    objective = get_method("noprop").make_objective(network, sidjax.SIDLoss())
 
     def unit_loss(t):
         return lambda params: objective(params, variables.stats, x, y, jax.random.key(3))[1][0][t]
@@ -91,7 +90,7 @@ def test_prediction_iterates_the_units_from_noise_drawn_from_a_fixed_key(draw):
 
 def test_every_step_draws_fresh_codes_and_moves_every_unit():
     network, variables = _noprop_network()
-    objective = jax.jit(make_objective(network, get_method("noprop"), sidjax.SIDLoss()))
+    objective = jax.jit(get_method("noprop").make_objective(network, sidjax.SIDLoss()))
     x, y = tiny_batch()
     losses = [objective(variables.params, variables.stats, x, y, jax.random.fold_in(jax.random.key(0), step))[1][0]
               for step in (0, 1)]  # fmt: skip

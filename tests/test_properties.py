@@ -16,8 +16,8 @@ from sidjax import METHODS, SIDLoss, UnitInput, Variables
 from sidjax.data import Dataset, epoch_order, symmetric_label_noise
 from sidjax.heads import HEADS, adaptive_avg_pool
 from sidjax.losses import uniform_log_belief
-from sidjax.methods import MethodSpec
-from sidjax.steps import local_losses, make_objective
+from sidjax.methods import Method
+from sidjax.objectives import local_losses
 from sidjax.train.epoch import epoch_chunks, prepare_data
 from sidjax.train.plan import make_plan
 from sidjax.train.programs import make_programs
@@ -35,8 +35,9 @@ EXPECTED = {
 
 
 TESTED_ELSEWHERE = {
-    "noprop": "tests/test_noprop.py"
-}  # methods whose units are given something else than a belief
+    "noprop": "tests/test_noprop.py",
+    **dict.fromkeys(("fa", "dfa", "ff", "hsic"), "tests/test_baselines.py"),
+}  # methods whose units are given something else than a belief, or minimise something else
 
 
 def test_every_method_is_specified_here():
@@ -52,7 +53,7 @@ def _network(method: str):
     return tiny_blockwise("simplecnn", 3, belief_input="prob" if reads else "none")
 
 
-def _expected_objective(spec: MethodSpec, logits, labels):
+def _expected_objective(spec: Method, logits, labels):
     """The objective computed by hand from the logits: SID's local losses from the uniform prior, or BP's CE."""
     if EXPECTED[spec.name][2] == "last_ce":
         return optax.softmax_cross_entropy_with_integer_labels(logits[-1], labels).mean(), None
@@ -72,7 +73,7 @@ def _expected_objective(spec: MethodSpec, logits, labels):
 def test_each_method_optimises_what_defines_it(method):
     spec, (network, variables) = METHODS[method], _network(method)
     x, y = tiny_batch()
-    objective = make_objective(network, spec, LOSS, "fused")
+    objective = spec.make_objective(network, LOSS, "fused")
     (value, (unit_losses, logits, _)), _ = jax.value_and_grad(objective, has_aux=True)(
         variables.params, variables.stats, x, y, None
     )
@@ -111,7 +112,7 @@ def test_what_reaches_each_unit_and_the_stem(method):
     x, y = tiny_batch()
     spec = METHODS[method]
     grads = jax.grad(
-        lambda p: make_objective(network, spec, LOSS, "fused")(p, variables.stats, x, y, None)[0]
+        lambda p: spec.make_objective(network, LOSS, "fused")(p, variables.stats, x, y, None)[0]
     )(variables.params)
     if not spec.local:
         for k in range(network.num_units):

@@ -32,7 +32,6 @@ from sidjax.ops import CONV_IMPLS
 from sidjax.train.config import GROUPS, LR_SCHEDULES, OPTIMIZERS, TrainConfig, field_help
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "method": tuple(METHODS),
     "mode": MODES,
     "head": tuple(HEADS),
     "belief_input": BELIEF_INPUTS,
@@ -103,8 +102,10 @@ def _add_field(group, field: dataclasses.Field, help_text: str) -> None:
     if field.name == "dataset":
         kw["help"] = f"{' | '.join(DATASETS)} | folder:/root (default: %(default)s)"
     if field.name == "method":  # every method with its one-line summary, from the table
+        kw["metavar"] = "NAME|MODULE:METHOD"
         kw["help"] = (
-            "; ".join(f"{name}: {spec.summary}" for name, spec in METHODS.items()) + " (default: %(default)s)"
+            "; ".join(f"{name}: {spec.summary}" for name, spec in METHODS.items())
+            + "; or your own sidjax.Method as package.module:attribute (default: %(default)s)"
         )
     if field.name == "model":
         kw["type"], kw["metavar"] = model_name, "NAME|MODULE:FACTORY"

@@ -24,9 +24,8 @@ from sidjax.data import Dataset, DatasetInfo, dataset_info, is_image_folder, loa
 from sidjax.errors import ConfigError
 from sidjax.learner import make_learner
 from sidjax.losses import Alpha, check_alpha_schedule
-from sidjax.methods import MethodSpec, get_method
+from sidjax.methods import Method, get_method
 from sidjax.network import Network, Variables
-from sidjax.noprop import Denoise
 from sidjax.state import Learner, TrainState
 from sidjax.train.config import TrainConfig
 from sidjax.train.rundir import RunDir
@@ -42,7 +41,7 @@ class Plan(NamedTuple):
     Attributes:
       config: the run's config (for your own model: its mode, depth and
         name as the network has them).
-      method: its ``MethodSpec``.
+      method: its ``Method``.
       network: the static network (the same for every seed).
       build: ``build(key) -> (network, variables)``: a seed's initial network.
       learner: the ``Learner`` that trains it.
@@ -63,7 +62,7 @@ class Plan(NamedTuple):
     """
 
     config: TrainConfig
-    method: MethodSpec
+    method: Method
     network: Network
     build: ModelFactory
     learner: Learner
@@ -146,6 +145,10 @@ def auto_chunk(steps: int, cpu_convolutions: bool, most: int = 64) -> int:
     if cpu_convolutions:
         return 1
     return max(d for d in range(1, min(steps, most) + 1) if steps % d == 0)
+
+
+# A method's own arrays (FA's feedback) are drawn from fold_in(the seed's init key, ADAPT_KEY).
+ADAPT_KEY = 0xADA
 
 
 MODEL_FORMS = (
@@ -243,11 +246,11 @@ def make_plan(
         build = builtin_model(config, info.input_shape, info.num_classes, model)
     else:
         build = _factory(model)
-    network, shapes = abstract_network(build)
     if model is not None:
-        config = _as_built(config, network, info)
+        config = _as_built(config, abstract_network(build)[0], info)
     spec = get_method(config.method)
-    network, build = _predicting_as(spec, network, build)
+    build = _adapted(spec, build)
+    network, shapes = abstract_network(build)
     steps = info.num_train // config.batch_size
     tx, loss, recipe = _recipe(config, steps * config.epochs, tx, alpha)
     augment = config.augment
@@ -299,16 +302,15 @@ def plan_of_run(path: str, model: Model | None = None, tx: Optimizer | None = No
     return plan
 
 
-def _predicting_as(spec: MethodSpec, network: Network, build: ModelFactory) -> tuple[Network, ModelFactory]:
-    """The network (and its factory's) predicting as ``spec`` does: NoProp denoises from noise."""
-    if spec.objective != "noprop":
-        return network, build
+def _adapted(method: Method, build: ModelFactory) -> ModelFactory:
+    """The factory of the network as ``method`` trains and predicts it (``Method.adapt``), from each seed's
+    key (FA's feedback is drawn from it)."""
 
     def built(key):
-        net, variables = build(key)
-        return dataclasses.replace(net, inference=Denoise()), variables
+        network, variables = build(key)
+        return method.adapt(network, variables, jax.random.fold_in(key, ADAPT_KEY))
 
-    return dataclasses.replace(network, inference=Denoise()), built
+    return built
 
 
 def state_template(plan: Plan) -> TrainState:

@@ -1,0 +1,123 @@
+"""Forward-Forward (Hinton 2022): every unit learns alone to tell real (image, label) pairs from false ones.
+
+On a blockwise network (dense or convolutional blocks; the heads are not
+used):
+
+* Given: the image with its label embedded (the first N values of the
+  flattened image replaced by the one-hot label times the image's largest
+  absolute value): the true label for a *positive*, a wrong one drawn
+  uniformly for its *negative*. Unit 1 (and the stem) reads the embedded
+  image; unit k > 1 reads unit k-1's output normalised to unit length per
+  example and stopped, so only its direction passes on.
+* Minimised, by each unit alone: ``softplus(theta - G(h+)) + softplus(G(h-)
+  - theta)``, averaged over the positives and negatives of the batch, with
+  goodness ``G(h)`` the mean of ``h**2`` over the unit's output and
+  ``theta = 2`` (the threshold of the widely used PyTorch implementation;
+  Hinton's paper leaves it open).
+* Prediction (``Goodness``): every label is embedded in turn (the N passes
+  vectorised), and the label whose summed goodness over the units, the
+  first excepted, is largest wins.
+
+The training accuracy a step reports is the fraction of examples whose true
+label's goodness beats the drawn wrong label's (the step sees no others).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import chex
+import jax
+import jax.numpy as jnp
+
+from sidjax.losses import SIDLoss
+from sidjax.network import Network, UnitInput, Variables, sg
+
+THRESHOLD = 2.0
+NEG = -1e9
+
+
+def embed_labels(x: chex.Array, labels: chex.Array, num_classes: int) -> chex.Array:
+    """``x [B, ...]`` with the first ``num_classes`` values of each flattened example replaced by its
+    one-hot label times the example's largest absolute value."""
+    flat = x.reshape(x.shape[0], -1)
+    scale = jnp.max(jnp.abs(flat), axis=1, keepdims=True)
+    flat = flat.at[:, :num_classes].set(jax.nn.one_hot(labels, num_classes) * scale)
+    return flat.reshape(x.shape)
+
+
+def wrong_labels(labels: chex.Array, num_classes: int, key: chex.PRNGKey) -> chex.Array:
+    """``[B]``: for each label, another one drawn uniformly from the other ``num_classes - 1``."""
+    shift = jax.random.randint(key, labels.shape, 1, num_classes)
+    return (labels + shift) % num_classes
+
+
+def goodness(h: chex.Array) -> chex.Array:
+    """``[B]``: the mean of ``h**2`` over each example's features."""
+    return jnp.mean(jnp.square(h.reshape(h.shape[0], -1)), axis=1)
+
+
+def normalised(h: chex.Array) -> chex.Array:
+    """Each example scaled to unit length (its direction)."""
+    norm = jnp.linalg.norm(h.reshape(h.shape[0], -1), axis=1)
+    return h / (norm.reshape((-1,) + (1,) * (h.ndim - 1)) + 1e-4)
+
+
+def unit_goodness(network: Network, variables: Variables, x: chex.Array, key=None, *, train: bool):
+    """Every unit's goodness on label-embedded ``x``: ``(G [K, B], stats)``; unit k>1 reads the previous
+    output normalised and stopped."""
+    params, stats = variables.params, variables.stats
+    h, stem_stats = network.apply_stem(params.stem, stats.stem, x, key, train=train)
+    belief = jnp.zeros((x.shape[0], network.num_classes))
+    labels = jnp.zeros(x.shape[:1], jnp.int32)
+    found, unit_stats = [], []
+    for k in range(network.num_units):
+        p, s = network.unit_values(params.units, k), network.unit_values(stats.units, k)
+        (h, _), s = network.apply_unit(k, p, s, UnitInput(h, belief, labels), key, train=train)
+        found.append(goodness(h))
+        unit_stats.append(s)
+        h = sg(normalised(h))
+    return jnp.stack(found), stats._replace(stem=stem_stats, units=network.join_units(unit_stats))
+
+
+def ff_objective(network: Network, loss: SIDLoss, execution: str = "fused") -> Callable:
+    """``objective(params, stats, x, labels, key)``: the sum of the K units' Forward-Forward losses.
+
+    ``logits [K, B, N]``: the true label's and the drawn wrong label's
+    goodness, every other label far below (what the step's accuracy reads).
+    """
+
+    def objective(params, stats, x, labels, key):
+        if key is None:
+            raise ValueError("ff draws its negative labels from the step's key: give a key")
+        n, batch = network.num_classes, x.shape[0]
+        wrong = wrong_labels(labels, n, jax.random.fold_in(key, network.num_units + 1))
+        both = jnp.concatenate([embed_labels(x, labels, n), embed_labels(x, wrong, n)])
+        g, new_stats = unit_goodness(network, Variables(params, stats), both, key, train=True)
+        positive, negative = g[:, :batch], g[:, batch:]
+        terms = jnp.concatenate([THRESHOLD - positive, negative - THRESHOLD], axis=1)
+        losses = jnp.mean(jax.nn.softplus(terms), axis=1)
+        rows = jnp.arange(batch)
+        logits = jnp.full((network.num_units, batch, n), NEG)
+        logits = logits.at[:, rows, labels].set(positive).at[:, rows, wrong].set(negative)
+        return losses.sum(), (losses, logits, new_stats)
+
+    return objective
+
+
+@dataclasses.dataclass(frozen=True)
+class Goodness:
+    """How a Forward-Forward network predicts: the label with the most goodness, the first unit excepted."""
+
+    def __call__(self, network: Network, variables: Variables, x: chex.Array) -> chex.Array:
+        """``[K, B, N]``: row k sums units 2..k+1's goodness for every label (row 0: unit 1's); row -1 predicts."""
+        n = network.num_classes
+
+        def for_label(label):
+            embedded = embed_labels(x, jnp.full(x.shape[:1], label), n)
+            return unit_goodness(network, variables, embedded, train=False)[0]
+
+        g = jax.vmap(for_label)(jnp.arange(n))  # [N, K, B]
+        counted = g.at[:, 0].set(0.0) if network.num_units > 1 else g
+        return jnp.cumsum(counted, axis=1).transpose(1, 2, 0).at[0].set(g[:, 0].T)

@@ -1,0 +1,113 @@
+"""The HSIC bottleneck (Ma, Lewis & Kleijn 2020): each unit keeps little of the input and much of the label.
+
+On a blockwise network, unit k's block output ``Z_k`` (flattened; its input
+is the previous block's output, stopped) minimises, on the batch,
+
+    nHSIC(Z_k, X) - beta * nHSIC(Z_k, Y)
+
+with ``X`` the flattened batch and ``Y`` the one-hot labels. The estimator
+is the authors' normalised one: Gaussian kernels ``exp(-|a - b|^2 / (2
+sigma^2 d))`` (``d`` the dimension of what is compared), centred on one side
+(``K_c = K H``, ``H = I - 11^T / m``), ``R = K_c (K_c + eps m I)^{-1}`` and
+``nHSIC(A, B) = sum(R_A * R_B^T)``, with ``eps = 1e-5``; it costs
+``O(m^2)`` memory and an ``m x m`` inverse per unit for a batch of m.
+
+Defaults from the authors' code (``config/general-hsicbt.yaml``):
+``sigma = 5``, ``beta = 50`` (their ``lambda_y``, with ``lambda_x = 1``),
+batch 512. The authors train the read-out after the HSIC phase
+("post-training"); here every unit's head is a read-out that learns at the
+same time by cross-entropy on its block's *stopped* output
+(``probe_heads``), so it never changes a block; the prediction is the last
+head's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+from sidjax.adapt import remodel
+from sidjax.errors import ConfigError
+from sidjax.losses import SIDLoss
+from sidjax.network import Network, Parts, Variables
+
+SIGMA = 5.0
+BETA = 50.0
+EPSILON = 1e-5
+
+
+def centred_kernel(a: chex.Array, sigma: float = SIGMA) -> chex.Array:
+    """``[m, m]``: the Gaussian kernel of the rows of ``a [m, ...]`` (width ``sigma`` per dimension), times ``H``."""
+    a = a.reshape(a.shape[0], -1)
+    sq = jnp.sum(a * a, axis=1)
+    distances = jnp.abs(sq[:, None] - 2 * a @ a.T + sq[None, :])
+    kernel = jnp.exp(-distances / (2 * sigma**2 * a.shape[1]))
+    m = a.shape[0]
+    return kernel @ (jnp.eye(m) - jnp.ones((m, m)) / m)
+
+
+def normalised_projection(kernel: chex.Array) -> chex.Array:
+    """``R = K_c (K_c + eps m I)^{-1}`` of a centred kernel ``[m, m]``."""
+    m = kernel.shape[0]
+    return kernel @ jnp.linalg.inv(kernel + EPSILON * m * jnp.eye(m))
+
+
+def nhsic(a: chex.Array, b: chex.Array, sigma: float = SIGMA) -> chex.Array:
+    """The normalised HSIC of ``a [m, ...]`` and ``b [m, ...]`` (a scalar)."""
+    return _nhsic(
+        normalised_projection(centred_kernel(a, sigma)), normalised_projection(centred_kernel(b, sigma))
+    )
+
+
+def _nhsic(ra: chex.Array, rb: chex.Array) -> chex.Array:
+    return jnp.sum(ra * rb.T)
+
+
+def hsic_objective(
+    network: Network, loss: SIDLoss, execution: str = "fused", sigma: float = SIGMA, beta: float = BETA
+) -> Callable:
+    """``objective(params, stats, x, labels, key)``: every unit's HSIC bottleneck plus its read-out's
+    cross-entropy (``unit_losses [K]``: their sums); needs ``probe_heads``."""
+
+    def objective(params, stats, x, labels, key):
+        rx = jax.lax.stop_gradient(normalised_projection(centred_kernel(x, sigma)))
+        ry = normalised_projection(centred_kernel(jax.nn.one_hot(labels, network.num_classes), sigma))
+        h, stem_stats = network.apply_stem(params.stem, stats.stem, x, key)
+        inp, losses, logits, unit_stats = network.first_input(h, labels), [], [], []
+        for k in range(network.num_units):
+            p, s = network.unit_values(params.units, k), network.unit_values(stats.units, k)
+            (h_out, lg), s = network.apply_unit(k, p, s, inp, key)
+            rz = normalised_projection(centred_kernel(h_out, sigma))
+            ce = optax.softmax_cross_entropy_with_integer_labels(lg, labels).mean()
+            losses.append(_nhsic(rz, rx) - beta * _nhsic(rz, ry) + ce)
+            logits.append(lg)
+            unit_stats.append(s)
+            inp = network.next_input(inp, h_out, lg)
+        losses = jnp.stack(losses)
+        return losses.sum(), (losses, jnp.stack(logits), Parts(stem_stats, network.join_units(unit_stats)))
+
+    return objective
+
+
+def probe_heads(network: Network, variables: Variables, key: chex.PRNGKey) -> tuple[Network, Variables]:
+    """Every unit's head reads its block's output stopped (a read-out that does not train the block)."""
+    if not network.cut_features:
+        raise ConfigError("this method trains blockwise networks (mode 'blockwise')", "mode")
+    missing = []
+
+    def change(module, part_key, index):
+        if index < network.num_units:
+            if not hasattr(module, "probe"):
+                missing.append(type(module).__name__)
+            module.probe = True
+
+    network, variables = remodel(network, variables, change, key)
+    if missing:
+        raise ConfigError(
+            f"read-out heads need units built by sidjax.blockwise (BlockUnit), got {missing[0]}", "model"
+        )
+    return network, variables
