@@ -30,6 +30,7 @@ with the network's stats in every checkpoint, never trained.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -54,20 +55,13 @@ _FA_CLASSES: dict[type, type] = {}
 
 def _fa_call(self, x, *args, **kwargs):
     """The layer's output, its input gradient through ``self.feedback`` (see the module's docstring)."""
-    base = super(type(self), self).__call__
-    out = base(sg(x), *args, **kwargs)
-    kernel, bias = self.kernel[...], getattr(self, "bias", None)
-    has_bias = isinstance(bias, nnx.Variable) and bias is not None
-    bias_value = bias[...] if has_bias else None
-    self.kernel[...] = sg(self.feedback[...])
-    if has_bias:
-        self.bias[...] = jnp.zeros_like(bias_value)
-    try:
-        through_b = base(x, *args, **kwargs)
-    finally:
-        self.kernel[...] = kernel
-        if has_bias:
-            self.bias[...] = bias_value
+    call = type(self).__mro__[1].__call__  # the layer's own
+    out = call(self, sg(x), *args, **kwargs)
+    mirror = nnx.clone(self)  # the same layer with kernel B and no bias, its variables of this trace
+    mirror.kernel[...] = sg(self.feedback[...])
+    if isinstance(getattr(mirror, "bias", None), nnx.Variable):
+        mirror.bias[...] = jnp.zeros_like(mirror.bias[...])
+    through_b = call(mirror, x, *args, **kwargs)
     return out + through_b - sg(through_b)
 
 
@@ -143,7 +137,7 @@ def _unit_output_sizes(network: Network, variables: Variables) -> list[int]:
         ]
 
     hs = jax.eval_shape(outputs, variables, x)
-    return [int(jnp.prod(jnp.array(h.shape[1:]))) for h in hs]
+    return [math.prod(h.shape[1:]) for h in hs]
 
 
 def _chain(network: Network, params: Parts, stats: Parts, x, labels, key, train: bool = True):

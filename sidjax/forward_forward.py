@@ -7,8 +7,9 @@ used):
   flattened image replaced by the one-hot label times the image's largest
   absolute value): the true label for a *positive*, a wrong one drawn
   uniformly for its *negative*. Unit 1 (and the stem) reads the embedded
-  image; unit k > 1 reads unit k-1's output normalised to unit length per
-  example and stopped, so only its direction passes on.
+  image; unit k > 1 reads unit k-1's output normalised per example (divided
+  by the root of its mean square, as Hinton's code does) and stopped, so only
+  its direction passes on.
 * Minimised, by each unit alone: ``softplus(theta - G(h+)) + softplus(G(h-)
   - theta)``, averaged over the positives and negatives of the batch, with
   goodness ``G(h)`` the mean of ``h**2`` over the unit's output and
@@ -59,9 +60,9 @@ def goodness(h: chex.Array) -> chex.Array:
 
 
 def normalised(h: chex.Array) -> chex.Array:
-    """Each example scaled to unit length (its direction)."""
-    norm = jnp.linalg.norm(h.reshape(h.shape[0], -1), axis=1)
-    return h / (norm.reshape((-1,) + (1,) * (h.ndim - 1)) + 1e-4)
+    """Each example divided by the root of its mean square: its direction, at unit scale per feature."""
+    rms = jnp.sqrt(goodness(h))
+    return h / (rms.reshape((-1,) + (1,) * (h.ndim - 1)) + 1e-4)
 
 
 def unit_goodness(network: Network, variables: Variables, x: chex.Array, key=None, *, train: bool):
