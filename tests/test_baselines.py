@@ -1,0 +1,354 @@
+"""Feedback alignment, direct feedback alignment, Forward-Forward and the HSIC bottleneck against formulas
+written here, on tiny networks and jitted; then each through run, resume, load_run and the CLI."""
+
+import dataclasses
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import NUM_CLASSES, records, tiny_batch, tiny_blockwise, tiny_config, tiny_network, tree_max_abs
+from flax import nnx
+
+import sidjax
+from sidjax.architectures import Conv3x3
+from sidjax.errors import ConfigError
+from sidjax.feedback import with_feedback
+from sidjax.forward_forward import THRESHOLD, embed_labels, goodness, normalised, wrong_labels
+from sidjax.hsic import nhsic
+from sidjax.methods import METHODS
+
+KEY = jax.random.key(7)
+
+
+def _adapted(method, network_and_variables):
+    return METHODS[method].adapt(*network_and_variables, KEY)
+
+
+def _blockwise(method, model="mlp4", k=4):
+    return _adapted(method, tiny_blockwise(model, k, belief_input=METHODS[method].default_belief_input))
+
+
+# -- feedback alignment ------------------------------------------------------------------------------
+
+
+LAYERS = {
+    "linear": (lambda: nnx.Linear(6, 4, rngs=nnx.Rngs(0)), (5, 6)),
+    "conv": (lambda: nnx.Conv(2, 3, (3, 3), rngs=nnx.Rngs(0)), (2, 5, 5, 2)),
+    "conv3x3": (lambda: Conv3x3(2, 3, conv_impl="xla", rngs=nnx.Rngs(0)), (2, 5, 5, 2)),
+}
+
+
+@pytest.mark.parametrize("kind", list(LAYERS))
+def test_an_fa_layer_has_backprops_value_and_weight_gradient_and_its_input_gradient_goes_through_b(kind):
+    new, shape = LAYERS[kind]
+    layer, plain = new(), new()
+    assert with_feedback(layer, KEY) == 1
+    x = jax.random.normal(jax.random.key(1), shape)
+    out = plain(x)
+    g = jax.random.normal(jax.random.key(2), out.shape)
+    graph, params, rest = nnx.split(layer, nnx.Param, ...)
+    plain_graph, _, plain_rest = nnx.split(plain, nnx.Param, ...)
+
+    def loss(graph, rest, params, x):
+        return jnp.sum(nnx.merge(graph, params, rest)(x) * g)
+
+    fa = jax.jit(jax.grad(lambda p, x: loss(graph, rest, p, x), (0, 1)))
+    bp = jax.grad(lambda p, x: loss(plain_graph, plain_rest, p, x), (0, 1))
+    (g_w, g_x), (bp_w, _) = fa(params, x), bp(params, x)
+    chex.assert_trees_all_close(nnx.merge(graph, params, rest)(x), out, atol=1e-6)
+    chex.assert_trees_all_close(g_w, bp_w, atol=1e-6)  # x^T delta: backprop's weight (and bias) gradient
+    with_b = nnx.State({**params, "kernel": rest["feedback"]})  # the plain layer with kernel B
+    _, through_b = jax.vjp(lambda x: nnx.merge(plain_graph, with_b, plain_rest)(x), x)
+    np.testing.assert_allclose(g_x, through_b(g)[0], atol=1e-5)  # delta B^T
+    assert float(jnp.abs(g_x - bp(params, x)[1]).max()) > 1e-3, "the input gradient is not backprop's"
+
+
+@pytest.mark.parametrize("mode", ["blockwise", "trunk"])
+def test_fa_network_trains_the_last_layer_as_backprop_does_and_the_rest_through_its_feedback(mode):
+    if mode == "blockwise":
+        plain = tiny_blockwise("simplecnn", 2)
+    else:
+        plain = tiny_network("simplecnn")
+    network, variables = _adapted("fa", plain)
+    x, y = tiny_batch()
+    fa = jax.jit(
+        jax.grad(
+            lambda p: METHODS["fa"].make_objective(network, sidjax.SIDLoss())(p, variables.stats, x, y, None)[
+                0
+            ]
+        )
+    )
+    bp = jax.grad(
+        lambda p: METHODS["bp"].make_objective(plain[0], sidjax.SIDLoss())(p, plain[1].stats, x, y, None)[0]
+    )
+    g_fa, g_bp = fa(variables.params), bp(plain[1].params)
+    last = network.num_units - 1
+    head_fa = network.unit_values(g_fa.units, last)["head"]
+    head_bp = network.unit_values(g_bp.units, last)["head"]
+    out_fa = jax.tree.leaves(head_fa)[-2:]  # the last layer's bias and kernel: the output error itself
+    out_bp = jax.tree.leaves(head_bp)[-2:]
+    chex.assert_trees_all_close(out_fa, out_bp, atol=1e-6)
+    assert tree_max_abs(jax.tree.map(lambda a, b: a - b, g_fa.stem, g_bp.stem) if mode == "trunk"
+                        else jax.tree.map(lambda a, b: a - b, network.unit_values(g_fa.units, 0)["layers"],
+                                          network.unit_values(g_bp.units, 0)["layers"])) > 1e-6  # fmt: skip
+    stats = jax.tree.leaves(variables.stats)
+    assert stats and all(s.ndim >= 2 for s in stats), "every layer holds its feedback matrix in the stats"
+
+
+class MyBlock(nnx.Module):
+    """A user's own block: two Linear layers."""
+
+    def __init__(self, cin, cout, rngs):
+        self.a, self.b = nnx.Linear(cin, 16, rngs=rngs), nnx.Linear(16, cout, rngs=rngs)
+
+    def __call__(self, x):
+        return jax.nn.relu(self.b(jax.nn.relu(self.a(x.reshape(x.shape[0], -1)))))
+
+
+def test_fa_feedback_on_your_own_model_is_drawn_from_the_key_and_never_trained():
+    rngs = nnx.Rngs(0)
+    own = sidjax.blockwise([MyBlock(64, 12, rngs), MyBlock(12, 12, rngs)], num_classes=NUM_CLASSES,
+                           input_shape=(8, 8, 1), rngs=rngs)  # fmt: skip
+    network, variables = METHODS["fa"].adapt(*own, KEY)
+    again = METHODS["fa"].adapt(*own, KEY)[1]
+    other = METHODS["fa"].adapt(*own, jax.random.key(8))[1]
+    chex.assert_trees_all_equal(variables.stats, again.stats)
+    assert tree_max_abs(jax.tree.map(lambda a, b: a - b, variables.stats.units, other.stats.units)) > 0
+    learner = sidjax.make_learner(network, optax.adam(1e-2), "fa")
+    state = learner.init(variables)
+    for step in range(3):
+        state, metrics = learner.step(state, tiny_batch(seed=step), KEY)
+    chex.assert_trees_all_equal(state.stats, variables.stats)  # fixed: the feedback is never trained
+    assert tree_max_abs(jax.tree.map(lambda a, b: a - b, state.params, variables.params)) > 0
+
+
+def test_fa_is_refused_on_a_network_not_adapted_for_it():
+    with pytest.raises(ConfigError, match=r"adapt\(network, variables, key\)"):
+        sidjax.make_learner(tiny_network()[0], optax.adam(1e-3), "fa")
+
+
+# -- direct feedback alignment -----------------------------------------------------------------------
+
+
+def test_dfa_sends_the_output_error_to_each_unit_through_its_own_matrix():
+    network, variables = _blockwise("dfa")
+    x, y = tiny_batch()
+    grads = jax.jit(jax.grad(lambda p: METHODS["dfa"].make_objective(network, sidjax.SIDLoss())(
+        p, variables.stats, x, y, None)[0]))(variables.params)  # fmt: skip
+    params, stats = variables.params, variables.stats
+    logits = network.apply(variables, x)[-1]
+    error = (jax.nn.softmax(logits) - jax.nn.one_hot(y, NUM_CLASSES)) / x.shape[0]
+    inp = network.first_input(x, y)
+    for k in range(network.num_units):
+        p, s = network.unit_values(params.units, k), network.unit_values(stats.units, k)
+
+        def out(p, k=k, s=s, inp=inp):
+            return network.apply_unit(k, p, s, inp)[0]
+
+        (h_out, lg), pull = jax.vjp(out, p)
+        if k < network.num_units - 1:  # the unit's output gets e B_k, nothing from the units after it
+            signal = (error @ s["direct_feedback"][...]).reshape(h_out.shape)
+            expected = pull((signal, jnp.zeros_like(lg)))[0]
+        else:  # the last unit: its own cross-entropy
+            expected = pull((jnp.zeros_like(h_out), error))[0]
+        chex.assert_trees_all_close(network.unit_values(grads.units, k), expected, atol=1e-6)
+        inp = network.next_input(inp, h_out, lg)
+
+
+# -- Forward-Forward ---------------------------------------------------------------------------------
+
+
+def test_ff_negatives_are_other_labels_drawn_uniformly():
+    labels = jnp.zeros((20000,), jnp.int32) + 3
+    wrong = wrong_labels(labels, NUM_CLASSES, KEY)
+    assert not bool(jnp.any(wrong == labels))
+    counts = np.bincount(np.asarray(wrong), minlength=NUM_CLASSES)
+    np.testing.assert_allclose(counts[[0, 1, 2, 4]] / 20000, 0.25, atol=0.015)
+
+
+def test_ff_label_embedding_replaces_the_first_values_by_the_scaled_one_hot():
+    x, y = tiny_batch()
+    embedded = embed_labels(x, y, NUM_CLASSES).reshape(16, -1)
+    flat = x.reshape(16, -1)
+    scale = jnp.abs(flat).max(1, keepdims=True)
+    np.testing.assert_array_equal(embedded[:, :NUM_CLASSES], jax.nn.one_hot(y, NUM_CLASSES) * scale)
+    np.testing.assert_array_equal(embedded[:, NUM_CLASSES:], flat[:, NUM_CLASSES:])
+
+
+def _hand_goodness(network, variables, x):
+    """Every unit's goodness by hand: modules in evaluation mode, RMS normalisation between units."""
+    modules = network.modules(variables)
+    found, h = [], x
+    for unit in modules.units:
+        h, _ = unit(h, jnp.zeros((x.shape[0], NUM_CLASSES)))
+        found.append(jnp.mean(h.reshape(h.shape[0], -1) ** 2, axis=1))
+        h = h / (jnp.sqrt(jnp.mean(h.reshape(h.shape[0], -1) ** 2, axis=1)).reshape(-1, 1) + 1e-4)
+    return jnp.stack(found)
+
+
+def test_ff_loss_and_prediction_equal_the_formulas():
+    network, variables = _blockwise("ff")
+    x, y = tiny_batch()
+    key = jax.random.key(3)
+    value, (losses, logits, _) = jax.jit(METHODS["ff"].make_objective(network, sidjax.SIDLoss()))(
+        variables.params, variables.stats, x, y, key
+    )
+    wrong = wrong_labels(y, NUM_CLASSES, jax.random.fold_in(key, network.num_units + 1))
+    pos = _hand_goodness(network, variables, embed_labels(x, y, NUM_CLASSES))
+    neg = _hand_goodness(network, variables, embed_labels(x, wrong, NUM_CLASSES))
+    expected = (jax.nn.softplus(THRESHOLD - pos).mean(1) + jax.nn.softplus(neg - THRESHOLD).mean(1)) / 2
+    np.testing.assert_allclose(losses, expected, rtol=1e-5)
+    np.testing.assert_allclose(value, expected.sum(), rtol=1e-5)
+    np.testing.assert_allclose(logits[:, jnp.arange(16), y], pos, rtol=1e-5)
+    per_label = jnp.stack([_hand_goodness(network, variables, embed_labels(x, jnp.full((16,), n), NUM_CLASSES))
+                           for n in range(NUM_CLASSES)])  # fmt: skip  # [N, K, B]
+    summed = per_label[:, 1:].sum(1).T  # every unit but the first
+    scores = jax.jit(network.apply)(variables, x)
+    np.testing.assert_allclose(scores[-1], summed, rtol=1e-5)
+    np.testing.assert_array_equal(scores[-1].argmax(-1), summed.argmax(-1))
+
+
+def test_ff_units_read_the_previous_output_normalised_and_stopped():
+    network, variables = _blockwise("ff")
+    h = jax.random.normal(KEY, (4, 10)) * 7
+    np.testing.assert_allclose(goodness(normalised(h)), 1.0, rtol=1e-4)
+    x, y = tiny_batch()
+    objective = METHODS["ff"].make_objective(network, sidjax.SIDLoss())
+    jac = jax.jacrev(
+        lambda u: objective(variables.params._replace(units=u), variables.stats, x, y, KEY)[1][0]
+    )(variables.params.units)
+    _assert_block_diagonal(network, jac, "ff")
+
+
+# -- the HSIC bottleneck -----------------------------------------------------------------------------
+
+
+def _numpy_nhsic(a, b, sigma=5.0, eps=1e-5):
+    def projection(v):
+        v = np.asarray(v, np.float64).reshape(len(v), -1)
+        d = ((v[:, None, :] - v[None, :, :]) ** 2).sum(-1)
+        k = np.exp(-d / (2 * sigma**2 * v.shape[1]))
+        m = len(v)
+        kc = k @ (np.eye(m) - np.ones((m, m)) / m)
+        return kc @ np.linalg.inv(kc + eps * m * np.eye(m))
+
+    return float(np.sum(projection(a) * projection(b).T))
+
+
+def test_hsic_estimator_equals_a_numpy_one():
+    x, y = tiny_batch(batch=32)
+    z = jnp.tanh(x.reshape(32, -1)[:, :7] * 3)
+    onehot = jax.nn.one_hot(y, NUM_CLASSES)
+    pairs = [(z, x), (z, onehot), (x, x)]
+    with jax.enable_x64(True):  # the formula itself, at double precision
+        for a, b in pairs:
+            a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+            np.testing.assert_allclose(float(jax.jit(nhsic)(a, b)), _numpy_nhsic(a, b), rtol=1e-9)
+    for a, b in pairs:  # float32: the inverse of a barely regularised kernel costs digits
+        np.testing.assert_allclose(float(jax.jit(nhsic)(a, b)), _numpy_nhsic(a, b), rtol=1e-2)
+
+
+def test_hsic_units_minimise_the_bottleneck_and_their_heads_only_read_out():
+    network, variables = _blockwise("hsic", k=2)
+    x, y = tiny_batch(batch=32)
+    objective = jax.jit(METHODS["hsic"].make_objective(network, sidjax.SIDLoss()))
+    _, (losses, logits, _) = objective(variables.params, variables.stats, x, y, None)
+    modules, h = network.modules(variables), x
+    for k, unit in enumerate(modules.units):
+        h, lg = unit(h, jnp.zeros((32, NUM_CLASSES)))
+        ce = optax.softmax_cross_entropy_with_integer_labels(lg, y).mean()
+        bottleneck = _numpy_nhsic(h, x) - 50.0 * _numpy_nhsic(h, jax.nn.one_hot(y, NUM_CLASSES))
+        np.testing.assert_allclose(losses[k], bottleneck + ce, rtol=1e-2, atol=0.1)
+        np.testing.assert_allclose(logits[k], lg, atol=1e-5)
+
+    def read_out_loss(params):
+        lg = objective(params, variables.stats, x, y, None)[1][1]
+        return optax.softmax_cross_entropy_with_integer_labels(lg, y[None]).mean()
+
+    grads = jax.grad(read_out_loss)(variables.params)
+    for k in range(network.num_units):
+        unit = network.unit_values(grads.units, k)
+        assert tree_max_abs(unit["layers"]) == 0.0, "a read-out's cross-entropy reaches its block"
+        assert tree_max_abs(unit["head"]) > 0
+
+
+# -- every local method: no gradient crosses a unit boundary ----------------------------------------
+
+
+def _assert_block_diagonal(network, jac, method):
+    for k in range(network.num_units):
+        for j in range(network.num_units):
+            block = network.unit_values(jac, j)
+            block = jax.tree.map(lambda a, k=k: a[k], block)
+            size = tree_max_abs(block)
+            if j != k:
+                assert size == 0.0, f"{method}: unit {j + 1}'s parameters reach unit {k + 1}'s loss"
+            else:
+                assert size > 0, f"{method}: unit {k + 1} learns from its own loss"
+
+
+@pytest.mark.parametrize("method", ["sid", "dgl", "ff", "hsic"])
+def test_local_methods_jacobian_blocks_between_units_are_exactly_zero(method):
+    network, variables = _blockwise(method, k=3)
+    x, y = tiny_batch(batch=24)
+    objective = METHODS[method].make_objective(network, sidjax.SIDLoss())
+    losses = jax.jit(
+        lambda u: objective(variables.params._replace(units=u), variables.stats, x, y, KEY)[1][0]
+    )
+    jac = jax.jacrev(losses)(variables.params.units)
+    _assert_block_diagonal(network, jac, method)
+
+
+# -- through run, resume, load_run and the command line ----------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["fa", "dfa", "ff", "hsic"])
+def test_each_method_trains_through_run_resumes_and_predicts(method, tmp_path, fashion_mnist):
+    config = tiny_config(method=method, model="mlp4", mode="blockwise", num_blocks=4, epochs=2,
+                         limit_train=1024, limit_test=256)  # fmt: skip
+    whole = sidjax.run(config, str(tmp_path / "whole"), dataset=fashion_mnist, progress=False)
+    if method == "ff":  # 32 steps: unit 1 tells positives from negatives; the later units lag behind it
+        assert records(tmp_path / "whole" / "metrics.jsonl")[-1]["train_unit_accuracy"][0] > 0.75, (
+            "chance: 0.5"
+        )
+    else:
+        assert whole.summary["final_test_accuracy"] > 0.3, "chance is 0.1"
+    out = tmp_path / "run"
+    sidjax.run(dataclasses.replace(config, epochs=1), str(out), dataset=fashion_mnist, progress=False)
+    resumed = sidjax.run(config, str(out), dataset=fashion_mnist, progress=False, resume=True)
+    chex.assert_trees_all_close(resumed.state, whole.state, atol=1e-6)
+    loaded = sidjax.load_run(str(out))
+    chex.assert_trees_all_equal(loaded.variables.stats, whole.variables.stats)  # FA/DFA: the same feedback
+    x = fashion_mnist.normalise(fashion_mnist.test_images[:64])
+    np.testing.assert_array_equal(sidjax.predict(loaded.network, loaded.variables, x),
+                                  sidjax.predict(whole.network, whole.variables, x))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "method,settings,words",
+    [
+        ("ff", dict(mode="trunk"), "trains blockwise networks, not 'trunk'"),
+        ("hsic", dict(mode="trunk"), "trains blockwise networks, not 'trunk'"),
+        ("dfa", dict(mode="trunk"), "trains blockwise networks, not 'trunk'"),
+        ("ff", dict(mode="blockwise", belief_input="prob"), "needs heads without belief input"),
+        ("fa", dict(mode="blockwise", model="simplecnn", pipelined=True), "pipelined needs mode blockwise"),
+        ("hsic", dict(mode="blockwise", model="simplecnn", placement="stages"), "placement stages needs"),
+    ],
+)
+def test_what_a_method_cannot_train_is_refused_in_one_line(method, settings, words):
+    with pytest.raises(ConfigError, match=words):
+        tiny_config(method=method, **settings)
+
+
+def test_the_command_line_trains_every_method_by_name(tmp_path, capsys):
+    from sidjax.train import cli
+
+    for method in ("fa", "dfa", "ff", "hsic"):
+        cli.main(["train", "--method", method, "--model", "mlp4", "--mode", "blockwise", "--tiny",
+                  "--limit-train", "256", "--limit-test", "128", "--epochs", "1", "--no-progress",
+                  "--out", str(tmp_path / method)])  # fmt: skip
+        assert (tmp_path / method / "summary.json").exists()
+    assert "final test accuracy" in capsys.readouterr().out
