@@ -43,7 +43,7 @@ from flax import nnx
 from sidjax.adapt import remodel
 from sidjax.errors import ConfigError
 from sidjax.losses import SIDLoss, label_distribution
-from sidjax.network import Network, Parts, Variables, sg
+from sidjax.network import Network, Variables, sg
 
 
 class Feedback(nnx.Variable):
@@ -130,28 +130,8 @@ def direct_feedback(network: Network, variables: Variables, key: chex.PRNGKey) -
 
 def _unit_output_sizes(network: Network, variables: Variables) -> list[int]:
     x = jax.ShapeDtypeStruct((1, *network.input_shape), jnp.float32)
-
-    def outputs(variables, x):
-        return _chain(network, variables.params, variables.stats, x, jnp.zeros((1,), jnp.int32), None, False)[
-            0
-        ]
-
-    hs = jax.eval_shape(outputs, variables, x)
-    return [math.prod(h.shape[1:]) for h in hs]
-
-
-def _chain(network: Network, params: Parts, stats: Parts, x, labels, key, train: bool = True):
-    """The cut chain: ``(outputs h_k [K], logits [K, B, N], stats)``; unit k reads sg(h_{k-1})."""
-    h, stem_stats = network.apply_stem(params.stem, stats.stem, x, key, train=train)
-    inp, hs, logits, unit_stats = network.first_input(h, labels), [], [], []
-    for k in range(network.num_units):
-        p, s = network.unit_values(params.units, k), network.unit_values(stats.units, k)
-        (h_out, lg), s = network.apply_unit(k, p, s, inp, key, train=train)
-        hs.append(h_out)
-        logits.append(lg)
-        unit_stats.append(s)
-        inp = network.next_input(inp, h_out, lg)
-    return hs, jnp.stack(logits), Parts(stem_stats, network.join_units(unit_stats))
+    chain = jax.eval_shape(lambda v, x: network.forward(v, x, train=False, cut=True), variables, x)
+    return [math.prod(h.shape[1:]) for h in chain.outputs]
 
 
 def dfa_objective(network: Network, loss: SIDLoss, execution: str = "fused") -> Callable:
@@ -159,7 +139,8 @@ def dfa_objective(network: Network, loss: SIDLoss, execution: str = "fused") -> 
     whose gradient in unit k's parameters is DFA's; its value is reported as the cross-entropy."""
 
     def objective(params, stats, x, labels, key):
-        hs, logits, new_stats = _chain(network, params, stats, x, labels, key)
+        chain = network.forward(Variables(params, stats), x, labels, key, train=True, cut=True)
+        hs, logits = chain.outputs, chain.logits
         target = label_distribution(labels, network.num_classes, loss.label_smoothing)
         ce = optax.softmax_cross_entropy(logits[-1], target).mean()
         error = sg(jax.nn.softmax(logits[-1]) - target) / x.shape[0]
@@ -168,6 +149,6 @@ def dfa_objective(network: Network, loss: SIDLoss, execution: str = "fused") -> 
             matrix = sg(network.unit_values(stats.units, k)["direct_feedback"][...])
             surrogate = surrogate + jnp.sum(h.reshape(h.shape[0], -1) * (error @ matrix))
         value = ce + surrogate - sg(surrogate)
-        return value, (jnp.zeros((network.num_units,)), logits, new_stats)
+        return value, (jnp.zeros((network.num_units,)), logits, chain.stats)
 
     return objective

@@ -33,7 +33,7 @@ import optax
 from sidjax.adapt import remodel
 from sidjax.errors import ConfigError
 from sidjax.losses import SIDLoss
-from sidjax.network import Network, Parts, Variables
+from sidjax.network import Network, Variables
 
 SIGMA = 5.0
 BETA = 50.0
@@ -76,19 +76,15 @@ def hsic_objective(
     def objective(params, stats, x, labels, key):
         rx = jax.lax.stop_gradient(normalised_projection(centred_kernel(x, sigma)))
         ry = normalised_projection(centred_kernel(jax.nn.one_hot(labels, network.num_classes), sigma))
-        h, stem_stats = network.apply_stem(params.stem, stats.stem, x, key)
-        inp, losses, logits, unit_stats = network.first_input(h, labels), [], [], []
-        for k in range(network.num_units):
-            p, s = network.unit_values(params.units, k), network.unit_values(stats.units, k)
-            (h_out, lg), s = network.apply_unit(k, p, s, inp, key)
+        chain = network.forward(Variables(params, stats), x, labels, key, train=True, cut=True)
+
+        def unit_loss(h_out, logits):
             rz = normalised_projection(centred_kernel(h_out, sigma))
-            ce = optax.softmax_cross_entropy_with_integer_labels(lg, labels).mean()
-            losses.append(_nhsic(rz, rx) - beta * _nhsic(rz, ry) + ce)
-            logits.append(lg)
-            unit_stats.append(s)
-            inp = network.next_input(inp, h_out, lg)
-        losses = jnp.stack(losses)
-        return losses.sum(), (losses, jnp.stack(logits), Parts(stem_stats, network.join_units(unit_stats)))
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+            return _nhsic(rz, rx) - beta * _nhsic(rz, ry) + ce
+
+        losses = jnp.stack([unit_loss(h, lg) for h, lg in zip(chain.outputs, chain.logits, strict=True)])
+        return losses.sum(), (losses, chain.logits, chain.stats)
 
     return objective
 

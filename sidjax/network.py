@@ -94,12 +94,15 @@ class Chain(NamedTuple):
       inputs: unit k's feature input; stacked ``[K, ...]`` for stacked
         networks, else a list of K arrays.
       stats: the network's stats after the pass (``Parts``).
+      outputs: a list of K arrays, unit k's feature output before any cut
+        (its gradient reaches unit k).
     """
 
     logits: chex.Array
     prev_log_beliefs: chex.Array
     inputs: Any
     stats: Parts
+    outputs: Any = None
 
 
 class Modules(NamedTuple):
@@ -321,10 +324,10 @@ class Network:
 
             (h_out, logits), s = (jax.checkpoint(apply) if remat else apply)(p, s, h, log_belief)
             nxt = self.next_input(inp, h_out, logits, cut)
-            return (nxt.h, nxt.log_belief), (logits, log_belief, h, s)
+            return (nxt.h, nxt.log_belief), (logits, log_belief, h, s, h_out)
 
         if self.stacked:
-            _, (logits, prev, inputs, unit_stats) = jax.lax.scan(
+            _, (logits, prev, inputs, unit_stats, outputs) = jax.lax.scan(
                 lambda carry, xs: one(*xs, *carry),
                 (inp.h, inp.log_belief),
                 (jnp.arange(self.num_units), params, stats),
@@ -335,9 +338,13 @@ class Network:
                 carry, out = one(k, params[k], stats[k], *carry)
                 outs.append(out)
             logits, prev = jnp.stack([o[0] for o in outs]), jnp.stack([o[1] for o in outs])
-            inputs, unit_stats = [o[2] for o in outs], tuple(o[3] for o in outs)
+            inputs, unit_stats, outputs = (
+                [o[2] for o in outs],
+                tuple(o[3] for o in outs),
+                [o[4] for o in outs],
+            )
         chex.assert_shape(logits, (self.num_units, inp.h.shape[0], self.num_classes))
-        return Chain(logits, prev, inputs, Parts(variables.stats.stem, unit_stats))
+        return Chain(logits, prev, inputs, Parts(variables.stats.stem, unit_stats), list(outputs))
 
     def forward(
         self, variables: Variables, x: chex.Array, labels: chex.Array | None = None, key=None, *,

@@ -352,3 +352,40 @@ def test_the_command_line_trains_every_method_by_name(tmp_path, capsys):
                   "--out", str(tmp_path / method)])  # fmt: skip
         assert (tmp_path / method / "summary.json").exists()
     assert "final test accuracy" in capsys.readouterr().out
+
+
+RULE = """
+import optax
+from sidjax import Method, Variables
+
+
+def head_ce(network, loss, execution):
+    def objective(params, stats, x, labels, key):
+        chain = network.forward(Variables(params, stats), x, labels, key, train=True, cut=True)
+        losses = optax.softmax_cross_entropy_with_integer_labels(chain.logits, labels[None]).mean(-1)
+        return losses.sum(), (losses, chain.logits, chain.stats)
+
+    return objective
+
+
+rule = Method("head_ce", "each head's cross-entropy", head_ce, modes=("blockwise",), belief_input=False)
+"""
+
+
+def test_your_own_rule_trains_from_the_command_line_and_loads_back(tmp_path, monkeypatch, fashion_mnist):
+    from sidjax.train import cli
+
+    (tmp_path / "my_rules.py").write_text(RULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "run"
+    cli.main(["train", "--method", "my_rules:rule", "--model", "mlp4", "--mode", "blockwise", "--tiny",
+              "--limit-train", "512", "--limit-test", "128", "--epochs", "1", "--no-progress", "--out", str(out)])  # fmt: skip
+    loaded = sidjax.load_run(str(out))
+    assert loaded.summary["method"] == "my_rules:rule"
+    x = fashion_mnist.normalise(fashion_mnist.test_images[:128])
+    accuracy = float(
+        (sidjax.predict(loaded.network, loaded.variables, x) == fashion_mnist.test_labels[:128]).mean()
+    )
+    assert accuracy == pytest.approx(loaded.summary["final_test_accuracy"], abs=1e-6)
+    with pytest.raises(ConfigError, match="cannot import it"):
+        tiny_config(method="no_such_module:rule")
