@@ -383,9 +383,8 @@ def test_your_own_rule_trains_from_the_command_line_and_loads_back(tmp_path, mon
     loaded = sidjax.load_run(str(out))
     assert loaded.summary["method"] == "my_rules:rule"
     x = fashion_mnist.normalise(fashion_mnist.test_images[:128])
-    accuracy = float(
-        (sidjax.predict(loaded.network, loaded.variables, x) == fashion_mnist.test_labels[:128]).mean()
-    )
+    predicted = sidjax.predict(loaded.network, loaded.variables, x).argmax(-1)
+    accuracy = float((predicted == fashion_mnist.test_labels[:128]).mean())
     assert accuracy == pytest.approx(loaded.summary["final_test_accuracy"], abs=1e-6)
     with pytest.raises(ConfigError, match="cannot import it"):
         tiny_config(method="no_such_module:rule")
