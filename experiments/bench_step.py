@@ -7,6 +7,7 @@ optionally written as JSON.
 
     python -m experiments.bench_step                      # SimpleCNN, L=10, batch 128
     python -m experiments.bench_step --model mlp --steps 50 --json out.json
+    python -m experiments.bench_step --mode blockwise --tiny --num-modules 4   # blockwise SimpleCNN, K=4
 
 Expected on a 2-core x86 CPU (jax 0.10.2): ~0.5 s per step, SID/BP ~1.0,
 SID ~250 examples/s; takes ~1 minute.
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from experiments.benchlib import Bench, environment, measure, write_json
-from sidjax import ARCHITECTURES, SIDLoss, make_learner, make_network
+from sidjax import ARCHITECTURES, SIDLoss, make_blockwise_network, make_learner, make_network
 from sidjax.ops import CONV_IMPLS
 
 
@@ -30,7 +31,9 @@ def main(argv: list[str] | None = None) -> dict:
         prog="python -m experiments.bench_step", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--model", default="simplecnn", choices=tuple(ARCHITECTURES))
-    parser.add_argument("--num-modules", type=int, default=10)
+    parser.add_argument("--mode", default="trunk", choices=("trunk", "blockwise"))
+    parser.add_argument("--num-modules", type=int, default=10, help="L (trunk) or K (blockwise)")
+    parser.add_argument("--tiny", action="store_true", help="the architecture's small widths")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--input-shape", default="28,28,1", help="H,W,C (default Fashion-MNIST)")
     parser.add_argument("--num-classes", type=int, default=10)
@@ -42,8 +45,15 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("--steps, --batch-size and --num-modules must be >= 1")
 
     shape = tuple(int(s) for s in args.input_shape.split(","))
-    network, variables = make_network(
-        args.model, shape, args.num_classes, args.num_modules, jax.random.key(0), conv_impl=args.conv_impl
+    build = make_network if args.mode == "trunk" else make_blockwise_network
+    network, variables = build(
+        args.model,
+        shape,
+        args.num_classes,
+        args.num_modules,
+        jax.random.key(0),
+        conv_impl=args.conv_impl,
+        tiny=args.tiny,
     )
     tx = optax.adam(1e-3)
     x = jax.random.normal(jax.random.key(1), (args.batch_size, *shape))
@@ -58,6 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     ratio = results["sid"]["median_step_s"] / results["bp"]["median_step_s"]
     report = {
         "model": args.model,
+        "mode": args.mode,
         "num_modules": args.num_modules,
         "batch_size": args.batch_size,
         "input_shape": shape,

@@ -718,6 +718,16 @@ def _robust(late: list[float]) -> str:
     return f"{_status(late)}; by 3 points or more: {decide(late, 3.0)}"
 
 
+COMPARED_NETWORKS = {
+    "mlp_trunk": "MLP trunk, L = 10, full Fashion-MNIST, 20 epochs",
+    "simplecnn_trunk": "SimpleCNN trunk, L = 10, 4 000 Fashion-MNIST examples, 10 epochs",
+    "mlp4_blockwise": "four dense units (blockwise MLP), full Fashion-MNIST, 30 epochs",
+    "simplecnn_blockwise": "SimpleCNN cut into K = 4 units, 4 000 Fashion-MNIST examples, 10 epochs",
+}
+COMPARED_METHODS = {"noprop": "NoProp (as the SID authors ran it)", "fa": "feedback alignment",
+                    "dfa": "direct feedback alignment", "ff": "Forward-Forward", "hsic": "the HSIC bottleneck"}  # fmt: skip
+
+
 def claims_section(results_dir: str) -> str:
     """Each quantitative claim of the paper: reproduced, not reproduced, or untested here and why,
     with the numbers behind it, computed from the result files."""
@@ -783,20 +793,18 @@ def claims_section(results_dir: str) -> str:
         "are ready (`main_table`, `experiments/gpu_sweep.sh`) |",
         "| SID beats BP on CIFAR-100 and Tiny-ImageNet | — | untested | the datasets cannot be downloaded here; "
         "GPU-sized |",
-        "| SID strongly outperforms feedback alignment, Forward-Forward and the HSIC bottleneck | — | "
-        "untested | sidjax does not implement these methods yet |",
     ]
     comparison = load_experiment(results_dir, configs.load("comparison"))
-    for network, setting in (("mlp_trunk", "MLP trunk, L = 10, full Fashion-MNIST, 20 epochs"),
-                             ("simplecnn_trunk", "SimpleCNN trunk, L = 10, 4 000 Fashion-MNIST examples, 10 epochs")):  # fmt: skip
-        sid, noprop = f"{network}/sid", f"{network}/noprop"
-        if sid in comparison and noprop in comparison:
-            last = _last_diffs(comparison, sid, noprop)
-            rows.append(
-                f"| SID strongly outperforms NoProp | {setting}, NoProp as the SID authors ran it, {len(last)} seeds | "
-                f"{_robust(last)} | SID − NoProp: final {_interval_text(_paired_diffs(comparison, sid, noprop))}, "
-                f"last 5 epochs {_interval_text(last)} points |"
-            )
+    for network, setting in COMPARED_NETWORKS.items():
+        for method, title in COMPARED_METHODS.items():
+            sid, other = f"{network}/sid", f"{network}/{method}"
+            if sid in comparison and other in comparison:
+                last = _last_diffs(comparison, sid, other)
+                rows.append(
+                    f"| SID strongly outperforms {title} | {setting}, {len(last)} seeds | {_robust(last)} | "
+                    f"SID − {method}: final {_interval_text(_paired_diffs(comparison, sid, other))}, "
+                    f"last 5 epochs {_interval_text(last)} points |"
+                )
     return "\n".join(rows)
 
 
@@ -854,6 +862,29 @@ def comparison_section(exp, found, plots: str, rel: str) -> str:
     return "\n".join(lines + [""] + verdicts + spread)
 
 
+def cost_section(path: str) -> str:
+    """Each method's step time and compiled memory beside SID's, per network (``experiments/bench_methods.py``)."""
+    if not os.path.exists(path):
+        return ""
+    with open(path) as f:
+        bench = json.load(f)
+    lines = [f"Step time and compiled memory (beyond the arguments), one seed, measured side by side on "
+             f"{bench['backend']} ({bench['device']}), jax {bench['jax_version']}, median of {bench['steps']} steps "
+             "(`python -m experiments.bench_methods`):", "",
+             "| network | method | batch | step ms | examples/s | memory MiB | time / SID's | memory / SID's |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for network, results in bench["networks"].items():
+        sid = results["sid"]
+        for method, r in results.items():
+            lines.append(
+                f"| {network} | {method} | {r['batch_size']} | {1000 * r['median_step_s']:.1f} | "
+                f"{r['examples_per_s']:.0f} | {r['memory_bytes'] / 2**20:.1f} | "
+                f"{r['median_step_s'] / sid['median_step_s']:.2f} | {r['memory_bytes'] / sid['memory_bytes']:.2f} |"
+            )
+    return "\n".join(lines)
+
+
+COSTS = {"comparison": "bench_methods.json"}  # an experiment's cost benchmark, beside its results
 SECTIONS = {
     "comparison": comparison_section,
     "label_noise": label_noise_section,
@@ -906,6 +937,8 @@ def report(results_dir: str, out: str, plots: str) -> str:
         parts.append(runs_table(exp, found))
         if name in SECTIONS and found:
             parts.append(SECTIONS[name](exp, found, plots, rel))
+        if name in COSTS:
+            parts.append(cost_section(os.path.join(results_dir, name, COSTS[name])))
     text = "\n\n".join(p for p in parts if p) + "\n"
     with open(out, "w") as f:
         f.write(text)

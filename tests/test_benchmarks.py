@@ -5,7 +5,7 @@ import json
 import pytest
 from conftest import needs_devices
 
-from experiments import bench_epoch, bench_memory, bench_parallel, bench_step
+from experiments import bench_epoch, bench_memory, bench_methods, bench_parallel, bench_step
 
 
 def test_bench_step_times_sid_against_bp(tmp_path):
@@ -15,6 +15,17 @@ def test_bench_step_times_sid_against_bp(tmp_path):
     assert json.loads(out.read_text())["methods"].keys() == {"sid", "bp"}
     # the same network plus three small heads' local losses: near BP's time, not a multiple of it
     assert 0.3 < report["sid_over_bp_time"] < 3.0, report
+
+
+def test_bench_methods_measures_every_compared_method_beside_sid(tmp_path):
+    out = tmp_path / "methods.json"
+    bench_methods.main(["--smoke", "--only", "mlp4_blockwise", "--steps", "1", "--json", str(out)])
+    results = json.loads(out.read_text())["networks"]["mlp4_blockwise"]
+    assert set(results) == {"sid", "dgl", "bp", "fa", "dfa", "ff", "hsic"}
+    assert all(r["memory_bytes"] > 0 and r["median_step_s"] > 0 for r in results.values())
+    assert all(r["examples_per_s"] == pytest.approx(32 / r["median_step_s"]) for r in results.values())
+    full = bench_methods.networks()["mlp4_blockwise"]
+    assert full["hsic"].batch_size == 512 and full["sid"].batch_size == 128  # the HSIC authors' batch
 
 
 @pytest.mark.slow  # the notebook 03 test asserts the same ratio (tiny ViT, K = 4) in the default suite
