@@ -68,10 +68,7 @@ def test_an_fa_layer_has_backprops_value_and_weight_gradient_and_its_input_gradi
 
 @pytest.mark.parametrize("mode", ["blockwise", "trunk"])
 def test_fa_network_trains_the_last_layer_as_backprop_does_and_the_rest_through_its_feedback(mode):
-    if mode == "blockwise":
-        plain = tiny_blockwise("simplecnn", 2)
-    else:
-        plain = tiny_network("simplecnn")
+    plain = tiny_blockwise("mlp4", 2) if mode == "blockwise" else tiny_network("mlp")  # convolutions: above
     network, variables = _adapted("fa", plain)
     x, y = tiny_batch()
     fa = jax.jit(
