@@ -385,3 +385,30 @@ def test_your_own_rule_trains_from_the_command_line_and_loads_back(tmp_path, mon
     assert accuracy == pytest.approx(loaded.summary["final_test_accuracy"], abs=1e-6)
     with pytest.raises(ConfigError, match="cannot import it"):
         tiny_config(method="no_such_module:rule")
+
+
+def _named(tree, name: str) -> list:
+    """The leaves of ``tree`` under a key called ``name``."""
+    return [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+            if any(getattr(k, "key", None) == name for k in path)]  # fmt: skip
+
+
+@pytest.mark.slow  # ~2 minutes: every built-in architecture in both modes
+@pytest.mark.parametrize("mode", ["trunk", "blockwise"])
+@pytest.mark.parametrize("model", list(sidjax.ARCHITECTURES))
+def test_fa_gives_every_layer_of_every_builtin_architecture_its_feedback(model, mode):
+    shape = (16, 16, 3)
+    if mode == "trunk":
+        plain = sidjax.make_network(model, shape, 10, 2, jax.random.key(0), tiny=True)
+    else:
+        plain = sidjax.make_blockwise_network(
+            model, shape, 10, 1 if model == "mlp" else 2, jax.random.key(0), tiny=True
+        )
+    network, variables = METHODS["fa"].adapt(*plain, KEY)
+    feedback = _named(variables.stats, "feedback")
+    assert len(feedback) == len(_named(variables.params, "kernel")) > 0
+    learner = sidjax.make_learner(network, optax.adam(1e-3), "fa")
+    x, y = jax.random.normal(KEY, (4, *shape)), jnp.arange(4)
+    state, metrics = learner.step(learner.init(variables), (x, y), KEY)
+    assert bool(jnp.isfinite(metrics["loss"]))
+    chex.assert_trees_all_equal(_named(state.stats, "feedback"), feedback)  # never trained
