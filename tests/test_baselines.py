@@ -315,12 +315,14 @@ def test_a_data_parallel_mesh_step_equals_the_single_device_step(method):
     batch = tiny_batch()
     states = {}
     for placement in ("single", "mesh:2,1"):
-        learner = sidjax.make_learner(network, optax.adam(1e-2), method, placement=placement, batch_size=16)
+        learner = sidjax.make_learner(network, optax.sgd(0.1), method, placement=placement, batch_size=16)
         state = learner.init(variables)
         for _ in range(2):
             state, _ = learner.step(state, batch, KEY)
         states[placement] = state
-    atol = 1e-4 if method == "hsic" else 1e-5  # HSIC's barely regularised solve amplifies reduction order
+    # SGD: no Adam to turn a rounding difference in a near-zero gradient into a whole step; HSIC's barely
+    # regularised solve amplifies the order of the reductions
+    atol = 1e-4 if method == "hsic" else 1e-5
     chex.assert_trees_all_close(states["mesh:2,1"].params, states["single"].params, atol=atol)
 
 
