@@ -131,11 +131,6 @@ class Method:
         """The ``belief_input`` a network for this method is built with unless one is given."""
         return self.unit_input or ("prob" if self.belief_input else "none")
 
-    @property
-    def uses_alpha(self) -> bool:
-        """Its units minimise SID's loss, weighted by alpha."""
-        return self.sid_units
-
     def loss(self, loss: SIDLoss) -> SIDLoss:
         """The local loss this method trains with: DGL's alpha is 1 (forward only); BP uses the smoothing."""
         if self.alpha is None:

@@ -329,7 +329,7 @@ def trained_network(plan: Plan) -> dict[str, Any]:
     network = plan.network
     shapes = jax.eval_shape(lambda key: plan.build(key)[1].params, jax.random.key(0))
     alpha = None
-    if plan.method.uses_alpha:
+    if plan.method.sid_units:
         alpha = (
             "schedule"
             if plan.loss.scheduled
