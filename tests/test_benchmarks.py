@@ -17,6 +17,7 @@ def test_bench_step_times_sid_against_bp(tmp_path):
     assert 0.3 < report["sid_over_bp_time"] < 3.0, report
 
 
+@pytest.mark.slow  # ~30 s: seven methods compiled
 def test_bench_methods_measures_every_compared_method_beside_sid(tmp_path):
     out = tmp_path / "methods.json"
     bench_methods.main(["--smoke", "--only", "mlp4_blockwise", "--steps", "1", "--json", str(out)])
