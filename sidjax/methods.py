@@ -191,7 +191,8 @@ for _method in (
     Method("fa", "feedback alignment: backprop of the last unit's cross-entropy, errors through fixed random "
            "matrices", _bp, gradients="feedback", prepare=feedback_alignment),
     Method("dfa", "direct feedback alignment: the output error reaches each unit through its own fixed random "
-           "matrix", dfa_objective, gradients="feedback", modes=("blockwise",), prepare=direct_feedback),
+           "matrix", dfa_objective, gradients="feedback", modes=("blockwise",), belief_input=False,
+           prepare=direct_feedback),
     Method("ff", "Forward-Forward: each unit separates label-embedded positives from negatives by goodness",
            ff_objective, modes=("blockwise",), belief_input=False, inference=Goodness()),
     Method("hsic", "HSIC bottleneck: each unit keeps little of the input and much of the label; read-out heads",
