@@ -795,6 +795,10 @@ def claims_section(results_dir: str) -> str:
         "GPU-sized |",
     ]
     comparison = load_experiment(results_dir, configs.load("comparison"))
+    for method, title in COMPARED_METHODS.items():
+        if not any(f"{network}/{method}" in comparison for network in COMPARED_NETWORKS):
+            rows.append(f"| SID strongly outperforms {title} | — | untested | no run of `{method}` in "
+                        f"`results/comparison/`: `python -m experiments.run comparison --only '*/{method}'` |")  # fmt: skip
     for network, setting in COMPARED_NETWORKS.items():
         for method, title in COMPARED_METHODS.items():
             sid, other = f"{network}/sid", f"{network}/{method}"
