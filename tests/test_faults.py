@@ -352,14 +352,23 @@ def test_a_second_process_on_a_run_directory_is_refused_and_writes_nothing(tmp_p
 def test_stop_signals_are_recorded_inside_and_restored_outside():
     from sidjax.train.signals import STOP_SIGNALS, stop_signals
 
-    before = {s: signal.getsignal(s) for s in STOP_SIGNALS}
-    for sig in STOP_SIGNALS:
-        with stop_signals() as stop:
-            assert not stop
-            os.kill(os.getpid(), sig)
-            os.kill(os.getpid(), signal.SIGTERM)  # a second signal does not replace the first
-            assert stop.signum == sig and stop.name == sig.name
-    assert {s: signal.getsignal(s) for s in STOP_SIGNALS} == before
+    ignored = [s for s in STOP_SIGNALS if signal.getsignal(s) is signal.SIG_IGN]  # a suite run under nohup
+    for (
+        sig
+    ) in ignored:  # stop_signals keeps an ignored signal ignored (tests/test_cluster.py); here: honoured
+        signal.signal(sig, signal.SIG_DFL)
+    try:
+        before = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+        for sig in STOP_SIGNALS:
+            with stop_signals() as stop:
+                assert not stop
+                os.kill(os.getpid(), sig)
+                os.kill(os.getpid(), signal.SIGTERM)  # a second signal does not replace the first
+                assert stop.signum == sig and stop.name == sig.name
+        assert {s: signal.getsignal(s) for s in STOP_SIGNALS} == before
+    finally:
+        for sig in ignored:
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def test_a_stop_signal_without_checkpoint_steps_stops_at_the_next_chunk_boundary(tmp_path):
