@@ -246,11 +246,11 @@ def make_plan(
         build = builtin_model(config, info.input_shape, info.num_classes, model)
     else:
         build = _factory(model)
-    if model is not None:
-        config = _as_built(config, abstract_network(build)[0], info)
     spec = get_method(config.method)
     build = _adapted(spec, build)
     network, shapes = abstract_network(build)
+    if model is not None:
+        config = _as_built(config, network, info)
     steps = info.num_train // config.batch_size
     tx, loss, recipe = _recipe(config, steps * config.epochs, tx, alpha)
     augment = config.augment
