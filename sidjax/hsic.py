@@ -10,7 +10,8 @@ is the authors' normalised one: Gaussian kernels ``exp(-|a - b|^2 / (2
 sigma^2 d))`` (``d`` the dimension of what is compared), centred on one side
 (``K_c = K H``, ``H = I - 11^T / m``), ``R = K_c (K_c + eps m I)^{-1}`` and
 ``nHSIC(A, B) = sum(R_A * R_B^T)``, with ``eps = 1e-5``; it costs
-``O(m^2)`` memory and an ``m x m`` inverse per unit for a batch of m.
+``O(m^2)`` memory and an ``m x m`` solve per unit for a batch of m (``solve``:
+one seed at a time when seeds train together).
 
 Defaults from the authors' code (``config/general-hsicbt.yaml``):
 ``sigma = 5``, ``beta = 50`` (their ``lambda_y``, with ``lambda_x = 1``),
@@ -52,9 +53,51 @@ def centred_kernel(a: chex.Array, sigma: float = SIGMA) -> chex.Array:
 
 def normalised_projection(kernel: chex.Array) -> chex.Array:
     """``R = K_c (K_c + eps m I)^{-1}`` of a centred kernel ``[m, m]``, computed as the equal
-    ``(K_c + eps m I)^{-1} K_c`` (the two factors commute): one solve, no inverse."""
+    ``(K_c + eps m I)^{-1} K_c`` (the two factors commute): one LU factorisation, no inverse."""
     m = kernel.shape[0]
-    return jnp.linalg.solve(kernel + EPSILON * m * jnp.eye(m), kernel)
+    return solve(kernel + EPSILON * m * jnp.eye(m), kernel)
+
+
+@jax.custom_batching.sequential_vmap
+def _lu_factor(a: chex.Array) -> tuple[chex.Array, chex.Array]:
+    return jax.scipy.linalg.lu_factor(a)
+
+
+@jax.custom_batching.sequential_vmap
+def _lu_solve(lu: chex.Array, pivots: chex.Array, b: chex.Array) -> chex.Array:
+    return jax.scipy.linalg.lu_solve((lu, pivots), b)
+
+
+@jax.custom_batching.sequential_vmap
+def _lu_solve_transposed(lu: chex.Array, pivots: chex.Array, b: chex.Array) -> chex.Array:
+    return jax.scipy.linalg.lu_solve((lu, pivots), b, trans=1)
+
+
+@jax.custom_vjp
+def solve(a: chex.Array, b: chex.Array) -> chex.Array:
+    """``a^{-1} b`` for ``a [m, m]``, ``b [m, n]``, like ``jnp.linalg.solve``, but batched (seeds trained
+    together, ``jax.jacrev``) as a loop of unbatched solves.
+
+    XLA:CPU runs a batched LU factorisation on its thread pool and waits for it there; several such
+    factorisations at once (one per unit) can take every thread of a small machine and wait forever
+    (seen on 2 cores). One unbatched solve at a time cannot.
+    """
+    return _lu_solve(*_lu_factor(a), b)
+
+
+def _solve_forward(a, b):
+    lu, pivots = _lu_factor(a)
+    x = _lu_solve(lu, pivots, b)
+    return x, (lu, pivots, x)
+
+
+def _solve_backward(residuals, g):
+    lu, pivots, x = residuals
+    b_bar = _lu_solve_transposed(lu, pivots, g)
+    return -b_bar @ x.T, b_bar
+
+
+solve.defvjp(_solve_forward, _solve_backward)
 
 
 def nhsic(a: chex.Array, b: chex.Array, sigma: float = SIGMA) -> chex.Array:

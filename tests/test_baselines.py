@@ -2,6 +2,9 @@
 written here, on tiny networks and jitted; then each through run, resume, load_run and the CLI."""
 
 import dataclasses
+import os
+import subprocess
+import sys
 
 import chex
 import jax
@@ -26,7 +29,7 @@ from sidjax.architectures import Conv3x3
 from sidjax.errors import ConfigError
 from sidjax.feedback import with_feedback
 from sidjax.forward_forward import THRESHOLD, embed_labels, goodness, normalised, wrong_labels
-from sidjax.hsic import nhsic
+from sidjax.hsic import nhsic, solve
 from sidjax.methods import METHODS
 
 KEY = jax.random.key(7)
@@ -279,6 +282,56 @@ def test_hsic_units_minimise_the_bottleneck_and_their_heads_only_read_out():
         unit = network.unit_values(grads.units, k)
         assert tree_max_abs(unit["layers"]) == 0.0, "a read-out's cross-entropy reaches its block"
         assert tree_max_abs(unit["head"]) > 0
+
+
+def test_hsic_solve_and_its_gradient_equal_jax_solve_one_seed_or_several():
+    with jax.enable_x64(True):
+        a = jax.random.normal(jax.random.key(0), (3, 6, 6), jnp.float64) + 4 * jnp.eye(6)
+        b = jax.random.normal(jax.random.key(1), (3, 6, 4), jnp.float64)
+
+        def through(solver):
+            return jax.jit(jax.vmap(jax.value_and_grad(lambda a, b: jnp.sum(jnp.sin(solver(a, b))), (0, 1))))
+
+        (value, grads), (reference, reference_grads) = through(solve)(a, b), through(jnp.linalg.solve)(a, b)
+        np.testing.assert_allclose(value, reference, rtol=1e-12)
+        chex.assert_trees_all_close(grads, reference_grads, rtol=1e-10)
+
+
+SEEDS_TOGETHER = """
+import os
+os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:2])  # two cores, before XLA sizes its threads
+import jax, numpy as np, optax, sidjax
+from sidjax.network import stack
+
+method = sidjax.METHODS["hsic"]
+built = [method.adapt(*sidjax.make_blockwise_network("mlp4", (28, 28, 1), 10, 4, jax.random.key(s),
+                                                     belief_input="none"), jax.random.key(s)) for s in (0, 1)]
+learner = sidjax.make_learner(built[0][0], optax.sgd(0.01), method)
+states = [learner.init(variables) for _, variables in built]
+batches = [(jax.random.normal(jax.random.key(s), (512, 28, 28, 1)), jax.numpy.arange(512) % 10) for s in (0, 1)]
+keys = [jax.random.key(10 + s) for s in (0, 1)]
+together = jax.jit(jax.vmap(learner.step))(stack(states), stack(batches), stack(keys))[0]
+alone = stack([jax.jit(learner.step)(*args)[0] for args in zip(states, batches, keys)])
+print(max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(together), jax.tree.leaves(alone))))
+"""
+
+
+def test_hsic_seeds_trained_together_finish_and_equal_each_seed_alone():
+    """The full-size case that hung with batched LU factorisations (12 s when it finishes), in a child
+    process on one real device and two cores, where it hung, so that a hang fails this test instead of
+    stopping the suite."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", SEEDS_TOGETHER],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env={**os.environ, "XLA_FLAGS": ""},
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("two HSIC seeds trained together did not finish one step in 180 s")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert float(done.stdout.split()[-1]) <= 1e-6
 
 
 # -- every local method: no gradient crosses a unit boundary ----------------------------------------
