@@ -16,12 +16,18 @@ backprop's and whose gradient in ``x`` goes through ``B``. Works in both
 modes, for the built-in architectures and for your own NNX model.
 
 **DFA** (Noekland 2016) sends the output error ``e = dL/dlogits [B, N]``
-straight to every unit but the last through the unit's own fixed matrix
-``B_k [N, D_k]`` (``D_k`` the unit's output size): unit k's output gets the
-gradient ``e B_k``, and no gradient crosses a unit boundary (the last unit is
-trained by its cross-entropy). Here the feedback reaches each *unit* (a
-block of layers and its head), so with one layer per block it is DFA as
-published; inside a block the gradient is backprop's. Blockwise networks.
+(of the network's last logits) straight to every layer with a ``kernel``
+through the layer's own fixed matrix ``B_l [N, C_l]`` (``C_l`` the layer's
+input width: ``kernel.shape[-2]``): the layer reads its input stopped, and
+the input gets the gradient ``e B_l`` instead, which reaches the layer before
+through the parameter-free operations between them (its activation
+derivative, pooling, normalisation, skip connections). With dense layers
+this is DFA as published; a layer applied at many positions (a convolution,
+a transformer's tokens) gets the same ``e B_l`` at every position. The last
+layer learns from the cross-entropy itself. Both modes, the built-in
+architectures and your own NNX model; on a blockwise network the heads of
+units 1..K-1 are read-outs trained on their block's stopped output (off the
+path to the prediction, they would otherwise send the error twice).
 
 The feedback matrices are ``Feedback`` variables: drawn once from the seed's
 key (normal, scaled as a LeCun initialisation of the weight's shape), saved
@@ -30,7 +36,6 @@ with the network's stats in every checkpoint, never trained.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -111,44 +116,129 @@ def feedback_alignment(
     return network, variables
 
 
+class LayerInput(nnx.Variable):
+    """What a DFA layer read in the training pass (left in the stats by the pass, taken out by the objective)."""
+
+
+_DFA_CLASSES: dict[type, type] = {}
+
+
+def _dfa_call(self, x, *args, **kwargs):
+    """The layer on its input stopped; the input itself is kept for ``e B_l`` (``dfa_objective``)."""
+    seen = self.layer_input.get_value() if isinstance(getattr(self, "layer_input", None), LayerInput) else ()
+    self.layer_input = LayerInput((*seen, x))
+    return type(self).__mro__[1].__call__(self, sg(x), *args, **kwargs)
+
+
+def dfa_class(cls: type) -> type:
+    """The direct-feedback-alignment version of a layer class (one per class)."""
+    if cls not in _DFA_CLASSES:
+        _DFA_CLASSES[cls] = type(
+            f"DFA{cls.__name__}", (cls,), {"__call__": _dfa_call, "__module__": __name__}
+        )
+    return _DFA_CLASSES[cls]
+
+
+def with_direct_feedback(module: nnx.Module, num_classes: int, key: chex.PRNGKey) -> int:
+    """Gives every layer of ``module`` with a ``kernel`` a fixed matrix ``B_l [N, C_l]`` (``fold_in(key, i)``)
+    and makes it read its input stopped (in place). Returns the number of layers changed."""
+    layers = [node for _, node in nnx.iter_graph(module) if _has_kernel(node)]
+    for i, layer in enumerate(layers):
+        if type(layer) in _DFA_CLASSES.values():
+            continue
+        layer.direct_feedback = Feedback(
+            jax.random.normal(jax.random.fold_in(key, i), (num_classes, *_input_features(layer)))
+            / jnp.sqrt(num_classes)
+        )
+        layer.__class__ = dfa_class(type(layer))
+    return len(layers)
+
+
+def _input_features(layer: nnx.Module) -> tuple[int, ...]:
+    """The trailing input dimensions one application of the layer reads: ``in_features`` (a
+    ``LinearGeneral``'s may be several), else the kernel's input channels."""
+    features = getattr(layer, "in_features", None)
+    if features is None:
+        return (layer.kernel[...].shape[-2],)
+    return tuple(features) if isinstance(features, tuple | list) else (int(features),)
+
+
 def direct_feedback(network: Network, variables: Variables, key: chex.PRNGKey) -> tuple[Network, Variables]:
-    """Gives unit k its fixed matrix ``B_k [N, D_k]`` (a ``Feedback`` variable ``direct_feedback``; the last
-    unit's is never read, so that equal units keep one structure)."""
-    if not network.cut_features:
-        raise ConfigError("method 'dfa' trains blockwise networks (mode 'blockwise')", "mode")
-    sizes = _unit_output_sizes(network, variables)
+    """``network`` whose every layer with a ``kernel`` learns by direct feedback alignment
+    (``Method.prepare``); on a blockwise network units 1..K-1 get read-out heads (``BlockUnit.probe``)."""
+    found = []
 
     def change(module, part_key, index):
-        if index < network.num_units:
-            module.direct_feedback = Feedback(
-                jax.random.normal(part_key, (network.num_classes, sizes[index]))
-                / jnp.sqrt(network.num_classes)
-            )
+        last = index >= network.num_units - 1  # the last unit, or the stem
+        if network.cut_features and not last:
+            if not hasattr(module, "probe"):
+                raise ConfigError(
+                    f"method 'dfa' needs blockwise units built by sidjax.blockwise (BlockUnit), got "
+                    f"{type(module).__name__}",
+                    "model",
+                )
+            module.probe = True
+            found.append(with_direct_feedback(module.layers, network.num_classes, part_key))
+        else:
+            found.append(with_direct_feedback(module, network.num_classes, part_key))
 
-    return remodel(network, variables, change, key)
+    network, variables = remodel(network, variables, change, key)
+    if not any(found):
+        raise ConfigError(
+            "method 'dfa' found no layer with a 'kernel' parameter (nnx.Linear, nnx.Conv, ...) in the network",
+            "method",
+        )
+    return network, variables
 
 
-def _unit_output_sizes(network: Network, variables: Variables) -> list[int]:
-    x = jax.ShapeDtypeStruct((1, *network.input_shape), jnp.float32)
-    chain = jax.eval_shape(lambda v, x: network.forward(v, x, train=False, cut=True), variables, x)
-    return [math.prod(h.shape[1:]) for h in chain.outputs]
+def _injected(stats: Any, error: chex.Array, stacked: bool = False) -> tuple[chex.Array, Any]:
+    """``(sum_l <x_l, e B_l>, stats without the inputs)`` over the layer inputs a training pass left in
+    ``stats`` (an ``nnx.State``; ``stacked`` units' leaves carry a leading ``[K]`` axis)."""
+    total = 0.0
+    for path, seen in nnx.filter_state(stats, LayerInput).flat_state():
+        layer = stats
+        for name in path[:-1]:
+            layer = layer[name]
+        matrix = sg(layer["direct_feedback"][...])
+        for x in seen.get_value():
+            total = total + jnp.sum(x * _signal(error, matrix, x.ndim, stacked))
+    return total, nnx.filter_state(stats, nnx.Not(LayerInput))
+
+
+def _signal(error: chex.Array, matrix: chex.Array, ndim: int, stacked: bool) -> chex.Array:
+    """``e B_l`` shaped to multiply a layer input of ``ndim`` dimensions (the same at every position)."""
+    if stacked:  # matrix [K, N, *F], inputs [K, B, ..., *F]
+        k, n, features = matrix.shape[0], matrix.shape[1], matrix.shape[2:]
+        signal = jnp.einsum("bn,knf->kbf", error, matrix.reshape(k, n, -1))
+        return signal.reshape((k, error.shape[0]) + (1,) * (ndim - 2 - len(features)) + features)
+    features = matrix.shape[1:]
+    signal = error @ matrix.reshape(matrix.shape[0], -1)
+    return signal.reshape((error.shape[0],) + (1,) * (ndim - 1 - len(features)) + features)
 
 
 def dfa_objective(network: Network, loss: SIDLoss, execution: str = "fused") -> Callable:
-    """DFA's objective: the last unit's cross-entropy plus ``sum_k <h_k, sg(e B_k)>`` for the other units,
-    whose gradient in unit k's parameters is DFA's; its value is reported as the cross-entropy."""
+    """DFA's objective: the cross-entropy of the last logits, plus ``sum_l <x_l, sg(e B_l)>`` over the layer
+    inputs (zero in value; its gradient in the layers before is DFA's), plus on a blockwise network the
+    read-out heads' cross-entropies (``unit_losses [K]``: each head's; the last is the network's)."""
 
     def objective(params, stats, x, labels, key):
-        chain = network.forward(Variables(params, stats), x, labels, key, train=True, cut=True)
-        hs, logits = chain.outputs, chain.logits
+        chain = network.forward(Variables(params, stats), x, labels, key, train=True, cut=False)
         target = label_distribution(labels, network.num_classes, loss.label_smoothing)
-        ce = optax.softmax_cross_entropy(logits[-1], target).mean()
-        error = sg(jax.nn.softmax(logits[-1]) - target) / x.shape[0]
-        surrogate = 0.0
-        for k, h in enumerate(hs[:-1]):
-            matrix = sg(network.unit_values(stats.units, k)["direct_feedback"][...])
-            surrogate = surrogate + jnp.sum(h.reshape(h.shape[0], -1) * (error @ matrix))
-        value = ce + surrogate - sg(surrogate)
-        return value, (jnp.zeros((network.num_units,)), logits, chain.stats)
+        ces = optax.softmax_cross_entropy(chain.logits, target[None]).mean(axis=1)
+        error = sg(jax.nn.softmax(chain.logits[-1]) - target) / x.shape[0]
+        injected, units = _injected_parts(chain.stats.units, error, network.stacked)
+        stem_injected, stem = _injected(chain.stats.stem, error)
+        total = injected + stem_injected
+        read_outs = ces[:-1].sum() if network.cut_features else 0.0
+        value = ces[-1] + read_outs + total - sg(total)
+        losses = ces if network.cut_features else jnp.zeros((network.num_units,)).at[-1].set(ces[-1])
+        return value, (losses, chain.logits, chain.stats._replace(stem=stem, units=units))
 
     return objective
+
+
+def _injected_parts(units: Any, error: chex.Array, stacked: bool) -> tuple[chex.Array, Any]:
+    if stacked:
+        return _injected(units, error, stacked=True)
+    pieces = [_injected(u, error) for u in units]
+    return sum(p for p, _ in pieces), type(units)(u for _, u in pieces)

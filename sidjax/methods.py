@@ -83,7 +83,8 @@ class Method:
         (an error reaches each layer through fixed random matrices).
       modes: the network kinds it trains: ``"trunk"`` and/or ``"blockwise"``.
       belief_input: its units read the previous unit's belief (False: heads
-        without belief input, as DGL, FF and HSIC need).
+        without belief input, as DGL, FF and HSIC need); or the modes in which
+        they do (DFA's ``("trunk",)``).
       unit_input: how units read their second input by default when it is not
         a belief (NoProp's raw code: ``"log"``); None: from ``belief_input``.
       inference: how the trained network predicts, ``inference(network,
@@ -103,7 +104,7 @@ class Method:
     objective: ObjectiveFactory
     gradients: str = "local"
     modes: tuple[str, ...] = MODES
-    belief_input: bool = True
+    belief_input: bool | tuple[str, ...] = True
     unit_input: str | None = None
     inference: Callable | None = None
     prepare: Prepare | None = None
@@ -126,10 +127,13 @@ class Method:
         """Each unit minimises its own loss and no gradient crosses a unit boundary."""
         return self.gradients == "local"
 
-    @property
-    def default_belief_input(self) -> str:
-        """The ``belief_input`` a network for this method is built with unless one is given."""
-        return self.unit_input or ("prob" if self.belief_input else "none")
+    def reads_belief(self, mode: str) -> bool:
+        """Its units read the previous unit's belief in networks of this mode."""
+        return mode in self.belief_input if isinstance(self.belief_input, tuple) else bool(self.belief_input)
+
+    def default_belief_input(self, mode: str) -> str:
+        """The ``belief_input`` a network of this mode is built with for this method unless one is given."""
+        return self.unit_input or ("prob" if self.reads_belief(mode) else "none")
 
     def loss(self, loss: SIDLoss) -> SIDLoss:
         """The local loss this method trains with: DGL's alpha is 1 (forward only); BP uses the smoothing."""
@@ -190,9 +194,8 @@ for _method in (
            inference=Denoise()),
     Method("fa", "feedback alignment: backprop of the last unit's cross-entropy, errors through fixed random "
            "matrices", _bp, gradients="feedback", prepare=feedback_alignment),
-    Method("dfa", "direct feedback alignment: the output error reaches each unit through its own fixed random "
-           "matrix", dfa_objective, gradients="feedback", modes=("blockwise",), belief_input=False,
-           prepare=direct_feedback),
+    Method("dfa", "direct feedback alignment: the output error reaches every layer through its own fixed random "
+           "matrix", dfa_objective, gradients="feedback", belief_input=("trunk",), prepare=direct_feedback),
     Method("ff", "Forward-Forward: each unit separates label-embedded positives from negatives by goodness",
            ff_objective, modes=("blockwise",), belief_input=False, inference=Goodness()),
     Method("hsic", "HSIC bottleneck: each unit keeps little of the input and much of the label; read-out heads",
@@ -249,7 +252,7 @@ def check_mode(spec: Method, mode: str) -> None:
         )
 
 
-def check_belief_input(spec: Method, reads_belief: bool, belief_input: str | None = None) -> None:
+def check_belief_input(spec: Method, mode: str, reads_belief: bool, belief_input: str | None = None) -> None:
     """A method whose heads read no belief (DGL) is not given heads that do; NoProp's units read their
     label code as it is (``belief_input`` ``"log"``, where the setting is known)."""
     if spec.unit_input is not None and belief_input not in (None, spec.unit_input):
@@ -260,7 +263,7 @@ def check_belief_input(spec: Method, reads_belief: bool, belief_input: str | Non
         )
     if spec.unit_input is not None and not reads_belief:
         raise ConfigError(f"method {spec.name!r} needs units that read their second input", "belief_input")
-    if reads_belief and not spec.belief_input:
+    if reads_belief and not spec.reads_belief(mode):
         raise ConfigError(
             f"method {spec.name!r} needs heads without belief input: belief_input 'none' "
             "(sidjax.make_blockwise_network(..., belief_input='none'))",
@@ -330,7 +333,7 @@ def check_training(
     """Every rule above for one way of training: the configuration calls it with its settings,
     ``sidjax.make_learner`` with the network's. Returns the execution a local step uses."""
     check_mode(spec, mode)
-    check_belief_input(spec, reads_belief, belief_input)
+    check_belief_input(spec, mode, reads_belief, belief_input)
     if pipelined:
         check_pipelined(spec, mode)
     if stages:

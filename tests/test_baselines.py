@@ -40,7 +40,9 @@ def _adapted(method, network_and_variables):
 
 
 def _blockwise(method, model="mlp4", k=4):
-    return _adapted(method, tiny_blockwise(model, k, belief_input=METHODS[method].default_belief_input))
+    return _adapted(
+        method, tiny_blockwise(model, k, belief_input=METHODS[method].default_belief_input("blockwise"))
+    )
 
 
 # -- feedback alignment ------------------------------------------------------------------------------
@@ -142,29 +144,69 @@ def test_fa_is_refused_on_a_network_not_adapted_for_it():
 # -- direct feedback alignment -----------------------------------------------------------------------
 
 
-def test_dfa_sends_the_output_error_to_each_unit_through_its_own_matrix():
+def test_dfa_gives_every_layer_the_output_error_through_its_own_matrix_as_the_textbook_writes_it():
+    """Four dense units and the last head's two layers: a chain of six ReLU layers. Layer l's weight
+    gradient is ``x_l^T delta_l`` with ``delta = e`` at the output and ``(e B_{l+1}) * relu'(a_l)`` below;
+    the other heads are read-outs learning by their own cross-entropy."""
     network, variables = _blockwise("dfa")
     x, y = tiny_batch()
     grads = jax.jit(jax.grad(lambda p: METHODS["dfa"].make_objective(network, sidjax.SIDLoss())(
         p, variables.stats, x, y, None)[0]))(variables.params)  # fmt: skip
-    params, stats = variables.params, variables.stats
-    logits = network.apply(variables, x)[-1]
+    units = network.modules(variables).units
+    chain = [unit.layers[0].linear for unit in units] + [units[-1].head.hidden, units[-1].head.out]
+    inputs, pre, h = [], [], x.reshape(x.shape[0], -1)
+    for layer in chain:
+        inputs.append(h)
+        pre.append(h @ layer.kernel[...] + layer.bias[...])
+        h = jax.nn.relu(pre[-1])
+    logits = pre[-1]
     error = (jax.nn.softmax(logits) - jax.nn.one_hot(y, NUM_CLASSES)) / x.shape[0]
-    inp = network.first_input(x, y)
-    for k in range(network.num_units):
-        p, s = network.unit_values(params.units, k), network.unit_values(stats.units, k)
+    deltas = [(error @ chain[i + 1].direct_feedback[...]) * (pre[i] > 0) for i in range(len(chain) - 1)]
+    deltas.append(error)
+    found = [network.unit_values(grads.units, k)["layers"][0]["linear"] for k in range(network.num_units)]
+    last_head = network.unit_values(grads.units, network.num_units - 1)["head"]
+    found += [last_head["hidden"], last_head["out"]]
+    for layer, (inp, delta, grad) in enumerate(zip(inputs, deltas, found, strict=True)):
+        np.testing.assert_allclose(grad["kernel"][...], inp.T @ delta, atol=1e-6, err_msg=f"layer {layer}")
+        np.testing.assert_allclose(grad["bias"][...], delta.sum(0), atol=1e-6, err_msg=f"layer {layer}")
+    for k in range(network.num_units - 1):  # a read-out: its head's cross-entropy on the stopped features
+        head = units[k].head
 
-        def out(p, k=k, s=s, inp=inp):
-            return network.apply_unit(k, p, s, inp)[0]
+        def read_out(params, k=k, head=head, features=inputs[k + 1]):
+            lg = nnx.merge(nnx.graphdef(head), params)(features, jnp.zeros((x.shape[0], NUM_CLASSES)))
+            return optax.softmax_cross_entropy_with_integer_labels(lg, y).mean()
 
-        (h_out, lg), pull = jax.vjp(out, p)
-        if k < network.num_units - 1:  # the unit's output gets e B_k, nothing from the units after it
-            signal = (error @ s["direct_feedback"][...]).reshape(h_out.shape)
-            expected = pull((signal, jnp.zeros_like(lg)))[0]
-        else:  # the last unit: its own cross-entropy
-            expected = pull((jnp.zeros_like(h_out), error))[0]
-        chex.assert_trees_all_close(network.unit_values(grads.units, k), expected, atol=1e-6)
-        inp = network.next_input(inp, h_out, lg)
+        expected = jax.grad(read_out)(nnx.state(head))
+        chex.assert_trees_all_close(network.unit_values(grads.units, k)["head"], expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["trunk", "blockwise"])
+def test_dfa_trains_every_layer_of_a_convolutional_network_and_only_the_last_as_backprop(mode):
+    built = (
+        tiny_network("simplecnn") if mode == "trunk" else tiny_blockwise("simplecnn", 3, belief_input="none")
+    )
+    adapted = _adapted("dfa", built)
+    x, y = tiny_batch()
+
+    def gradient(method, network, variables):
+        objective = METHODS[method].make_objective(network, sidjax.SIDLoss())
+        return jax.jit(jax.grad(lambda p: objective(p, variables.stats, x, y, None)[0]))(variables.params)
+
+    dfa, bp = gradient("dfa", *adapted), gradient("bp", *built)
+    kernels = [
+        g for path, g in jax.tree_util.tree_leaves_with_path(dfa) if "kernel" in jax.tree_util.keystr(path)
+    ]
+    assert len(kernels) >= 6 and min(float(jnp.abs(g).max()) for g in kernels) > 0, "a layer learns nothing"
+    network = adapted[0]
+
+    def last(grads):
+        return network.unit_values(grads.units, network.num_units - 1)["head"]["out"]["kernel"][...]
+
+    np.testing.assert_allclose(last(dfa), last(bp), atol=1e-6)
+    hidden = network.unit_values(dfa.units, network.num_units - 1)["head"]["hidden"]["kernel"][...]
+    assert not np.allclose(
+        hidden, network.unit_values(bp.units, network.num_units - 1)["head"]["hidden"]["kernel"][...]
+    )
 
 
 # -- Forward-Forward ---------------------------------------------------------------------------------
@@ -409,7 +451,7 @@ def test_each_method_trains_through_run_resumes_and_predicts(method, tmp_path, f
     [
         ("ff", dict(mode="trunk"), "trains blockwise networks, not 'trunk'"),
         ("hsic", dict(mode="trunk"), "trains blockwise networks, not 'trunk'"),
-        ("dfa", dict(mode="trunk"), "trains blockwise networks, not 'trunk'"),
+        ("dfa", dict(mode="blockwise", belief_input="prob"), "needs heads without belief input"),
         ("ff", dict(mode="blockwise", belief_input="prob"), "needs heads without belief input"),
         ("fa", dict(mode="blockwise", model="simplecnn", pipelined=True), "pipelined needs mode blockwise"),
         ("hsic", dict(mode="blockwise", model="simplecnn", placement="stages"), "placement stages needs"),
@@ -474,22 +516,28 @@ def _named(tree, name: str) -> list:
             if any(getattr(k, "key", None) == name for k in path)]  # fmt: skip
 
 
-@pytest.mark.slow  # ~2 minutes: every built-in architecture in both modes
+@pytest.mark.slow  # ~4 minutes: every built-in architecture in both modes, FA and DFA
+@pytest.mark.parametrize("method,matrix", [("fa", "feedback"), ("dfa", "direct_feedback")])
 @pytest.mark.parametrize("mode", ["trunk", "blockwise"])
 @pytest.mark.parametrize("model", list(sidjax.ARCHITECTURES))
-def test_fa_gives_every_layer_of_every_builtin_architecture_its_feedback(model, mode):
+def test_fa_and_dfa_give_every_layer_of_every_builtin_architecture_its_feedback(model, mode, method, matrix):
     shape = (16, 16, 3)
+    belief = METHODS[method].default_belief_input(mode)
     if mode == "trunk":
-        plain = sidjax.make_network(model, shape, 10, 2, jax.random.key(0), tiny=True)
+        plain = sidjax.make_network(model, shape, 10, 2, jax.random.key(0), tiny=True, belief_input=belief)
     else:
         plain = sidjax.make_blockwise_network(
-            model, shape, 10, 1 if model == "mlp" else 2, jax.random.key(0), tiny=True
+            model, shape, 10, 1 if model == "mlp" else 2, jax.random.key(0), tiny=True, belief_input=belief
         )
-    network, variables = METHODS["fa"].adapt(*plain, KEY)
-    feedback = _named(variables.stats, "feedback")
-    assert len(feedback) == len(_named(variables.params, "kernel")) > 0
-    learner = sidjax.make_learner(network, optax.adam(1e-3), "fa")
+    network, variables = METHODS[method].adapt(*plain, KEY)
+    feedback = _named(variables.stats, matrix)
+    probes = len(_named(variables.params, "kernel")) - len(feedback)  # DFA: the read-out heads' layers
+    assert len(feedback) > 0
+    assert (probes > 0) == (method == "dfa" and mode == "blockwise" and network.num_units > 1)
+    learner = sidjax.make_learner(network, optax.adam(1e-3), method)
     x, y = jax.random.normal(KEY, (4, *shape)), jnp.arange(4)
     state, metrics = learner.step(learner.init(variables), (x, y), KEY)
     assert bool(jnp.isfinite(metrics["loss"]))
-    chex.assert_trees_all_equal(_named(state.stats, "feedback"), feedback)  # never trained
+    chex.assert_trees_all_equal(_named(state.stats, matrix), feedback)  # never trained
+    moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), state.params, variables.params)
+    assert min(jax.tree.leaves(_named(moved, "kernel"))) > 0, "a layer did not learn"

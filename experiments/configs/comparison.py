@@ -5,9 +5,9 @@ Forward-Forward, the HSIC bottleneck and NoProp. Every run uses the same
 optimizer (Adam 1e-3; FA and DFA 1e-4, where they do not diverge), batch 128 (HSIC:
 512, its authors'), alpha 0.5 and seeds 0, 1, 2 trained together:
 - mlp_trunk: MLP extractor, L = 10 units, full Fashion-MNIST, 20 epochs
-  (SID, NoProp, BP, FA);
+  (SID, NoProp, BP, FA, DFA);
 - simplecnn_trunk: the authors' SimpleCNN extractor, L = 10, the first 4 000
-  training examples and 2 000 test examples, 10 epochs (SID, NoProp, BP, FA);
+  training examples and 2 000 test examples, 10 epochs (SID, NoProp, BP, FA, DFA);
 - mlp4_blockwise: four dense layers of 500 ReLUs, one per unit (K = 4), full
   data, 30 epochs (SID, DGL, BP, FA, DFA, FF, HSIC);
 - simplecnn_blockwise: SimpleCNN cut into K = 4 units, 4 000 / 2 000
@@ -34,7 +34,7 @@ MLP = TrainConfig(model="mlp", num_modules=10, epochs=20)
 CNN = TrainConfig(model="simplecnn", num_modules=10, epochs=10, limit_train=4000, limit_test=2000)
 MLP4 = TrainConfig(model="mlp4", mode="blockwise", num_blocks=4, epochs=30)
 CNN4 = dataclasses.replace(CNN, mode="blockwise", num_blocks=4)
-TRUNK = ("sid", "noprop", "bp", "fa")
+TRUNK = ("sid", "noprop", "bp", "fa", "dfa")
 BLOCKWISE = ("sid", "dgl", "bp", "fa", "dfa", "ff", "hsic")
 # The HSIC bottleneck's authors' batch. At Adam 1e-3 on mlp4, FA diverged (the last unit's CE at 319 in
 # epoch 2, TrainingDiverged) and DFA collapsed to chance in epoch 3 or 4 (its hidden activity grew without

@@ -155,7 +155,7 @@ class TrainConfig:
         """How units read the previous belief: ``belief_input``, else the method's default."""
         if self.belief_input is not None:
             return self.belief_input
-        return get_method(self.method).default_belief_input
+        return get_method(self.method).default_belief_input(self.mode)
 
     def for_seed(self, seed: int) -> TrainConfig:
         """This config with one seed: what a separate run of that seed would be."""
