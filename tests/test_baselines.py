@@ -119,16 +119,18 @@ class MyBlock(nnx.Module):
         return jax.nn.relu(self.b(jax.nn.relu(self.a(x.reshape(x.shape[0], -1)))))
 
 
-def test_fa_feedback_on_your_own_model_is_drawn_from_the_key_and_never_trained():
+@pytest.mark.parametrize("method", ["fa", "dfa"])
+def test_feedback_on_your_own_model_is_drawn_from_the_key_and_never_trained(method):
     rngs = nnx.Rngs(0)
     own = sidjax.blockwise([MyBlock(64, 12, rngs), MyBlock(12, 12, rngs)], num_classes=NUM_CLASSES,
-                           input_shape=(8, 8, 1), rngs=rngs)  # fmt: skip
-    network, variables = METHODS["fa"].adapt(*own, KEY)
-    again = METHODS["fa"].adapt(*own, KEY)[1]
-    other = METHODS["fa"].adapt(*own, jax.random.key(8))[1]
+                           input_shape=(8, 8, 1), rngs=rngs,
+                           belief_input=METHODS[method].default_belief_input("blockwise"))  # fmt: skip
+    network, variables = METHODS[method].adapt(*own, KEY)
+    again = METHODS[method].adapt(*own, KEY)[1]
+    other = METHODS[method].adapt(*own, jax.random.key(8))[1]
     chex.assert_trees_all_equal(variables.stats, again.stats)
     assert tree_max_abs(jax.tree.map(lambda a, b: a - b, variables.stats.units, other.stats.units)) > 0
-    learner = sidjax.make_learner(network, optax.adam(1e-2), "fa")
+    learner = sidjax.make_learner(network, optax.adam(1e-2), method)
     state = learner.init(variables)
     for step in range(3):
         state, metrics = learner.step(state, tiny_batch(seed=step), KEY)
