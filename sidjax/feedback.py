@@ -6,13 +6,11 @@ instead of the weight ``W`` itself: the weight gradient ``x^T delta`` is
 backprop's, the input gradient is ``delta B^T``. ``feedback_alignment``
 gives every layer of a network that has a ``kernel`` (``nnx.Linear``,
 ``nnx.Conv``, the built-in convolutions, your own layers of that form) its
-``B`` and routes its backward pass through it, with no custom derivative: a
-layer ``f(x, W) + b`` computes
-
-    f(sg(x), W) + b  +  f(x, sg(B)) - sg(f(x, B))
-
-whose value is ``f(x, W) + b``, whose gradient in ``W`` and ``b`` is
-backprop's and whose gradient in ``x`` goes through ``B``. Works in both
+``B`` and routes its backward pass through it: a layer ``f(x, W) + b``
+computes its own output, and in the backward pass its gradient in ``W`` and
+``b`` is backprop's while its gradient in ``x`` is the vector-Jacobian
+product of ``f(x, B)`` (a custom VJP around the layer's own call, so each
+layer is applied once forward, as in backprop). Works in both
 modes, for the built-in architectures and for your own NNX model.
 
 **DFA** (Noekland 2016) sends the output error ``e = dL/dlogits [B, N]``
@@ -36,6 +34,7 @@ with the network's stats in every checkpoint, never trained.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -61,13 +60,43 @@ _FA_CLASSES: dict[type, type] = {}
 def _fa_call(self, x, *args, **kwargs):
     """The layer's output, its input gradient through ``self.feedback`` (see the module's docstring)."""
     call = type(self).__mro__[1].__call__  # the layer's own
-    out = call(self, sg(x), *args, **kwargs)
-    mirror = nnx.clone(self)  # the same layer with kernel B and no bias, its variables of this trace
-    mirror.kernel[...] = sg(self.feedback[...])
-    if isinstance(getattr(mirror, "bias", None), nnx.Variable):
-        mirror.bias[...] = jnp.zeros_like(mirror.bias[...])
-    through_b = call(mirror, x, *args, **kwargs)
-    return out + through_b - sg(through_b)
+    graphdef, state = nnx.split(self)
+
+    def apply(state, x):
+        return call(nnx.merge(graphdef, jax.tree.map(lambda a: a, state)), x, *args, **kwargs)
+
+    def through_b(state, x):  # the same layer with kernel B and no bias
+        mirror = nnx.merge(graphdef, jax.tree.map(lambda a: a, state))
+        mirror.kernel[...] = sg(mirror.feedback[...])
+        if isinstance(getattr(mirror, "bias", None), nnx.Variable):
+            mirror.bias[...] = jnp.zeros_like(mirror.bias[...])
+        return call(mirror, x, *args, **kwargs)
+
+    return _feedback_route(apply, through_b, state, x)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _feedback_route(apply: Callable, through_b: Callable, state: Any, x: chex.Array) -> chex.Array:
+    """``apply(state, x)``, whose gradient in ``state`` is its own and in ``x`` that of ``through_b``.
+
+    One application forward; backward, the weight gradient and the input gradient through ``B`` (the
+    value ``through_b`` computes there is unused, so it is compiled away): backprop's cost.
+    """
+    return apply(state, x)
+
+
+def _route_forward(apply, through_b, state, x):
+    out, pull_state = jax.vjp(lambda s: apply(s, x), state)
+    return out, (pull_state, state, x)
+
+
+def _route_backward(apply, through_b, residuals, g):
+    pull_state, state, x = residuals
+    _, pull_x = jax.vjp(lambda x: through_b(state, x), x)
+    return pull_state(g)[0], pull_x(g)[0]
+
+
+_feedback_route.defvjp(_route_forward, _route_backward)
 
 
 def fa_class(cls: type) -> type:
