@@ -15,8 +15,9 @@ modes, for the built-in architectures and for your own NNX model.
 
 **DFA** (Noekland 2016) sends the output error ``e = dL/dlogits [B, N]``
 (of the network's last logits) straight to every layer with a ``kernel``
-through the layer's own fixed matrix ``B_l [N, C_l]`` (``C_l`` the layer's
-input width: ``kernel.shape[-2]``): the layer reads its input stopped, and
+through the layer's own fixed matrix ``B_l [N, C_l]`` (``C_l`` the input
+features one application reads: ``in_features``, else the kernel's input
+channels): the layer reads its input stopped, and
 the input gets the gradient ``e B_l`` instead, which reaches the layer before
 through the parameter-free operations between them (its activation
 derivative, pooling, normalisation, skip connections). With dense layers
