@@ -132,15 +132,19 @@ def feedback_alignment(
     network: Network, variables: Variables, key: chex.PRNGKey
 ) -> tuple[Network, Variables]:
     """``network`` whose every layer with a ``kernel`` learns by feedback alignment (``Method.prepare``)."""
+    return _every_layer(
+        "fa", network, variables, lambda module, part_key, index: with_feedback(module, part_key), key
+    )
+
+
+def _every_layer(method: str, network: Network, variables: Variables, change: Callable, key: chex.PRNGKey):
+    """``remodel`` with ``change(module, key, index) -> layers changed``; refuses a network with none."""
     found = []
-
-    def change(module, part_key, index):
-        found.append(with_feedback(module, part_key))
-
-    network, variables = remodel(network, variables, change, key)
+    network, variables = remodel(network, variables, lambda *a: found.append(change(*a)), key)
     if not any(found):
         raise ConfigError(
-            "method 'fa' found no layer with a 'kernel' parameter (nnx.Linear, nnx.Conv, ...) in the network",
+            f"method {method!r} found no layer with a 'kernel' parameter (nnx.Linear, nnx.Conv, ...) in the "
+            "network",
             "method",
         )
     return network, variables
@@ -196,29 +200,21 @@ def _input_features(layer: nnx.Module) -> tuple[int, ...]:
 def direct_feedback(network: Network, variables: Variables, key: chex.PRNGKey) -> tuple[Network, Variables]:
     """``network`` whose every layer with a ``kernel`` learns by direct feedback alignment
     (``Method.prepare``); on a blockwise network units 1..K-1 get read-out heads (``BlockUnit.probe``)."""
-    found = []
 
     def change(module, part_key, index):
         last = index >= network.num_units - 1  # the last unit, or the stem
-        if network.cut_features and not last:
-            if not hasattr(module, "probe"):
-                raise ConfigError(
-                    f"method 'dfa' needs blockwise units built by sidjax.blockwise (BlockUnit), got "
-                    f"{type(module).__name__}",
-                    "model",
-                )
-            module.probe = True
-            found.append(with_direct_feedback(module.layers, network.num_classes, part_key))
-        else:
-            found.append(with_direct_feedback(module, network.num_classes, part_key))
+        if not network.cut_features or last:
+            return with_direct_feedback(module, network.num_classes, part_key)
+        if not hasattr(module, "probe"):
+            raise ConfigError(
+                f"method 'dfa' needs blockwise units built by sidjax.blockwise (BlockUnit), got "
+                f"{type(module).__name__}",
+                "model",
+            )
+        module.probe = True
+        return with_direct_feedback(module.layers, network.num_classes, part_key)
 
-    network, variables = remodel(network, variables, change, key)
-    if not any(found):
-        raise ConfigError(
-            "method 'dfa' found no layer with a 'kernel' parameter (nnx.Linear, nnx.Conv, ...) in the network",
-            "method",
-        )
-    return network, variables
+    return _every_layer("dfa", network, variables, change, key)
 
 
 def _injected(stats: Any, error: chex.Array, stacked: bool = False) -> tuple[chex.Array, Any]:
