@@ -291,16 +291,23 @@ def verdict(diffs: list[float], threshold: float = 0.0) -> str:
     return f"{'is undecided' if decision == 'undecided' else decision} (the 95 % interval [{low:+.2f}, {high:+.2f}] {where} {threshold:g})"
 
 
-def _curve_grid(path: str, title: str, ylabel: str, panels: dict[str, dict]) -> None:
-    """One panel per title in ``panels`` (title -> series), side by side."""
+def _curve_grid(
+    path: str, title: str, ylabel: str, panels: dict[str, dict], own_legends: bool = False
+) -> None:
+    """One panel per title in ``panels`` (title -> series), side by side; with ``own_legends`` each panel
+    has its legend and a label keeps its colour across panels."""
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), sharey=True, squeeze=False)
+    labels = list(dict.fromkeys(label for series in panels.values() for label in series))
+    colours = {label: f"C{i % 10}" for i, label in enumerate(labels)}
     for ax, (panel, series) in zip(axes[0], panels.items(), strict=True):
         for label, (x, y, err) in series.items():
-            ax.plot(x, y, label=label)
+            ax.plot(x, y, label=label, color=colours[label])
             if err is not None:
-                ax.fill_between(x, y - err, y + err, alpha=0.2)
+                ax.fill_between(x, y - err, y + err, alpha=0.2, color=colours[label])
         ax.set(title=panel, xlabel="epoch")
         ax.grid(alpha=0.3)
+        if own_legends:
+            ax.legend(fontsize=8)
     axes[0][0].set_ylabel(ylabel)
     axes[0][0].legend(fontsize=8)
     fig.suptitle(title)
@@ -666,7 +673,7 @@ def blockwise_heads_section(exp, found, plots: str, rel: str) -> str:
     panels = {h: p for h, p in panels.items() if p}
     if panels:
         _curve_grid(f"{plots}/blockwise_heads_test.png", "Test accuracy per epoch, by head (mean ± std over seeds)",
-                    "test accuracy (%)", panels)  # fmt: skip
+                    "test accuracy (%)", panels, own_legends=True)  # fmt: skip
         _plot(f"{plots}/blockwise_heads_blocks.png", "Test accuracy of each block's belief (last epoch)", "block k",
               "test accuracy (%)", _module_series(found, {k: v for k, v in series.items() if "BP" not in k},
                                                   "per_unit_accuracy", 100))  # fmt: skip
@@ -904,7 +911,14 @@ def comparison_section(exp, found, plots: str, rel: str) -> str:
             spread.append(f"- {name}: over {len(draws[0])} draws of the starting noise, each seed's final network's "
                           f"test accuracy spans at most {widest:.2f} points (draw 0 is the one reported above; "
                           "`python -m experiments.noprop_draws`).")  # fmt: skip
-    return "\n".join(lines + [""] + verdicts + spread + ["", published_section(found)])
+    panels = {
+        network: training_curves(found, {n.split("/")[1]: n for n in exp.runs if n.startswith(network + "/")})
+        for network in dict.fromkeys(n.split("/")[0] for n in found)
+    }
+    _curve_grid(os.path.join(plots, "comparison_curves.png"), "test accuracy per epoch, mean ± std over seeds",
+                "test accuracy (%)", panels, own_legends=True)  # fmt: skip
+    figure = f"![each method's test accuracy per epoch, per network]({rel}/comparison_curves.png)"
+    return "\n".join(lines + [""] + verdicts + spread + ["", figure, "", published_section(found)])
 
 
 def cost_section(path: str) -> str:

@@ -186,6 +186,8 @@ def test_the_comparison_pairs_each_method_with_sid_and_sets_published_gaps_besid
     assert "| +4.67 ± 0.58 [+3.23, +6.10] points | mlp4_blockwise |" in text
     assert "| SID strongly outperforms feedback alignment | four dense units" in text
     assert "| SID strongly outperforms the HSIC bottleneck | — | untested |" in text
+    assert "](plots/comparison_curves.png)" in text
+    assert (tmp_path / "plots" / "comparison_curves.png").stat().st_size > 1000
 
 
 @pytest.mark.parametrize(
