@@ -814,7 +814,8 @@ def claims_section(results_dir: str) -> str:
                 rows.append(
                     f"| SID strongly outperforms {title} | {setting}, {len(last)} seeds | {_robust(last)} | "
                     f"SID − {method}: final {_interval_text(_paired_diffs(comparison, sid, other))}, "
-                    f"last 5 epochs {_interval_text(last)} points |"
+                    f"last 5 epochs {_interval_text(last)} points; {method} itself ends at "
+                    f"{mean_std(_values(comparison[other], 'final_test_accuracy'), 100)} % |"
                 )
     return "\n".join(rows)
 

@@ -185,6 +185,7 @@ def test_the_comparison_pairs_each_method_with_sid_and_sets_published_gaps_besid
     assert "| fa | +3.86 points (LeNet, Fashion-MNIST" in text
     assert "| +4.67 ± 0.58 [+3.23, +6.10] points | mlp4_blockwise |" in text
     assert "| SID strongly outperforms feedback alignment | four dense units" in text
+    assert "fa itself ends at 85.00 ± 1.00 % |" in text
     assert "| SID strongly outperforms the HSIC bottleneck | — | untested |" in text
     assert "](plots/comparison_curves.png)" in text
     assert (tmp_path / "plots" / "comparison_curves.png").stat().st_size > 1000
