@@ -309,7 +309,8 @@ def _curve_grid(
         if own_legends:
             ax.legend(fontsize=8)
     axes[0][0].set_ylabel(ylabel)
-    axes[0][0].legend(fontsize=8)
+    if not own_legends:
+        axes[0][0].legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

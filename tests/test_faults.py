@@ -352,10 +352,10 @@ def test_a_second_process_on_a_run_directory_is_refused_and_writes_nothing(tmp_p
 def test_stop_signals_are_recorded_inside_and_restored_outside():
     from sidjax.train.signals import STOP_SIGNALS, stop_signals
 
-    ignored = [s for s in STOP_SIGNALS if signal.getsignal(s) is signal.SIG_IGN]  # a suite run under nohup
-    for (
-        sig
-    ) in ignored:  # stop_signals keeps an ignored signal ignored (tests/test_cluster.py); here: honoured
+    # A suite run under nohup ignores SIGHUP, and stop_signals keeps an ignored signal ignored
+    # (tests/test_cluster.py); here every signal is honoured.
+    ignored = [s for s in STOP_SIGNALS if signal.getsignal(s) is signal.SIG_IGN]
+    for sig in ignored:
         signal.signal(sig, signal.SIG_DFL)
     try:
         before = {s: signal.getsignal(s) for s in STOP_SIGNALS}
