@@ -15,11 +15,12 @@ one seed at a time when seeds train together).
 
 Defaults from the authors' code (``config/general-hsicbt.yaml``):
 ``sigma = 5``, ``beta = 50`` (their ``lambda_y``, with ``lambda_x = 1``),
-batch 512. The authors train the read-out after the HSIC phase
-("post-training"); here every unit's head is a read-out that learns at the
-same time by cross-entropy on its block's *stopped* output
-(``probe_heads``), so it never changes a block; the prediction is the last
-head's.
+batch 512. Every unit's head is a read-out that learns at the same time
+by cross-entropy on its block's *stopped* output (``probe_heads``), so it
+never changes a block; the prediction is the last head's. The authors
+instead train a fresh output layer after the HSIC phase, on the frozen
+network ("post-training"): the ``readout`` method started from this run
+(``init_from``) does that (``sidjax.readout``).
 """
 
 from __future__ import annotations

@@ -19,6 +19,9 @@ trained network predicts (``inference``). The built-in ones:
   feedback alignment (Noekland 2016) (``sidjax.feedback``).
 * ``ff``: Forward-Forward (Hinton 2022) (``sidjax.forward_forward``).
 * ``hsic``: the HSIC bottleneck (Ma, Lewis & Kleijn 2020) (``sidjax.hsic``).
+* ``readout``: a fresh linear read-out on the last unit of a frozen network
+  (``sidjax.readout``): the HSIC bottleneck's post-training, or a linear
+  probe, started from a trained run with ``init_from``.
 
 Your own rule is a ``Method`` too: ``register_method`` it, or name it as
 ``"module:attribute"`` wherever a method's name is taken.
@@ -45,6 +48,7 @@ from sidjax.losses import SIDLoss
 from sidjax.network import Network, Variables
 from sidjax.noprop import Denoise, noprop_objective
 from sidjax.objectives import bp_objective, local_objective
+from sidjax.readout import fresh_readout, readout_objective
 
 MODES: tuple[str, ...] = ("trunk", "blockwise")
 EXECUTIONS: tuple[str, ...] = ("auto", "vmap", "fused", "sequential")
@@ -200,6 +204,8 @@ for _method in (
            ff_objective, modes=("blockwise",), belief_input=False, inference=Goodness()),
     Method("hsic", "HSIC bottleneck: each unit keeps little of the input and much of the label; read-out heads",
            hsic_objective, modes=("blockwise",), belief_input=False, prepare=probe_heads),
+    Method("readout", "a fresh linear read-out on the last unit, every other parameter frozen (start from a run: "
+           "init_from)", readout_objective, prepare=fresh_readout),
 ):  # fmt: skip
     register_method(_method)
 

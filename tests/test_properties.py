@@ -37,6 +37,7 @@ EXPECTED = {
 TESTED_ELSEWHERE = {
     "noprop": "tests/test_noprop.py",
     **dict.fromkeys(("fa", "dfa", "ff", "hsic"), "tests/test_baselines.py"),
+    "readout": "tests/test_readout.py",
 }  # methods whose units are given something else than a belief, or minimise something else
 
 

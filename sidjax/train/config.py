@@ -34,7 +34,8 @@ MAX_SEED = 2**32 - 1
 GROUPS: dict[str, tuple[str, ...]] = {
     "data": ("dataset", "image_size", "limit_train", "limit_test", "validation", "label_noise", "augment",
              "device_data_mb"),
-    "model": ("model", "mode", "num_modules", "num_blocks", "head", "belief_input", "tiny", "conv_impl"),
+    "model": ("model", "mode", "num_modules", "num_blocks", "head", "belief_input", "tiny", "conv_impl",
+              "init_from"),
     "method": ("method", "alpha", "divergence", "label_smoothing", "pipelined"),
     "optimisation": ("optimizer", "lr", "momentum", "weight_decay", "schedule", "epochs", "batch_size",
                      "eval_batch_size", "seed"),
@@ -64,6 +65,7 @@ class TrainConfig:
       belief_input: how units read the previous belief: prob, log (log-probabilities) or none; default: the method's (none for dgl, else prob).
       tiny: narrow variants of the architectures (smoke runs and tests).
       conv_impl: the convolution's backward pass: xla, or shifted (kh*kw matmuls, for slow XLA:CPU builds).
+      init_from: start from the trained network of the run in this directory (its latest checkpoint; its seed<k>/ for each seed when it trained several): its model, mode, depth, head and belief input replace this config's, the optimizer starts anew (e.g. --method readout on an hsic run).
       method: sid, dgl (greedy local learning, blockwise), bp (backprop), bp_remat (backprop with remat), noprop (NoProp, trunk).
       alpha: fidelity weight in [0, 1]: one value, or one per unit (a schedule, e.g. 0.9,0.7,0.5,0.3).
       divergence: forward (the authors' code: KL(p_prev || p)) or reverse (the paper: KL(p || target); needs smoothing).
@@ -101,6 +103,7 @@ class TrainConfig:
     belief_input: str | None = None
     tiny: bool = False
     conv_impl: str = "xla"
+    init_from: str | None = None
     method: str = "sid"
     alpha: float | tuple[float, ...] = 0.5
     divergence: str = "forward"

@@ -10,6 +10,7 @@ architecture, or yours: a factory ``key -> (network, variables)`` or a built
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -59,6 +60,9 @@ class Plan(NamedTuple):
         schedule or ``"given [values]"`` for alpha values given to ``run``
         (``{}`` for none); run directories keep it, so that a resume is given
         the same.
+      warm: ``warm(seed, key) -> variables``: a seed's initial variables from
+        ``config.init_from``'s trained run (then changed by the method, from
+        ``key``); None: ``build(key)``'s.
     """
 
     config: TrainConfig
@@ -73,6 +77,11 @@ class Plan(NamedTuple):
     tx: optax.GradientTransformation | None = None
     recipe: dict[str, str] = {}
     loss: Any = None
+    warm: Callable[[int, chex.PRNGKey], Variables] | None = None
+
+    def initial_variables(self, seed: int, key: chex.PRNGKey) -> Variables:
+        """A seed's variables before its first step (``key``: its init key)."""
+        return self.build(key)[1] if self.warm is None else self.warm(seed, key)
 
 
 def builtin_model(
@@ -241,15 +250,20 @@ def make_plan(
       ConfigError: one line naming the setting to change.
       DatasetUnavailableError: an image folder that is not laid out as required.
     """
+    spec, warm, source = get_method(config.method), None, None
+    if config.init_from is not None:
+        source = _source_plan(config, model)
+        config = _from_source(config, source.config)
     info = info or data_info(config, dataset)
-    if model is None or isinstance(model, Backbone):
+    if source is not None:
+        build, warm = source.build, _warm_start(config, spec, model)
+    elif model is None or isinstance(model, Backbone):
         build = builtin_model(config, info.input_shape, info.num_classes, model)
     else:
         build = _factory(model)
-    spec = get_method(config.method)
     build = _adapted(spec, build)
     network, shapes = abstract_network(build)
-    if model is not None:
+    if model is not None and source is None:
         config = _as_built(config, network, info)
     steps = info.num_train // config.batch_size
     tx, loss, recipe = _recipe(config, steps * config.epochs, tx, alpha)
@@ -264,7 +278,59 @@ def make_plan(
         min(config.steps_per_chunk, steps) if config.steps_per_chunk else auto_chunk(steps, cpu_convolutions)
     )
     return Plan(config, spec, network, build, learner, info, steps, chunk, cpu_convolutions, tx, recipe,
-                spec.loss(loss))  # fmt: skip
+                spec.loss(loss), warm)  # fmt: skip
+
+
+# What a warm start takes from the run it starts from: the network as that run built it.
+NETWORK_FIELDS = ("model", "mode", "num_modules", "num_blocks", "head", "belief_input", "tiny", "conv_impl",
+                  "image_size")  # fmt: skip
+
+
+def source_dir(init_from: str, seed: int) -> str:
+    """The run directory a seed starts from: ``init_from/seed<seed>`` when that run trained several seeds."""
+    per_seed = os.path.join(init_from, f"seed{seed}")
+    if os.path.isdir(per_seed):
+        return per_seed
+    several = os.path.isdir(init_from) and not os.path.isfile(os.path.join(init_from, "config.json"))
+    trained = sorted(d for d in os.listdir(init_from) if d.startswith("seed")) if several else []
+    if trained:
+        raise ConfigError(
+            f"init_from {init_from} trained {', '.join(trained)}, not seed{seed}: train the same seeds, "
+            f"or give one seed's directory ({os.path.join(init_from, trained[0])}) for every seed",
+            "init_from",
+        )
+    return init_from
+
+
+def _source_plan(config: TrainConfig, model: Model | None) -> Plan:
+    """The plan of the run ``config.init_from`` names (the directory its first seed starts from)."""
+    path = source_dir(config.init_from, config.seeds[0])
+    try:
+        return plan_of_run(path, None if isinstance(model, Backbone) else model)
+    except ConfigError as err:
+        raise ConfigError(f"init_from: {err}", "init_from") from None
+
+
+def _from_source(config: TrainConfig, source: TrainConfig) -> TrainConfig:
+    """``config`` with the network settings of the run it starts from (refusing another dataset)."""
+    if source.dataset != config.dataset:
+        raise ConfigError(
+            f"init_from {config.init_from} was trained on {source.dataset}, not {config.dataset}", "init_from"
+        )
+    return dataclasses.replace(config, **{name: getattr(source, name) for name in NETWORK_FIELDS})
+
+
+def _warm_start(config: TrainConfig, method: Method, model: Model | None) -> Callable:
+    """``warm(seed, key)``: the seed's trained variables in ``init_from``, as ``method`` changes them."""
+
+    def warm(seed: int, key: chex.PRNGKey) -> Variables:
+        plan = _source_plan(dataclasses.replace(config, seed=seed), model)
+        path = source_dir(config.init_from, seed)
+        stored = RunDir(path, plan.config, steps_per_epoch=plan.steps_per_epoch).stored
+        _, state = stored.newest_restorable(None, state_template(plan), [])
+        return method.adapt(plan.network, state.variables, jax.random.fold_in(key, ADAPT_KEY))[1]
+
+    return warm
 
 
 def checked_dataset(plan: Plan, dataset: Dataset | None, data_dir, manual_dir) -> Dataset:

@@ -175,8 +175,14 @@ def _variables(learner, state: TrainState) -> Variables:
 
 
 def init_states(plan: Plan, seeds: Seeds) -> Any:
-    """Each seed's fresh state from its own init key, placed (stacked along axis 0 for several seeds)."""
-    return seeds.stack([plan.learner.init(plan.build(key)[1]) for key in seeds.init_keys()])
+    """Each seed's first state from its own init key (or ``init_from``'s run), placed (stacked along axis 0
+    for several seeds)."""
+    return seeds.stack(
+        [
+            plan.learner.init(plan.initial_variables(s, key))
+            for s, key in zip(seeds, seeds.init_keys(), strict=True)
+        ]
+    )
 
 
 def load_states(plan: Plan, seeds: Seeds, states: list[TrainState]) -> Any:

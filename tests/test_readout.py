@@ -1,0 +1,169 @@
+"""The ``readout`` method (a fresh linear read-out on a frozen network) and warm starts (``init_from``)."""
+
+import dataclasses
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import NUM_CLASSES, tiny_batch, tiny_blockwise, tiny_config, tiny_network
+
+import sidjax
+from sidjax.errors import ConfigError
+from sidjax.methods import METHODS
+from sidjax.readout import Frozen, ReadOut
+from sidjax.train.runner import load_run, run
+
+KEY = jax.random.key(3)
+READOUT = METHODS["readout"]
+
+
+def _leaves(tree):
+    return [np.asarray(a) for a in jax.tree.leaves(tree)]
+
+
+def _frozen_values(stats):
+    """Every ``Frozen`` array of ``stats`` (the parameters the read-out holds fixed), in order."""
+    found = jax.tree.leaves(stats, is_leaf=lambda v: isinstance(v, Frozen))
+    return [np.asarray(v[...]) for v in found if isinstance(v, Frozen)]
+
+
+def test_the_read_out_is_one_linear_layer_on_the_last_blocks_pooled_output_and_nothing_else_trains():
+    plain = tiny_blockwise("resnet18", 2, belief_input="prob")  # BatchNorm: running statistics in eval
+    network, variables = READOUT.adapt(*plain, KEY)
+    x, y = tiny_batch()
+    objective = jax.jit(READOUT.make_objective(network, sidjax.SIDLoss()))
+    (value, (losses, logits, stats)), grads = jax.value_and_grad(objective, has_aux=True)(
+        variables.params, variables.stats, x, y, KEY
+    )
+    # by hand: the trained network's last block output in evaluation mode, pooled, one linear layer
+    h = plain[0].forward(plain[1], x, train=False, cut=True).outputs[-1]
+    pooled = h.mean(axis=(1, 2))
+    head = network.unit_values(variables.params.units, 1)["head"]["linear"]
+    w, b = head["kernel"][...], head["bias"][...]
+    assert w.shape == (h.shape[-1], NUM_CLASSES)
+    expected = optax.softmax_cross_entropy_with_integer_labels(pooled @ w + b, y).mean()
+    np.testing.assert_allclose(value, expected, rtol=1e-5)
+    np.testing.assert_allclose(losses, [0.0, expected], rtol=1e-5)
+    np.testing.assert_allclose(logits[-1], network.apply(variables, x)[-1], atol=1e-6)
+    # its gradient: (softmax - onehot)^T pooled / B, and no other parameter exists to train
+    delta = (jax.nn.softmax(pooled @ w + b) - jax.nn.one_hot(y, NUM_CLASSES)) / len(y)
+    got = network.unit_values(grads.units, 1)["head"]["linear"]
+    np.testing.assert_allclose(got["kernel"][...], pooled.T @ delta, atol=1e-6)
+    np.testing.assert_allclose(got["bias"][...], delta.sum(0), atol=1e-6)
+    assert [len(jax.tree.leaves(grads.stem))] + [
+        len(jax.tree.leaves(network.unit_values(grads.units, 0)))
+    ] == [0, 0]
+    # the frozen parameters are the trained network's own, and the stats come back as they were
+    trained = _leaves(plain[1].params.stem) + _leaves(network.unit_values(plain[1].params.units, 0))
+    frozen = _frozen_values(variables.stats.stem) + _frozen_values(
+        network.unit_values(variables.stats.units, 0)
+    )
+    assert len(frozen) == len(trained) and all(
+        np.array_equal(a, b) for a, b in zip(frozen, trained, strict=True)
+    )
+    assert all(np.array_equal(a, b) for a, b in zip(_leaves(stats), _leaves(variables.stats), strict=True))
+
+
+def test_sgd_with_momentum_and_weight_decay_moves_the_read_out_only():
+    network, variables = READOUT.adapt(*tiny_network("simplecnn"), KEY)
+    tx = optax.chain(optax.add_decayed_weights(0.1), optax.sgd(0.1, momentum=0.9))
+    learner = sidjax.make_learner(network, tx, "readout")
+    state = learner.init(variables)
+    for i in range(3):
+        state, _ = learner.step(state, tiny_batch(seed=i), KEY)
+    assert all(
+        np.array_equal(a, b) for a, b in zip(_leaves(state.stats), _leaves(variables.stats), strict=True)
+    )
+    moved = network.unit_values(state.params.units, network.num_units - 1)["head"]
+    before = network.unit_values(variables.params.units, network.num_units - 1)["head"]
+    assert all(not np.array_equal(a, b) for a, b in zip(_leaves(moved), _leaves(before), strict=True))
+    assert isinstance(network.modules(state.variables).units[-1].head, ReadOut)
+    assert len(_leaves(state.params)) == 2  # the read-out's kernel and bias: nothing else is a parameter
+
+
+def test_a_unit_without_a_head_is_refused_in_one_line():
+    from flax import nnx
+
+    class Plain(nnx.Module):
+        def __init__(self, features, num_classes, rngs):
+            self.linear = nnx.Linear(features + num_classes, num_classes, rngs=rngs)
+
+        def __call__(self, z, log_belief):
+            return z, self.linear(jnp.concatenate([z, log_belief], -1))
+
+    extractor = nnx.Sequential(lambda x: x.reshape(len(x), -1), nnx.Linear(64, 16, rngs=nnx.Rngs(0)))
+    own = sidjax.trunk(extractor, num_classes=NUM_CLASSES, input_shape=(8, 8, 1), num_modules=2, key=KEY,
+                       module=Plain)  # fmt: skip
+    with pytest.raises(
+        ConfigError, match="replaces the last unit's head attribute; your unit Plain has none"
+    ):
+        READOUT.adapt(*own, KEY)
+
+
+def _source(tmp_path, seeds=(0, 1)):
+    config = tiny_config(
+        model="mlp4", mode="blockwise", num_blocks=3, method="hsic", batch_size=64, seed=seeds
+    )
+    return config, run(config, str(tmp_path / "hsic"), progress=False)
+
+
+def test_a_warm_start_takes_each_seeds_trained_network_and_the_read_out_is_trained_on_it(tmp_path):
+    source_config, trained = _source(tmp_path)
+    config = tiny_config(method="readout", init_from=str(tmp_path / "hsic"), optimizer="sgd", lr=0.005,
+                         momentum=0.0, weight_decay=0.001, seed=(0, 1))  # fmt: skip
+    results = run(config, str(tmp_path / "readout"), progress=False)
+    for source, result in zip(trained, results, strict=True):
+        network = result.network
+        # the network is the source's: its blocks' parameters are held at their trained values
+        blocks = [network.unit_values(result.variables.stats.units, k) for k in range(network.num_units)]
+        frozen = [a for block in blocks for a in _frozen_values(block["layers"])]
+        given = [
+            a for k in range(network.num_units)
+            for a in _leaves(source.network.unit_values(source.variables.params.units, k)["layers"])
+        ]  # fmt: skip
+        assert len(frozen) == len(given) > 0
+        assert all(np.array_equal(a, b) for a, b in zip(frozen, given, strict=True))
+        assert result.summary["init_from"] == str(tmp_path / "hsic")
+        for field in ("model", "mode", "num_blocks", "belief_input"):
+            assert result.summary[field] == getattr(source_config, field)
+    # each seed from its own: the two seeds' frozen blocks differ
+    firsts = [_frozen_values(r.variables.stats.units[0]["layers"])[0] for r in results]
+    assert not np.array_equal(*firsts)
+    # the read-out learned (5 classes: chance 0.2) and the run loads back as it ended
+    again = load_run(str(tmp_path / "readout" / "seed1"))
+    assert again.summary["final_test_accuracy"] == results[1].summary["final_test_accuracy"]
+    assert all(np.array_equal(a, b) for a, b in
+               zip(_leaves(again.variables), _leaves(results[1].variables), strict=True))  # fmt: skip
+
+
+def test_init_from_is_refused_in_one_line_where_it_cannot_start(tmp_path):
+    with pytest.raises(ConfigError, match="init_from: .*holds no run: no such directory"):
+        run(tiny_config(method="readout", init_from=str(tmp_path / "nothing")), progress=False)
+    _source(tmp_path, seeds=(0, 1))
+    with pytest.raises(ConfigError, match=r"trained seed0, seed1, not seed2: .*seed0\) for every seed"):
+        run(tiny_config(method="readout", init_from=str(tmp_path / "hsic"), seed=2), progress=False)
+    with pytest.raises(ConfigError, match="was trained on fashion_mnist, not mnist"):
+        run(tiny_config(method="readout", init_from=str(tmp_path / "hsic"), dataset="mnist"), progress=False)
+    # one seed's directory starts every seed
+    one = tiny_config(method="readout", init_from=str(tmp_path / "hsic" / "seed1"), seed=(4, 5), epochs=1)
+    results = run(one, progress=False)
+    firsts = [_frozen_values(r.variables.stats.units[0]["layers"])[0] for r in results]
+    assert np.array_equal(*firsts)
+
+
+def test_the_cli_trains_a_read_out_from_a_run(tmp_path):
+    _source(tmp_path, seeds=(0,))
+    from sidjax.train.cli import train
+
+    summaries = train([
+        "--method", "readout", "--init-from", str(tmp_path / "hsic"), "--limit-train", "512", "--limit-test",
+        "256", "--epochs", "1", "--batch-size", "64", "--out", str(tmp_path / "cli"), "--no-progress",
+    ])  # fmt: skip
+    recorded = json.load(open(os.path.join(tmp_path, "cli", "config.json")))
+    assert recorded["method"] == "readout" and recorded["model"] == "mlp4" and recorded["mode"] == "blockwise"
+    assert summaries[0]["num_blocks"] == 3
+    assert dataclasses.asdict(sidjax.TrainConfig.from_record(recorded))["init_from"] == str(tmp_path / "hsic")
