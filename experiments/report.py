@@ -733,7 +733,8 @@ COMPARED_NETWORKS = {
     "simplecnn_blockwise": "SimpleCNN cut into K = 4 units, 4 000 Fashion-MNIST examples, 10 epochs",
 }
 COMPARED_METHODS = {"noprop": "NoProp (as the SID authors ran it)", "fa": "feedback alignment",
-                    "dfa": "direct feedback alignment", "ff": "Forward-Forward", "hsic": "the HSIC bottleneck"}  # fmt: skip
+                    "dfa": "direct feedback alignment", "ff": "Forward-Forward", "hsic": "the HSIC bottleneck",
+                    "hsic_readout": "the HSIC bottleneck with its authors' post-trained read-out"}  # fmt: skip
 
 
 def claims_section(results_dir: str) -> str:

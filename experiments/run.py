@@ -48,7 +48,10 @@ def run_experiment(
     if not selected:
         raise ConfigError(f"--only {only!r} matches none of {experiment.name}'s runs (see --list)")
     seeds = tuple(seeds if seeds is not None else experiment.seeds)
+    selected = {name: _resolved(config, results_dir, experiment) for name, config in selected.items()}
     for name, config in selected.items():
+        if config.init_from is not None and not os.path.exists(config.init_from):
+            continue  # starts from a run of this selection: checked once that run has trained
         try:
             make_plan(dataclasses.replace(config, seed=seeds if len(seeds) > 1 else seeds[0]))
         except ConfigError as err:
@@ -82,6 +85,13 @@ def run_experiment(
             failures.append(f"{label}: {error_line(err)[len('error: ') :]}")
             print(f"   failed: {err}", flush=True)
     return summaries, failures
+
+
+def _resolved(config, results_dir: str, experiment: configs.Experiment):
+    """``config`` with a relative ``init_from`` (another run of the experiment) under ``results_dir``."""
+    if config.init_from is None or os.path.isabs(config.init_from):
+        return config
+    return dataclasses.replace(config, init_from=os.path.join(results_dir, experiment.name, config.init_from))
 
 
 def main(argv: list[str] | None = None) -> int:
