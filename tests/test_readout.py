@@ -10,6 +10,7 @@ import numpy as np
 import optax
 import pytest
 from conftest import NUM_CLASSES, tiny_batch, tiny_blockwise, tiny_config, tiny_network
+from flax import nnx
 
 import sidjax
 from sidjax.errors import ConfigError
@@ -86,8 +87,6 @@ def test_sgd_with_momentum_and_weight_decay_moves_the_read_out_only():
 
 
 def test_a_unit_without_a_head_is_refused_in_one_line():
-    from flax import nnx
-
     class Plain(nnx.Module):
         def __init__(self, features, num_classes, rngs):
             self.linear = nnx.Linear(features + num_classes, num_classes, rngs=rngs)
@@ -153,6 +152,38 @@ def test_init_from_is_refused_in_one_line_where_it_cannot_start(tmp_path):
     results = run(one, progress=False)
     firsts = [_frozen_values(r.variables.stats.units[0]["layers"])[0] for r in results]
     assert np.array_equal(*firsts)
+
+
+def own_mlp(key):
+    rngs = nnx.Rngs(key)
+    blocks = [[Flatten(), nnx.Linear(64, 32, rngs=rngs), nnx.relu], [nnx.Linear(32, 32, rngs=rngs), nnx.relu]]
+    return sidjax.blockwise(blocks, num_classes=10, input_shape=(8, 8, 1), rngs=rngs, head_hidden=16,
+                            belief_input="none", name="own_mlp")  # fmt: skip
+
+
+class Flatten(nnx.Module):
+    def __call__(self, x):
+        return x.reshape(len(x), -1)
+
+
+def test_a_warm_start_from_your_own_model_is_given_that_model(tmp_path):
+    arrays = np.random.default_rng(0).random((96, 8, 8, 1), np.float32), np.arange(96) % 10
+    data = sidjax.Dataset.from_arrays(*arrays, *arrays, name="mine")
+    config = sidjax.TrainConfig(dataset="mine", epochs=1, batch_size=32, method="dgl", mode="blockwise")
+    source = run(config, str(tmp_path / "dgl"), model=own_mlp, dataset=data, progress=False)
+    post = dataclasses.replace(config, method="readout", init_from=str(tmp_path / "dgl"))
+    with pytest.raises(
+        ConfigError, match="init_from: .*trained with your own model 'own_mlp': give .* the same model"
+    ):
+        run(post, dataset=data, progress=False)
+    result = run(post, str(tmp_path / "readout"), model=own_mlp, dataset=data, progress=False)
+    frozen = _frozen_values(result.variables.stats.units[0]["layers"])
+    assert all(np.array_equal(a, b) for a, b in
+               zip(frozen, _leaves(source.variables.params.units[0]["layers"]), strict=True))  # fmt: skip
+    again = load_run(str(tmp_path / "readout"), model=own_mlp)
+    assert all(
+        np.array_equal(a, b) for a, b in zip(_leaves(again.variables), _leaves(result.variables), strict=True)
+    )
 
 
 def test_the_cli_trains_a_read_out_from_a_run(tmp_path):

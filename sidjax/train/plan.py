@@ -306,7 +306,7 @@ def _source_plan(config: TrainConfig, model: Model | None) -> Plan:
     """The plan of the run ``config.init_from`` names (the directory its first seed starts from)."""
     path = source_dir(config.init_from, config.seeds[0])
     try:
-        return plan_of_run(path, None if isinstance(model, Backbone) else model)
+        return plan_of_run(path, model)
     except ConfigError as err:
         raise ConfigError(f"init_from: {err}", "init_from") from None
 
