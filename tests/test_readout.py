@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import NUM_CLASSES, tiny_batch, tiny_blockwise, tiny_config, tiny_network
+from conftest import NUM_CLASSES, tiny_batch, tiny_config, tiny_network
 from flax import nnx
 
 import sidjax
@@ -32,16 +32,23 @@ def _frozen_values(stats):
     return [np.asarray(v[...]) for v in found if isinstance(v, Frozen)]
 
 
+def bn_cnn(key):
+    rngs = nnx.Rngs(key)
+    blocks = [[nnx.Conv(1, 4, (3, 3), rngs=rngs), nnx.BatchNorm(4, rngs=rngs), nnx.relu],
+              [nnx.Conv(4, 8, (3, 3), rngs=rngs), nnx.BatchNorm(8, rngs=rngs), nnx.relu]]  # fmt: skip
+    return sidjax.blockwise(blocks, num_classes=NUM_CLASSES, input_shape=(8, 8, 1), rngs=rngs, head_hidden=16)
+
+
 def test_the_read_out_is_one_linear_layer_on_the_last_blocks_pooled_output_and_nothing_else_trains():
-    plain = tiny_blockwise("resnet18", 2, belief_input="prob")  # BatchNorm: running statistics in eval
+    plain = bn_cnn(KEY)  # BatchNorm: the read-out reads the running statistics, not the batch's
     network, variables = READOUT.adapt(*plain, KEY)
     x, y = tiny_batch()
-    objective = jax.jit(READOUT.make_objective(network, sidjax.SIDLoss()))
-    (value, (losses, logits, stats)), grads = jax.value_and_grad(objective, has_aux=True)(
+    objective = READOUT.make_objective(network, sidjax.SIDLoss())
+    (value, (losses, logits, stats)), grads = jax.jit(jax.value_and_grad(objective, has_aux=True))(
         variables.params, variables.stats, x, y, KEY
     )
     # by hand: the trained network's last block output in evaluation mode, pooled, one linear layer
-    h = plain[0].forward(plain[1], x, train=False, cut=True).outputs[-1]
+    h = jax.jit(lambda v, x: plain[0].forward(v, x, train=False, cut=True).outputs[-1])(plain[1], x)
     pooled = h.mean(axis=(1, 2))
     head = network.unit_values(variables.params.units, 1)["head"]["linear"]
     w, b = head["kernel"][...], head["bias"][...]
@@ -49,7 +56,7 @@ def test_the_read_out_is_one_linear_layer_on_the_last_blocks_pooled_output_and_n
     expected = optax.softmax_cross_entropy_with_integer_labels(pooled @ w + b, y).mean()
     np.testing.assert_allclose(value, expected, rtol=1e-5)
     np.testing.assert_allclose(losses, [0.0, expected], rtol=1e-5)
-    np.testing.assert_allclose(logits[-1], network.apply(variables, x)[-1], atol=1e-6)
+    np.testing.assert_allclose(logits[-1], jax.jit(network.apply)(variables, x)[-1], atol=1e-6)
     # its gradient: (softmax - onehot)^T pooled / B, and no other parameter exists to train
     delta = (jax.nn.softmax(pooled @ w + b) - jax.nn.one_hot(y, NUM_CLASSES)) / len(y)
     got = network.unit_values(grads.units, 1)["head"]["linear"]
@@ -103,30 +110,33 @@ def test_a_unit_without_a_head_is_refused_in_one_line():
         READOUT.adapt(*own, KEY)
 
 
-def _source(tmp_path, seeds=(0, 1)):
+@pytest.fixture(scope="module")
+def hsic_runs(tmp_path_factory):
+    """``(config, results, directory)`` of an HSIC run of two seeds that the tests here start from."""
+    path = tmp_path_factory.mktemp("source") / "hsic"
     config = tiny_config(
-        model="mlp4", mode="blockwise", num_blocks=3, method="hsic", batch_size=64, seed=seeds
+        model="mlp4", mode="blockwise", num_blocks=3, method="hsic", batch_size=64, seed=(0, 1)
     )
-    return config, run(config, str(tmp_path / "hsic"), progress=False)
+    return config, run(config, str(path), progress=False), str(path)
 
 
-def test_a_warm_start_takes_each_seeds_trained_network_and_the_read_out_is_trained_on_it(tmp_path):
-    source_config, trained = _source(tmp_path)
-    config = tiny_config(method="readout", init_from=str(tmp_path / "hsic"), optimizer="sgd", lr=0.005,
+def test_a_warm_start_takes_each_seeds_trained_network_and_the_read_out_is_trained_on_it(hsic_runs, tmp_path):
+    source_config, trained, source = hsic_runs
+    config = tiny_config(method="readout", init_from=source, optimizer="sgd", lr=0.005,
                          momentum=0.0, weight_decay=0.001, seed=(0, 1))  # fmt: skip
     results = run(config, str(tmp_path / "readout"), progress=False)
-    for source, result in zip(trained, results, strict=True):
+    for given_run, result in zip(trained, results, strict=True):
         network = result.network
         # the network is the source's: its blocks' parameters are held at their trained values
         blocks = [network.unit_values(result.variables.stats.units, k) for k in range(network.num_units)]
         frozen = [a for block in blocks for a in _frozen_values(block["layers"])]
         given = [
             a for k in range(network.num_units)
-            for a in _leaves(source.network.unit_values(source.variables.params.units, k)["layers"])
+            for a in _leaves(given_run.network.unit_values(given_run.variables.params.units, k)["layers"])
         ]  # fmt: skip
         assert len(frozen) == len(given) > 0
         assert all(np.array_equal(a, b) for a, b in zip(frozen, given, strict=True))
-        assert result.summary["init_from"] == str(tmp_path / "hsic")
+        assert result.summary["init_from"] == source
         for field in ("model", "mode", "num_blocks", "belief_input"):
             assert result.summary[field] == getattr(source_config, field)
     # each seed from its own: the two seeds' frozen blocks differ
@@ -139,16 +149,16 @@ def test_a_warm_start_takes_each_seeds_trained_network_and_the_read_out_is_train
                zip(_leaves(again.variables), _leaves(results[1].variables), strict=True))  # fmt: skip
 
 
-def test_init_from_is_refused_in_one_line_where_it_cannot_start(tmp_path):
+def test_init_from_is_refused_in_one_line_where_it_cannot_start(hsic_runs, tmp_path):
     with pytest.raises(ConfigError, match="init_from: .*holds no run: no such directory"):
         run(tiny_config(method="readout", init_from=str(tmp_path / "nothing")), progress=False)
-    _source(tmp_path, seeds=(0, 1))
+    source = hsic_runs[2]
     with pytest.raises(ConfigError, match=r"trained seed0, seed1, not seed2: .*seed0\) for every seed"):
-        run(tiny_config(method="readout", init_from=str(tmp_path / "hsic"), seed=2), progress=False)
+        run(tiny_config(method="readout", init_from=source, seed=2), progress=False)
     with pytest.raises(ConfigError, match="was trained on fashion_mnist, not mnist"):
-        run(tiny_config(method="readout", init_from=str(tmp_path / "hsic"), dataset="mnist"), progress=False)
+        run(tiny_config(method="readout", init_from=source, dataset="mnist"), progress=False)
     # one seed's directory starts every seed
-    one = tiny_config(method="readout", init_from=str(tmp_path / "hsic" / "seed1"), seed=(4, 5), epochs=1)
+    one = tiny_config(method="readout", init_from=os.path.join(source, "seed1"), seed=(4, 5), epochs=1)
     results = run(one, progress=False)
     firsts = [_frozen_values(r.variables.stats.units[0]["layers"])[0] for r in results]
     assert np.array_equal(*firsts)
@@ -186,15 +196,14 @@ def test_a_warm_start_from_your_own_model_is_given_that_model(tmp_path):
     )
 
 
-def test_the_cli_trains_a_read_out_from_a_run(tmp_path):
-    _source(tmp_path, seeds=(0,))
+def test_the_cli_trains_a_read_out_from_a_run(hsic_runs, tmp_path):
     from sidjax.train.cli import train
 
     summaries = train([
-        "--method", "readout", "--init-from", str(tmp_path / "hsic"), "--limit-train", "512", "--limit-test",
+        "--method", "readout", "--init-from", hsic_runs[2], "--limit-train", "512", "--limit-test",
         "256", "--epochs", "1", "--batch-size", "64", "--out", str(tmp_path / "cli"), "--no-progress",
     ])  # fmt: skip
     recorded = json.load(open(os.path.join(tmp_path, "cli", "config.json")))
     assert recorded["method"] == "readout" and recorded["model"] == "mlp4" and recorded["mode"] == "blockwise"
     assert summaries[0]["num_blocks"] == 3
-    assert dataclasses.asdict(sidjax.TrainConfig.from_record(recorded))["init_from"] == str(tmp_path / "hsic")
+    assert dataclasses.asdict(sidjax.TrainConfig.from_record(recorded))["init_from"] == hsic_runs[2]
