@@ -731,6 +731,7 @@ COMPARED_NETWORKS = {
     "simplecnn_trunk": "SimpleCNN trunk, L = 10, 4 000 Fashion-MNIST examples, 10 epochs",
     "mlp4_blockwise": "four dense units (blockwise MLP), full Fashion-MNIST, 30 epochs",
     "simplecnn_blockwise": "SimpleCNN cut into K = 4 units, 4 000 Fashion-MNIST examples, 10 epochs",
+    "lenet": "biotorch's LeNet, full Fashion-MNIST, SGD, 20 epochs (the published check of FA and DFA)",
 }
 COMPARED_METHODS = {"noprop": "NoProp (as the SID authors ran it)", "fa": "feedback alignment",
                     "dfa": "direct feedback alignment", "ff": "Forward-Forward", "hsic": "the HSIC bottleneck",

@@ -22,7 +22,7 @@ import sys
 from experiments import configs
 from sidjax.data import Dataset, DatasetUnavailableError, load_dataset
 from sidjax.errors import ConfigError
-from sidjax.train.cli import OneLineParser, error_line
+from sidjax.train.cli import OneLineParser, error_line, own_model
 from sidjax.train.plan import make_plan
 from sidjax.train.runner import RunStopped, TrainingDiverged, run
 
@@ -53,7 +53,10 @@ def run_experiment(
         if config.init_from is not None and not os.path.exists(config.init_from):
             continue  # starts from a run of this selection: checked once that run has trained
         try:
-            make_plan(dataclasses.replace(config, seed=seeds if len(seeds) > 1 else seeds[0]))
+            make_plan(
+                dataclasses.replace(config, seed=seeds if len(seeds) > 1 else seeds[0]),
+                model=own_model(config),
+            )
         except ConfigError as err:
             raise ConfigError(f"{experiment.name}/{name}: {error_line(err)[len('error: ') :]}") from err
         except DatasetUnavailableError:
@@ -75,7 +78,7 @@ def run_experiment(
                     dataclasses.replace(config, seed=seeds[0]),
                     os.path.join(out, f"seed{seeds[0]}"),
                 )
-            result = run(together, out, dataset=datasets[config.dataset], progress=progress,
+            result = run(together, out, model=own_model(config), dataset=datasets[config.dataset], progress=progress,
                          overwrite=overwrite, resume=not overwrite)  # fmt: skip
             for seed, r in zip(seeds, result if isinstance(result, list) else [result], strict=True):
                 s = summaries[(name, seed)] = r.summary

@@ -13,6 +13,7 @@ from experiments import configs, report
 from experiments import run as runner
 from sidjax import TrainConfig
 from sidjax.data import DatasetUnavailableError
+from sidjax.train.cli import own_model
 from sidjax.train.plan import make_plan
 
 
@@ -25,7 +26,7 @@ def test_config_documents_itself_and_plans_without_data(name):
         # CIFAR's plan is the same; its data is not here. A run that starts from another's trained network
         # (init_from) plans once that one has trained: the smoke variant runs both.
         if not config.dataset.startswith("cifar") and config.init_from is None:
-            make_plan(config)
+            make_plan(config, model=own_model(config))
     assert experiment.smoke().runs, "the smoke variant keeps no run"
 
 
