@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -157,6 +158,16 @@ def test_init_from_is_refused_in_one_line_where_it_cannot_start(hsic_runs, tmp_p
         run(tiny_config(method="readout", init_from=source, seed=2), progress=False)
     with pytest.raises(ConfigError, match="was trained on fashion_mnist, not mnist"):
         run(tiny_config(method="readout", init_from=source, dataset="mnist"), progress=False)
+    with pytest.raises(ConfigError, match="init_from must be a run's directory, got ''"):
+        tiny_config(method="readout", init_from="")
+    # a run still training (or stopped) is started from its newest checkpoint, with a warning
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(os.path.join(source, "seed0"), unfinished)
+    os.remove(unfinished / "summary.json")
+    with pytest.warns(
+        UserWarning, match="that run has not finished; starting from its checkpoint of epoch 2"
+    ):
+        run(tiny_config(method="readout", init_from=unfinished, epochs=1), progress=False)
     # one seed's directory starts every seed
     one = tiny_config(method="readout", init_from=os.path.join(source, "seed1"), seed=(4, 5), epochs=1)
     results = run(one, progress=False)

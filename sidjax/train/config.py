@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
 from typing import Any
 
@@ -129,6 +130,8 @@ class TrainConfig:
             object.__setattr__(self, "alpha", tuple(self.alpha))
         if isinstance(self.seed, list):
             object.__setattr__(self, "seed", tuple(self.seed))
+        if isinstance(self.init_from, os.PathLike):
+            object.__setattr__(self, "init_from", os.fspath(self.init_from))
         for check in (_check_choices, _check_ranges, _check_rules):
             check(self)
 
@@ -219,6 +222,8 @@ def _check_choices(c: TrainConfig) -> None:
                 name,
             )
     get_method(c.method)
+    if c.init_from is not None and not (isinstance(c.init_from, str) and c.init_from):
+        raise ConfigError(f"init_from must be a run's directory, got {c.init_from!r}", "init_from")
     _choice(c, "mode", MODES)
     _choice(c, "execution", EXECUTIONS)
     _choice(c, "optimizer", OPTIMIZERS)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -326,8 +327,12 @@ def _warm_start(config: TrainConfig, method: Method, model: Model | None) -> Cal
     def warm(seed: int, key: chex.PRNGKey) -> Variables:
         plan = _source_plan(dataclasses.replace(config, seed=seed), model)
         path = source_dir(config.init_from, seed)
-        stored = RunDir(path, plan.config, steps_per_epoch=plan.steps_per_epoch).stored
-        _, state = stored.newest_restorable(None, state_template(plan), [])
+        run_dir, skipped = RunDir(path, plan.config, steps_per_epoch=plan.steps_per_epoch), []
+        position, state = run_dir.stored.newest_restorable(None, state_template(plan), skipped)
+        if skipped or run_dir.finished_summary() is None:
+            why = "; ".join(skipped) or "that run has not finished"
+            warnings.warn(f"init_from {path}: {why}; starting from its checkpoint of {position.describe()}",
+                          stacklevel=2)  # fmt: skip
         return method.adapt(plan.network, state.variables, jax.random.fold_in(key, ADAPT_KEY))[1]
 
     return warm
