@@ -204,8 +204,8 @@ for _method in (
            ff_objective, modes=("blockwise",), belief_input=False, inference=Goodness()),
     Method("hsic", "HSIC bottleneck: each unit keeps little of the input and much of the label; read-out heads",
            hsic_objective, modes=("blockwise",), belief_input=False, prepare=probe_heads),
-    Method("readout", "a fresh linear read-out on the last unit, every other parameter frozen (start from a run: "
-           "init_from)", readout_objective, prepare=fresh_readout),
+    Method("readout", "a fresh linear read-out on the last unit of a trained network (start from its run), every "
+           "other parameter frozen", readout_objective, prepare=fresh_readout),
 ):  # fmt: skip
     register_method(_method)
 

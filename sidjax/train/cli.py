@@ -99,6 +99,8 @@ def _add_field(group, field: dataclasses.Field, help_text: str) -> None:
         kw["metavar"] = "N" if kw["type"] is int else "X"
     if field.name in CHOICES:
         kw["choices"] = CHOICES[field.name]
+    if field.name == "init_from":
+        kw["metavar"] = "DIR"
     if field.name == "dataset":
         kw["help"] = f"{' | '.join(DATASETS)} | folder:/root (default: %(default)s)"
     if field.name == "method":  # every method with its one-line summary, from the table
