@@ -10,8 +10,6 @@ architecture, or yours: a factory ``key -> (network, variables)`` or a built
 from __future__ import annotations
 
 import dataclasses
-import os
-import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -29,8 +27,10 @@ from sidjax.losses import Alpha, check_alpha_schedule
 from sidjax.methods import Method, get_method
 from sidjax.network import Network, Variables
 from sidjax.state import Learner, TrainState
+from sidjax.train.chunking import auto_chunk, has_convolution
 from sidjax.train.config import TrainConfig
 from sidjax.train.rundir import RunDir
+from sidjax.train.warm import from_source, source_dir, trained_state
 
 ModelFactory = Callable[[chex.PRNGKey], tuple[Network, Variables]]
 Model = ModelFactory | tuple[Network, Variables] | Backbone
@@ -125,36 +125,6 @@ def abstract_network(build: ModelFactory) -> tuple[Network, Any]:
 
     shapes = jax.eval_shape(variables, jax.random.key(0))
     return built["network"], shapes
-
-
-def has_convolution(network: Network, variables: Any) -> bool:
-    """Whether the network's forward pass contains a convolution (traced, not run)."""
-    x = jax.ShapeDtypeStruct((1, *network.input_shape), jnp.float32)
-    jaxpr = jax.make_jaxpr(network.apply)(variables, x)
-
-    def walk(jaxpr) -> bool:
-        for eqn in jaxpr.eqns:
-            if eqn.primitive.name == "conv_general_dilated":
-                return True
-            subs = [v.jaxpr if hasattr(v, "jaxpr") else v for v in eqn.params.values()]
-            if any(walk(j) for j in subs if hasattr(j, "eqns")):
-                return True
-        return False
-
-    return walk(jaxpr.jaxpr)
-
-
-def auto_chunk(steps: int, cpu_convolutions: bool, most: int = 64) -> int:
-    """Steps per chunk: the largest divisor of ``steps`` up to ``most`` (equal chunks, one compile).
-
-    1 for ``cpu_convolutions``: XLA:CPU runs a convolution's weight gradient
-    far slower inside a loop (``lax.scan``, ``fori_loop``) than outside one,
-    so a convolutional network's chunk there is one step without a loop; a
-    dispatch per step costs nothing next to a CPU step. Dense networks scan.
-    """
-    if cpu_convolutions:
-        return 1
-    return max(d for d in range(1, min(steps, most) + 1) if steps % d == 0)
 
 
 # A method's own arrays (FA's feedback) are drawn from fold_in(the seed's init key, ADAPT_KEY).
@@ -254,7 +224,7 @@ def make_plan(
     spec, warm, source = get_method(config.method), None, None
     if config.init_from is not None:
         source = _source_plan(config, model)
-        config = _from_source(config, source.config)
+        config = from_source(config, source.config)
     info = info or data_info(config, dataset)
     if source is not None:
         build, warm = source.build, _warm_start(config, spec, model)
@@ -282,27 +252,6 @@ def make_plan(
                 spec.loss(loss), warm)  # fmt: skip
 
 
-# What a warm start takes from the run it starts from: the network as that run built it.
-NETWORK_FIELDS = ("model", "mode", "num_modules", "num_blocks", "head", "belief_input", "tiny", "conv_impl",
-                  "image_size")  # fmt: skip
-
-
-def source_dir(init_from: str, seed: int) -> str:
-    """The run directory a seed starts from: ``init_from/seed<seed>`` when that run trained several seeds."""
-    per_seed = os.path.join(init_from, f"seed{seed}")
-    if os.path.isdir(per_seed):
-        return per_seed
-    several = os.path.isdir(init_from) and not os.path.isfile(os.path.join(init_from, "config.json"))
-    trained = sorted(d for d in os.listdir(init_from) if d.startswith("seed")) if several else []
-    if trained:
-        raise ConfigError(
-            f"init_from {init_from} trained {', '.join(trained)}, not seed{seed}: train the same seeds, "
-            f"or give one seed's directory ({os.path.join(init_from, trained[0])}) for every seed",
-            "init_from",
-        )
-    return init_from
-
-
 def _source_plan(config: TrainConfig, model: Model | None) -> Plan:
     """The plan of the run ``config.init_from`` names (the directory its first seed starts from)."""
     path = source_dir(config.init_from, config.seeds[0])
@@ -312,27 +261,15 @@ def _source_plan(config: TrainConfig, model: Model | None) -> Plan:
         raise ConfigError(f"init_from: {err}", "init_from") from None
 
 
-def _from_source(config: TrainConfig, source: TrainConfig) -> TrainConfig:
-    """``config`` with the network settings of the run it starts from (refusing another dataset)."""
-    if source.dataset != config.dataset:
-        raise ConfigError(
-            f"init_from {config.init_from} was trained on {source.dataset}, not {config.dataset}", "init_from"
-        )
-    return dataclasses.replace(config, **{name: getattr(source, name) for name in NETWORK_FIELDS})
-
-
 def _warm_start(config: TrainConfig, method: Method, model: Model | None) -> Callable:
     """``warm(seed, key)``: the seed's trained variables in ``init_from``, as ``method`` changes them."""
 
     def warm(seed: int, key: chex.PRNGKey) -> Variables:
         plan = _source_plan(dataclasses.replace(config, seed=seed), model)
-        path = source_dir(config.init_from, seed)
-        run_dir, skipped = RunDir(path, plan.config, steps_per_epoch=plan.steps_per_epoch), []
-        position, state = run_dir.stored.newest_restorable(None, state_template(plan), skipped)
-        if skipped or run_dir.finished_summary() is None:
-            why = "; ".join(skipped) or "that run has not finished"
-            warnings.warn(f"init_from {path}: {why}; starting from its checkpoint of {position.describe()}",
-                          stacklevel=2)  # fmt: skip
+        run_dir = RunDir(
+            source_dir(config.init_from, seed), plan.config, steps_per_epoch=plan.steps_per_epoch
+        )
+        state = trained_state(run_dir, state_template(plan))
         return method.adapt(plan.network, state.variables, jax.random.fold_in(key, ADAPT_KEY))[1]
 
     return warm

@@ -133,7 +133,7 @@ def make_chunks(plan: Plan, dataset: Dataset, seeds: Seeds, streamed: bool) -> A
         def body(state, idx):
             return learner.step(state, normalised_batch(dataset, images, labels, idx), key)
 
-        if length == 1:  # no loop at all (see plan.auto_chunk)
+        if length == 1:  # no loop at all (see chunking.auto_chunk)
             state, metrics = body(state, idxs[0])
             return state, jax.tree.map(lambda m: m[None], metrics)
         return jax.lax.scan(body, state, idxs)
