@@ -182,6 +182,52 @@ def test_dfa_gives_every_layer_the_output_error_through_its_own_matrix_as_the_te
         chex.assert_trees_all_close(network.unit_values(grads.units, k)["head"], expected, atol=1e-6)
 
 
+class _DenseHead(nnx.Module):
+    def __init__(self, features, rngs):
+        self.out = nnx.Linear(features, NUM_CLASSES, rngs=rngs)
+
+    def __call__(self, h, log_belief):
+        return self.out(h.reshape(h.shape[0], -1))
+
+
+def test_dfa_on_convolutions_sends_the_same_error_projection_to_every_position():
+    """conv - ReLU - conv - ReLU - dense: the dense layer's input (flattened) gets ``e B`` over all its
+    values; the first convolution's output gets ``e B_conv2 [N, C]``, the same at every position, times
+    relu'; each kernel's gradient is its convolution's VJP with that cotangent."""
+    rngs = nnx.Rngs(0)
+    blocks = [nnx.Conv(1, 2, (3, 3), rngs=rngs), nnx.relu, nnx.Conv(2, 3, (3, 3), rngs=rngs), nnx.relu]
+    own = sidjax.blockwise([blocks], num_classes=NUM_CLASSES, input_shape=(8, 8, 1), rngs=rngs,
+                           heads=[_DenseHead(8 * 8 * 3, rngs)], belief_input="none")  # fmt: skip
+    network, variables = _adapted("dfa", own)
+    x, y = tiny_batch()
+    grads = jax.jit(jax.grad(lambda p: METHODS["dfa"].make_objective(network, sidjax.SIDLoss())(
+        p, variables.stats, x, y, None)[0]))(variables.params)  # fmt: skip
+    unit = network.modules(variables).units[0]
+    conv1, conv2, dense = unit.layers[0], unit.layers[2], unit.head.out
+
+    def conv(layer, h, kernel):
+        out = jax.lax.conv_general_dilated(
+            h, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        return out + layer.bias[...]
+
+    a1 = conv(conv1, x, conv1.kernel[...])
+    a2 = conv(conv2, jax.nn.relu(a1), conv2.kernel[...])
+    flat = jax.nn.relu(a2).reshape(x.shape[0], -1)
+    error = (jax.nn.softmax(flat @ dense.kernel[...] + dense.bias[...]) - jax.nn.one_hot(y, NUM_CLASSES)) / 16
+    delta2 = (error @ dense.direct_feedback[...]).reshape(a2.shape) * (a2 > 0)
+    delta1 = (error @ conv2.direct_feedback[...])[:, None, None, :] * (a1 > 0)
+    found = network.unit_values(grads.units, 0)
+    expected = {
+        0: jax.vjp(lambda k: conv(conv1, x, k), conv1.kernel[...])[1](delta1)[0],
+        2: jax.vjp(lambda k: conv(conv2, jax.nn.relu(a1), k), conv2.kernel[...])[1](delta2)[0],
+    }
+    for index, kernel in expected.items():
+        np.testing.assert_allclose(found["layers"][index]["kernel"][...], kernel, atol=1e-6)
+    np.testing.assert_allclose(found["head"]["out"]["kernel"][...], flat.T @ error, atol=1e-6)
+    assert conv2.direct_feedback[...].shape == (NUM_CLASSES, 2)
+
+
 @pytest.mark.parametrize("mode", ["trunk", "blockwise"])
 def test_dfa_trains_every_layer_and_only_the_last_as_backprop(mode):
     """A dense trunk and its belief modules; convolutional blocks."""
