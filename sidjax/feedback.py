@@ -15,15 +15,16 @@ modes, for the built-in architectures and for your own NNX model.
 
 **DFA** (Noekland 2016) sends the output error ``e = dL/dlogits [B, N]``
 (of the network's last logits) straight to every layer with a ``kernel``
-through the layer's own fixed matrix ``B_l [N, C_l]`` (``C_l`` the input
-features one application reads: ``in_features``, else the kernel's input
-channels): the layer reads its input stopped, and
-the input gets the gradient ``e B_l`` instead, which reaches the layer before
-through the parameter-free operations between them (its activation
-derivative, pooling, normalisation, skip connections). With dense layers
-this is DFA as published; a layer applied at many positions (a convolution,
-a transformer's tokens) gets the same ``e B_l`` at every position. The last
-layer learns from the cross-entropy itself. Both modes, the built-in
+through the layer's own fixed matrix ``B_l [N, *S_l]`` (``S_l`` the layer's
+whole input per example: ``[C]`` for a dense layer, ``[H, W, C]`` for a
+convolution, ``[T, D]`` for a transformer's tokens): the layer reads its
+input stopped, and the input gets the gradient ``e B_l`` instead, which
+reaches the layer before through the parameter-free operations between them
+(its activation derivative, pooling, normalisation, skip connections). Every
+hidden value has its own random projection of the error, as in DFA as
+published. (The same projection at every position, as biotorch's
+convolutions have it, made LeNet diverge at a learning rate where this one
+learns.) The last layer learns from the cross-entropy itself. Both modes, the built-in
 architectures and your own NNX model; on a blockwise network the heads of
 units 1..K-1 are read-outs trained on their block's stopped output (off the
 path to the prediction, they would otherwise send the error twice).
@@ -173,18 +174,23 @@ def dfa_class(cls: type) -> type:
     return _DFA_CLASSES[cls]
 
 
-def with_direct_feedback(module: nnx.Module, num_classes: int, key: chex.PRNGKey) -> int:
-    """Gives every layer of ``module`` with a ``kernel`` a fixed matrix ``B_l [N, C_l]`` (``fold_in(key, i)``)
-    and makes it read its input stopped (in place). Returns the number of layers changed."""
-    layers = [node for _, node in nnx.iter_graph(module) if _has_kernel(node)]
-    for i, layer in enumerate(layers):
-        if type(layer) in _DFA_CLASSES.values():
+def with_direct_feedback(
+    module: nnx.Module, num_classes: int, key: chex.PRNGKey, shapes: dict | None = None, prefix: tuple = ()
+) -> int:
+    """Gives every layer of ``module`` with a ``kernel`` a fixed matrix ``B_l [N, *S_l]`` (``fold_in(key, i)``)
+    and makes it read its input stopped (in place). ``S_l`` is the layer's whole input per example where
+    ``shapes`` gives it (keyed by ``prefix`` + the layer's path), else the features one application reads
+    (``_input_features``). Returns the number of layers with a kernel."""
+    layers = [(path, node) for path, node in nnx.iter_graph(module) if _has_kernel(node)]
+    for i, (path, layer) in enumerate(layers):
+        if shapes is None and type(layer) in _DFA_CLASSES.values():
             continue
+        shape = (shapes or {}).get(prefix + tuple(path), _input_features(layer))
         layer.direct_feedback = Feedback(
-            jax.random.normal(jax.random.fold_in(key, i), (num_classes, *_input_features(layer)))
-            / jnp.sqrt(num_classes)
+            jax.random.normal(jax.random.fold_in(key, i), (num_classes, *shape)) / jnp.sqrt(num_classes)
         )
-        layer.__class__ = dfa_class(type(layer))
+        if type(layer) not in _DFA_CLASSES.values():
+            layer.__class__ = dfa_class(type(layer))
     return len(layers)
 
 
@@ -199,12 +205,15 @@ def _input_features(layer: nnx.Module) -> tuple[int, ...]:
 
 def direct_feedback(network: Network, variables: Variables, key: chex.PRNGKey) -> tuple[Network, Variables]:
     """``network`` whose every layer with a ``kernel`` learns by direct feedback alignment
-    (``Method.prepare``); on a blockwise network units 1..K-1 get read-out heads (``BlockUnit.probe``)."""
+    (``Method.prepare``); on a blockwise network units 1..K-1 get read-out heads (``BlockUnit.probe``).
 
-    def change(module, part_key, index):
+    Two passes: the layers first get ``B_l [N, C_l]``; a shape-only training pass then shows each layer's
+    whole input, and ``B_l`` is drawn again over all of it (``[N, H, W, C]`` for a convolution)."""
+
+    def change(module, part_key, index, shapes=None):
         last = index >= network.num_units - 1  # the last unit, or the stem
         if not network.cut_features or last:
-            return with_direct_feedback(module, network.num_classes, part_key)
+            return with_direct_feedback(module, network.num_classes, part_key, shapes)
         if not hasattr(module, "probe"):
             raise ConfigError(
                 f"method 'dfa' needs blockwise units built by sidjax.blockwise (BlockUnit), got "
@@ -212,9 +221,31 @@ def direct_feedback(network: Network, variables: Variables, key: chex.PRNGKey) -
                 "model",
             )
         module.probe = True
-        return with_direct_feedback(module.layers, network.num_classes, part_key)
+        return with_direct_feedback(module.layers, network.num_classes, part_key, shapes, ("layers",))
 
-    return _every_layer("dfa", network, variables, change, key)
+    network, variables = _every_layer("dfa", network, variables, change, key)
+    shapes = _input_shapes(network, variables)
+    return remodel(network, variables, lambda m, k, i: change(m, k, i, shapes[i]), key)
+
+
+def _input_shapes(network: Network, variables: Variables) -> dict[int, dict[tuple, tuple[int, ...]]]:
+    """Part index (unit k: k, the stem: K) -> {layer path: its input's shape per example}, from a shape-only
+    training pass; a layer read at several shapes is left out (it keeps ``B_l [N, C_l]``)."""
+
+    def parts(v, x):
+        stats = network.forward(v, x, None, jax.random.key(0), train=True, cut=False).stats
+        return {network.num_units: stats.stem, **{k: network.unit_values(stats.units, k)
+                                                  for k in range(network.num_units)}}  # fmt: skip
+
+    x = jax.ShapeDtypeStruct((2, *network.input_shape), jnp.float32)
+    found: dict[int, dict[tuple, tuple[int, ...]]] = {}
+    for index, part in jax.eval_shape(parts, variables, x).items():
+        found[index] = {}
+        for path, seen in nnx.filter_state(part, LayerInput).flat_state():
+            shapes = {tuple(a.shape[1:]) for a in seen.get_value()}
+            if len(shapes) == 1:
+                found[index][tuple(path[:-1])] = shapes.pop()
+    return found
 
 
 def _injected(stats: Any, error: chex.Array, stacked: bool = False) -> tuple[chex.Array, Any]:

@@ -190,10 +190,10 @@ class _DenseHead(nnx.Module):
         return self.out(h.reshape(h.shape[0], -1))
 
 
-def test_dfa_on_convolutions_sends_the_same_error_projection_to_every_position():
-    """conv - ReLU - conv - ReLU - dense: the dense layer's input (flattened) gets ``e B`` over all its
-    values; the first convolution's output gets ``e B_conv2 [N, C]``, the same at every position, times
-    relu'; each kernel's gradient is its convolution's VJP with that cotangent."""
+def test_dfa_on_convolutions_gives_every_position_its_own_error_projection():
+    """conv - ReLU - conv - ReLU - dense: each layer's input gets ``e B_l`` over all its values (the
+    second convolution's ``B [N, H, W, C]``: its own rows at every position), times relu' below; each
+    kernel's gradient is its convolution's VJP with that cotangent."""
     rngs = nnx.Rngs(0)
     blocks = [nnx.Conv(1, 2, (3, 3), rngs=rngs), nnx.relu, nnx.Conv(2, 3, (3, 3), rngs=rngs), nnx.relu]
     own = sidjax.blockwise([blocks], num_classes=NUM_CLASSES, input_shape=(8, 8, 1), rngs=rngs,
@@ -216,7 +216,7 @@ def test_dfa_on_convolutions_sends_the_same_error_projection_to_every_position()
     flat = jax.nn.relu(a2).reshape(x.shape[0], -1)
     error = (jax.nn.softmax(flat @ dense.kernel[...] + dense.bias[...]) - jax.nn.one_hot(y, NUM_CLASSES)) / 16
     delta2 = (error @ dense.direct_feedback[...]).reshape(a2.shape) * (a2 > 0)
-    delta1 = (error @ conv2.direct_feedback[...])[:, None, None, :] * (a1 > 0)
+    delta1 = (error @ conv2.direct_feedback[...].reshape(NUM_CLASSES, -1)).reshape(a1.shape) * (a1 > 0)
     found = network.unit_values(grads.units, 0)
     expected = {
         0: jax.vjp(lambda k: conv(conv1, x, k), conv1.kernel[...])[1](delta1)[0],
@@ -225,7 +225,8 @@ def test_dfa_on_convolutions_sends_the_same_error_projection_to_every_position()
     for index, kernel in expected.items():
         np.testing.assert_allclose(found["layers"][index]["kernel"][...], kernel, atol=1e-6)
     np.testing.assert_allclose(found["head"]["out"]["kernel"][...], flat.T @ error, atol=1e-6)
-    assert conv2.direct_feedback[...].shape == (NUM_CLASSES, 2)
+    assert conv2.direct_feedback[...].shape == (NUM_CLASSES, 8, 8, 2)
+    assert dense.direct_feedback[...].shape == (NUM_CLASSES, 8 * 8 * 3)
 
 
 @pytest.mark.parametrize("mode", ["trunk", "blockwise"])
