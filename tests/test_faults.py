@@ -375,7 +375,7 @@ def test_a_stop_signal_without_checkpoint_steps_stops_at_the_next_chunk_boundary
     out = tmp_path / "run"
     proc = subprocess.Popen([*TRAIN, "--steps-per-chunk", "25", "--out", str(out)], env=ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip  # no --checkpoint-steps
-    _wait_for(proc, tmp_path / ".run.incoming" / "run.json")  # training has begun, inside epoch 1
+    _wait_for(proc, tmp_path / ".run.incoming" / "run.json")  # the stop handlers are in place before it
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, stderr

@@ -164,7 +164,7 @@ def _train(plan: Plan, dataset: Dataset, seeds: Seeds, dirs: RunDirs, resume: bo
     """Trains ``seeds`` together from their resume point to the end; returns each seed's result."""
     session = Session(plan, dataset, seeds, dirs, resume=resume, log=log)
     session.compile()
-    with session.writing(), stop_signals() as stop:
+    with stop_signals() as stop, session.writing():  # handlers first: run.json says they are in place
         for epoch in session.epochs():
             trained = session.train(epoch, stop, progress)
             session.record(session.evaluate(epoch, trained), stop, on_epoch, progress)

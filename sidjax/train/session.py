@@ -2,7 +2,7 @@
 
     session = Session(plan, dataset, Seeds((0, 1)), dirs, resume=True)
     session.compile()
-    with session.writing(), stop_signals() as stop:
+    with stop_signals() as stop, session.writing():
         for epoch in session.epochs():
             progress = session.train(epoch, stop)
             session.record(session.evaluate(epoch, progress), stop)
