@@ -22,9 +22,8 @@ input stopped, and the input gets the gradient ``e B_l`` instead, which
 reaches the layer before through the parameter-free operations between them
 (its activation derivative, pooling, normalisation, skip connections). Every
 hidden value has its own random projection of the error, as in DFA as
-published. (The same projection at every position, as biotorch's
-convolutions have it, made LeNet diverge at a learning rate where this one
-learns.) The last layer learns from the cross-entropy itself. Both modes, the built-in
+published (biotorch's convolutions share one projection over all positions
+instead). The last layer learns from the cross-entropy itself. Both modes, the built-in
 architectures and your own NNX model; on a blockwise network the heads of
 units 1..K-1 are read-outs trained on their block's stopped output (off the
 path to the prediction, they would otherwise send the error twice).

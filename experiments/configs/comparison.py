@@ -33,10 +33,10 @@ after 100 epochs: there the gaps measure this short budget, not the
 methods. The dense networks, on the full data, are the informative cells.
 On biotorch's LeNet with the full data (20 epochs), FA learns as published:
 BP 85.73 %, FA 85.12 % (BP - FA +0.54 [-0.39, +1.47] at the best epoch,
-published +3.86 after 100 epochs). DFA with one error projection shared by
-every position of a convolution (biotorch's form) diverged at 1e-4 and 1e-3
-and ended at 72.46 % at 1e-5 (BP - DFA +13.26); every position now has its
-own projection (see RESULTS.md for DFA's rerun).
+published +3.86 after 100 epochs). DFA does not: at 1e-5 (it diverged at
+1e-4 and 1e-3) it ends at 71.72 % (BP - DFA +13.90 [+12.20, +15.60] at the
+best epoch, published +3.61). With one error projection shared by every
+position of a convolution, biotorch's form, it ended at 72.46 %.
 Published figures: feedback alignment's and direct feedback alignment's gap
 below backprop on Fashion-MNIST (LeNet, 100 epochs: +3.86 and +3.61 points
 of best-epoch test error, biotorch's benchmarks) is set beside their gap
