@@ -227,7 +227,7 @@ def make_plan(
         config = from_source(config, source.config)
     info = info or data_info(config, dataset)
     if source is not None:
-        build, warm = source.build, _warm_start(config, spec, model)
+        build, warm = source.build, _warm_start(config, source, spec)
     elif model is None or isinstance(model, Backbone):
         build = builtin_model(config, info.input_shape, info.num_classes, model)
     else:
@@ -261,16 +261,16 @@ def _source_plan(config: TrainConfig, model: Model | None) -> Plan:
         raise ConfigError(f"init_from: {err}", "init_from") from None
 
 
-def _warm_start(config: TrainConfig, method: Method, model: Model | None) -> Callable:
-    """``warm(seed, key)``: the seed's trained variables in ``init_from``, as ``method`` changes them."""
+def _warm_start(config: TrainConfig, source: Plan, method: Method) -> Callable:
+    """``warm(seed, key)``: the seed's trained variables in ``init_from``, as ``method`` changes them (every
+    seed's directory holds a run of ``source``'s network and length, so its plan is built once)."""
 
     def warm(seed: int, key: chex.PRNGKey) -> Variables:
-        plan = _source_plan(dataclasses.replace(config, seed=seed), model)
         run_dir = RunDir(
-            source_dir(config.init_from, seed), plan.config, steps_per_epoch=plan.steps_per_epoch
+            source_dir(config.init_from, seed), source.config, steps_per_epoch=source.steps_per_epoch
         )
-        state = trained_state(run_dir, state_template(plan))
-        return method.adapt(plan.network, state.variables, jax.random.fold_in(key, ADAPT_KEY))[1]
+        state = trained_state(run_dir, state_template(source))
+        return method.adapt(source.network, state.variables, jax.random.fold_in(key, ADAPT_KEY))[1]
 
     return warm
 
