@@ -23,8 +23,8 @@ reaches the layer before through the parameter-free operations between them
 (its activation derivative, pooling, normalisation, skip connections). Every
 hidden value has its own random projection of the error, as in DFA as
 published (biotorch's convolutions share one projection over all positions
-instead). The last layer learns from the cross-entropy itself. Both modes, the built-in
-architectures and your own NNX model; on a blockwise network the heads of
+instead). The last layer learns from the cross-entropy itself. Both modes,
+the built-in architectures and your own NNX model; on a blockwise network the heads of
 units 1..K-1 are read-outs trained on their block's stopped output (off the
 path to the prediction, they would otherwise send the error twice).
 
