@@ -1,12 +1,30 @@
 """Test set-up: 8 simulated CPU devices (set before jax is imported), full f32 matmuls, tiny models."""
 
+import atexit
 import contextlib
 import dataclasses
+import importlib.util
 import json
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Many tests compile the same programs (a run, then its resume; the CLI in a subprocess, then in-process).
+# One compilation cache per test session, shared by the xdist workers and every subprocess through the
+# environment, compiles each once (those that take over 0.3 s). Its size limit turns on its file lock, so
+# no worker reads a half-written entry (it needs filelock, a dev dependency). Deleted when the process that
+# made it exits.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ and importlib.util.find_spec("filelock"):
+    _cache_dir = tempfile.mkdtemp(prefix="sidjax-tests-xla-cache-")
+    atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
+    os.environ.update(
+        JAX_COMPILATION_CACHE_DIR=_cache_dir,
+        JAX_COMPILATION_CACHE_MAX_SIZE=str(4 << 30),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.3",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
