@@ -14,6 +14,7 @@ import jax
 from flax import nnx
 
 import sidjax
+from sidjax.readout import freeze
 
 
 class Features(nnx.Module):
@@ -43,8 +44,25 @@ class Classifier(nnx.Module):
         return self.fc2(self.fc1(h))
 
 
-def lenet(key: jax.Array, num_classes: int = 10) -> tuple[sidjax.Network, sidjax.Variables]:
-    """LeNet on 28x28x1 images as one blockwise unit (``sidjax.run(config, model=lenet)``)."""
+def lenet(
+    key: jax.Array, num_classes: int = 10, random_convolutions: bool = False
+) -> tuple[sidjax.Network, sidjax.Variables]:
+    """LeNet on 28x28x1 images as one blockwise unit (``sidjax.run(config, model=lenet)``).
+
+    ``random_convolutions``: the convolutions keep their initialisation (``Frozen``, so no optimizer or weight
+    decay moves them) and only the two dense layers learn: what a learning rule gets from LeNet if its
+    convolutions learn nothing. The same key gives the same initial network either way."""
     rngs = nnx.Rngs(key)
-    return sidjax.blockwise([Features(rngs)], num_classes=num_classes, input_shape=(28, 28, 1), rngs=rngs,
-                            heads=[Classifier(num_classes, rngs)], belief_input="none", name="lenet")  # fmt: skip
+    features = Features(rngs)
+    if random_convolutions:
+        freeze(features)
+    return sidjax.blockwise([features], num_classes=num_classes, input_shape=(28, 28, 1), rngs=rngs,
+                            heads=[Classifier(num_classes, rngs)], belief_input="none",
+                            name="lenet_random_convolutions" if random_convolutions else "lenet")  # fmt: skip
+
+
+def lenet_random_convolutions(
+    key: jax.Array, num_classes: int = 10
+) -> tuple[sidjax.Network, sidjax.Variables]:
+    """LeNet whose convolutions stay as initialised; only its dense layers learn (``lenet``)."""
+    return lenet(key, num_classes, random_convolutions=True)

@@ -7,10 +7,13 @@ import shutil
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
 
 from experiments import configs, report
 from experiments import run as runner
+from experiments.lenet import lenet, lenet_random_convolutions
 from sidjax import TrainConfig
 from sidjax.data import DatasetUnavailableError
 from sidjax.train.cli import own_model
@@ -28,6 +31,21 @@ def test_config_documents_itself_and_plans_without_data(name):
         if not config.dataset.startswith("cifar") and config.init_from is None:
             make_plan(config, model=own_model(config))
     assert experiment.smoke().runs, "the smoke variant keeps no run"
+
+
+def test_lenet_with_random_convolutions_trains_only_its_dense_layers():
+    def arrays(tree):
+        return {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+    _, usual = lenet(jax.random.key(3))
+    _, fixed = lenet_random_convolutions(jax.random.key(3))
+    assert all("['head']['fc" in p for p in arrays(fixed.params)), "a convolution reaches the optimizer"
+    assert (
+        len(arrays(fixed.params)) == 4 and len(arrays(fixed.stats)) == 6
+    )  # fc1, fc2; conv1..3 (kernel, bias)
+    # The same initial network: the convolutions, as drawn, sit with the stats.
+    same, held = arrays(usual.params), {**arrays(fixed.params), **arrays(fixed.stats)}
+    assert held.keys() == same.keys() and all(np.array_equal(held[p], same[p]) for p in same)
 
 
 @pytest.mark.parametrize("name", configs.NAMES)
