@@ -40,9 +40,8 @@ def test_lenet_with_random_convolutions_trains_only_its_dense_layers():
     _, usual = lenet(jax.random.key(3))
     _, fixed = lenet_random_convolutions(jax.random.key(3))
     assert all("['head']['fc" in p for p in arrays(fixed.params)), "a convolution reaches the optimizer"
-    assert (
-        len(arrays(fixed.params)) == 4 and len(arrays(fixed.stats)) == 6
-    )  # fc1, fc2; conv1..3 (kernel, bias)
+    # fc1 and fc2 learn; conv1..3 are held (a kernel and a bias each).
+    assert len(arrays(fixed.params)) == 4 and len(arrays(fixed.stats)) == 6
     # The same initial network: the convolutions, as drawn, sit with the stats.
     same, held = arrays(usual.params), {**arrays(fixed.params), **arrays(fixed.stats)}
     assert held.keys() == same.keys() and all(np.array_equal(held[p], same[p]) for p in same)
