@@ -29,7 +29,7 @@ import numpy as np
 from experiments.benchlib import environment, write_json
 from sidjax import TrainConfig, load_dataset, make_learner
 from sidjax.train.plan import make_plan
-from sidjax.train.seeds import Seeds, seed_keys
+from sidjax.train.members import Members, seed_keys
 from sidjax.train.session import Session
 
 DEFAULT_RUNS = ",".join(
@@ -44,7 +44,7 @@ def bench_run(spec: str, args, dataset) -> dict:
                          batch_size=args.batch_size, limit_train=args.limit_train, epochs=1 + args.epochs,
                          tiny=args.tiny)  # fmt: skip
     plan = make_plan(config, dataset)
-    session = Session(plan, dataset, Seeds((0,)))
+    session = Session(plan, dataset, Members.of_seeds((0,)))
     epochs = [session.train(epoch).seconds for epoch in session.epochs()]  # the first compiles and autotunes
     step_s = time_step(plan, dataset, args)
     examples = plan.steps_per_epoch * config.batch_size

@@ -6,7 +6,11 @@
     python -m experiments.run --list                          # the experiments and their runs
 
 The seeds of a run train together in one program (``TrainConfig.seed`` as a
-tuple) and each writes the files a separate run of that seed would write.
+tuple) and each writes the files a separate run of that seed would write. A
+run whose config is a grid (``lr`` several values) is tuned: the grid trains
+on the experiment's selection seeds in ``<run>/grid/``, its point is chosen
+on the validation split (``<run>/grid/selection.json``), then the seeds
+train at that point. A run that follows a tuned one trains at its point.
 Running again continues: finished seeds are skipped, interrupted ones resume
 from their last intact checkpoint to the same numbers as an uninterrupted
 run. A run that fails (e.g. a dataset that cannot be had) is reported in one
@@ -25,6 +29,7 @@ from sidjax.errors import ConfigError
 from sidjax.train.cli import OneLineParser, error_line, own_model
 from sidjax.train.plan import make_plan
 from sidjax.train.runner import RunStopped, TrainingDiverged, run
+from sidjax.train.selection import read_selection
 
 
 def run_experiment(
@@ -63,7 +68,7 @@ def run_experiment(
             pass  # reported per run below, with the others going on
     datasets = {} if datasets is None else datasets
     summaries, failures = {}, []
-    for name, config in selected.items():
+    for name, config in sorted(selected.items(), key=lambda item: item[0] in experiment.follows):
         label = f"{experiment.name}/{name}"
         out = os.path.join(results_dir, experiment.name, name)
         try:
@@ -71,6 +76,17 @@ def run_experiment(
                 datasets[config.dataset] = load_dataset(
                     config.dataset, data_dir, manual_dir, image_size=config.image_size
                 )
+            if config.grid and name not in experiment.follows:
+                print(
+                    f"== {label}: the grid on seeds {', '.join(map(str, experiment.select_seeds))}",
+                    flush=True,
+                )
+                run(dataclasses.replace(config, seed=experiment.select_seeds), os.path.join(out, "grid"),
+                    model=own_model(config), dataset=datasets[config.dataset], progress=progress,
+                    overwrite=overwrite, resume=not overwrite, log=print)  # fmt: skip
+            tuned = experiment.follows.get(name, name if config.grid else None)
+            if tuned is not None:
+                config = config.for_point(_chosen(results_dir, experiment, tuned))
             print(f"== {label} (seeds {', '.join(map(str, seeds))})", flush=True)
             together = dataclasses.replace(config, seed=seeds)
             if len(seeds) == 1:  # the same directory layout: out/seed<k>
@@ -88,6 +104,14 @@ def run_experiment(
             failures.append(f"{label}: {error_line(err)[len('error: ') :]}")
             print(f"   failed: {err}", flush=True)
     return summaries, failures
+
+
+def _chosen(results_dir: str, experiment: configs.Experiment, tuned: str) -> tuple:
+    """The point chosen on validation for the tuned run ``tuned`` (``ConfigError`` where there is none)."""
+    record = read_selection(os.path.join(results_dir, experiment.name, tuned, "grid"))
+    if record["chosen"] is None:
+        raise ConfigError(f"{experiment.name}/{tuned}: every point of its grid diverged; nothing to train at")
+    return tuple(record["chosen"]["point"].items())
 
 
 def _resolved(config, results_dir: str, experiment: configs.Experiment):

@@ -13,11 +13,16 @@ used):
 * Minimised, by each unit alone: ``softplus(theta - G(h+)) + softplus(G(h-)
   - theta)``, averaged over the positives and negatives of the batch, with
   goodness ``G(h)`` the mean of ``h**2`` over the unit's output and
-  ``theta = 2`` (the threshold of the widely used PyTorch implementation;
-  Hinton's paper leaves it open).
+  ``theta = 1``: Hinton's own rule (the sum of squares against the layer's
+  width) written per feature. The widely used PyTorch port's ``theta = 2``
+  on the mean learned little here (37 % after 3 epochs on 10 000
+  Fashion-MNIST examples, against 75 % with ``theta = 1``).
 * Prediction (``Goodness``): every label is embedded in turn (the N passes
-  vectorised), and the label whose summed goodness over the units, the
-  first excepted, is largest wins.
+  vectorised), and the label whose goodness summed over every unit is
+  largest wins. Hinton sums every unit but the first (``skip_first``); on
+  short budgets the first unit is often the only one that has learned (it
+  alone was at 73 % where the others' sum was at 37 %), so sidjax counts
+  it.
 
 The training accuracy a step reports is the fraction of examples whose true
 label's goodness beats the drawn wrong label's (the step sees no others).
@@ -35,7 +40,7 @@ import jax.numpy as jnp
 from sidjax.losses import SIDLoss
 from sidjax.network import Network, UnitInput, Variables, sg
 
-THRESHOLD = 2.0
+THRESHOLD = 1.0
 NEG = -1e9
 
 
@@ -109,10 +114,17 @@ def ff_objective(network: Network, loss: SIDLoss, execution: str = "fused") -> C
 
 @dataclasses.dataclass(frozen=True)
 class Goodness:
-    """How a Forward-Forward network predicts: the label with the most goodness, the first unit excepted."""
+    """How a Forward-Forward network predicts: the label with the most goodness summed over the units.
+
+    Attributes:
+      skip_first: leave the first unit out of the sum (Hinton's rule).
+    """
+
+    skip_first: bool = False
 
     def __call__(self, network: Network, variables: Variables, x: chex.Array) -> chex.Array:
-        """``[K, B, N]``: row k sums units 2..k+1's goodness for every label (row 0: unit 1's); row -1 predicts."""
+        """``[K, B, N]``: row k sums units 1..k+1's goodness for every label (``skip_first``: units 2..k+1,
+        row 0 unit 1's alone); row 0 is the first unit alone, row -1 predicts."""
         n = network.num_classes
 
         def for_label(label):
@@ -120,5 +132,5 @@ class Goodness:
             return unit_goodness(network, variables, embedded, train=False)[0]
 
         g = jax.vmap(for_label)(jnp.arange(n))  # [N, K, B]
-        counted = g.at[:, 0].set(0.0) if network.num_units > 1 else g
+        counted = g.at[:, 0].set(0.0) if self.skip_first and network.num_units > 1 else g
         return jnp.cumsum(counted, axis=1).transpose(1, 2, 0).at[0].set(g[:, 0].T)

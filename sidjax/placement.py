@@ -46,8 +46,9 @@ class Placement:
 
 
 def check_seeds(placement: Placement, num_seeds: int) -> None:
-    """Several seeds train together in one program on a single device only."""
+    """Several seeds (or grid points) train together in one program on a single device only."""
     if num_seeds > 1 and placement.kind != "single":
         raise ConfigError(
-            "several seeds train together on a single device only; use placement single", "seed"
+            "several seeds or grid points train together on a single device only; use placement single",
+            "seed",
         )

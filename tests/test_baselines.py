@@ -28,7 +28,7 @@ import sidjax
 from sidjax.architectures import Conv3x3
 from sidjax.errors import ConfigError
 from sidjax.feedback import with_feedback
-from sidjax.forward_forward import THRESHOLD, embed_labels, goodness, normalised, wrong_labels
+from sidjax.forward_forward import THRESHOLD, Goodness, embed_labels, goodness, normalised, wrong_labels
 from sidjax.hsic import nhsic, solve
 from sidjax.methods import METHODS
 
@@ -303,10 +303,14 @@ def test_ff_loss_and_prediction_equal_the_formulas():
     np.testing.assert_allclose(logits[:, jnp.arange(16), y], pos, rtol=1e-5)
     per_label = jnp.stack([_hand_goodness(network, variables, embed_labels(x, jnp.full((16,), n), NUM_CLASSES))
                            for n in range(NUM_CLASSES)])  # fmt: skip  # [N, K, B]
-    summed = per_label[:, 1:].sum(1).T  # every unit but the first
+    summed = per_label.sum(1).T  # every unit
     scores = jax.jit(network.apply)(variables, x)
     np.testing.assert_allclose(scores[-1], summed, rtol=1e-5)
+    np.testing.assert_allclose(scores[0], per_label[:, 0].T, rtol=1e-5)  # the first unit alone
     np.testing.assert_array_equal(scores[-1].argmax(-1), summed.argmax(-1))
+    # Hinton's rule leaves the first unit out of the sum.
+    hinton = jax.jit(lambda v, x: Goodness(skip_first=True)(network, v, x))(variables, x)
+    np.testing.assert_allclose(hinton[-1], per_label[:, 1:].sum(1).T, rtol=1e-5)
 
 
 def test_ff_units_read_the_previous_output_normalised_and_stopped():

@@ -65,7 +65,7 @@ def test_records_of_earlier_versions_migrate():
         (
             {"seed": (0, 1), "placement": "mesh:1,2"},
             "seed",
-            "several seeds train together on a single device",
+            "several seeds or grid points train together on a single device",
         ),
         ({"epochs": 0}, "epochs", "epochs must be an integer >= 1"),
         ({"batch_size": 2.5}, "batch_size", "batch_size must be an integer >= 1"),

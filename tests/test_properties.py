@@ -21,7 +21,7 @@ from sidjax.objectives import local_losses
 from sidjax.train.epoch import epoch_chunks, prepare_data
 from sidjax.train.plan import make_plan
 from sidjax.train.programs import make_programs
-from sidjax.train.seeds import Seeds
+from sidjax.train.members import Members
 
 LOSS = SIDLoss(0.5)
 # What each method is, to be checked: the mode its test network has, whether its units read the
@@ -187,7 +187,7 @@ def _plan(label_noise=0.3, validation=16, seeds=(0, 1)):
 
 def test_the_training_labels_are_the_seeds_noisy_labels_at_the_requested_rate():
     plan, dataset = _plan()
-    data = prepare_data(plan, dataset, Seeds((0, 1)), resident=False)
+    data = prepare_data(plan, dataset, Members.of_seeds((0, 1)), resident=False)
     for i, seed in enumerate((0, 1)):
         noisy, _ = symmetric_label_noise(dataset.train_labels, 0.3, dataset.num_classes, seed)
         np.testing.assert_array_equal(
@@ -211,17 +211,17 @@ def test_the_training_labels_are_the_seeds_noisy_labels_at_the_requested_rate():
 
 def test_each_epoch_has_its_own_order_the_same_for_the_same_seed():
     plan, dataset = _plan(label_noise=0.0, seeds=(0, 1))
-    data = prepare_data(plan, dataset, Seeds((0, 1)), resident=True)
+    data = prepare_data(plan, dataset, Members.of_seeds((0, 1)), resident=True)
     orders = {}
     for epoch in (1, 2):
-        (images, labels, order, start, length), *_ = epoch_chunks(plan, data, Seeds((0, 1)), epoch)
+        (images, labels, order, start, length), *_ = epoch_chunks(plan, data, Members.of_seeds((0, 1)), epoch)
         orders[epoch] = np.asarray(order)
         for i, seed in enumerate((0, 1)):
             np.testing.assert_array_equal(orders[epoch][i], epoch_order(80, 16, seed, epoch),
                                           err_msg=f"epoch {epoch}'s order comes from (seed, epoch)")  # fmt: skip
     assert not np.array_equal(orders[1], orders[2]), "the order differs from epoch to epoch"
     assert not np.array_equal(orders[1][0], orders[1][1]), "the order differs from seed to seed"
-    assert make_programs(plan, dataset, Seeds((0, 1))).seeds == Seeds((0, 1))
+    assert make_programs(plan, dataset, Members.of_seeds((0, 1))).members == Members.of_seeds((0, 1))
 
 
 # --- heads ---

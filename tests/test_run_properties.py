@@ -16,7 +16,7 @@ from test_properties import _plan
 import sidjax
 from sidjax.data import epoch_order, symmetric_label_noise
 from sidjax.train.runner import load_run, run, summarize
-from sidjax.train.seeds import Seeds, seed_keys
+from sidjax.train.members import Member, Members, seed_keys
 from sidjax.train.session import Session
 
 
@@ -34,7 +34,7 @@ def test_the_labels_that_reach_the_step_are_each_seeds_noisy_labels_in_its_order
 
     plan = plan._replace(learner=plan.learner._replace(step=recording))
     plan = plan._replace(config=dataclasses.replace(plan.config, device_data_mb=1000 if resident else 0))
-    session = Session(plan, dataset, Seeds(seeds))
+    session = Session(plan, dataset, Members.of_seeds(seeds))
     assert session.data.resident == resident
     session.train(epoch=1)
     jax.effects_barrier()
@@ -64,15 +64,15 @@ def test_the_best_validation_epoch_is_chosen_on_validation_alone():
     val, test = [0.50, 0.70, 0.60], [0.90, 0.40, 0.55]  # test accuracy would choose epoch 1
     history = [
         {"epoch": e + 1, "val_accuracy": v, "test_accuracy": t, "per_unit_accuracy": [t], "per_unit_kl": [0.0],
-         "epoch_time_s": 1.0}
+         "epoch_time_s": 1.0, "train_loss": 1.0, "train_ce": 1.0}
         for e, (v, t) in enumerate(zip(val, test, strict=True))
     ]  # fmt: skip
     data = types.SimpleNamespace(dataset=types.SimpleNamespace(train_labels=np.zeros(80), test_labels=np.zeros(16)),
                                  realised_noise=[0.3], resident=True)  # fmt: skip
     plan = plan._replace(config=dataclasses.replace(plan.config, epochs=3))
-    session = types.SimpleNamespace(plan=plan, histories={0: history}, data=data, seeds=Seeds((0,)), network={},
+    session = types.SimpleNamespace(plan=plan, histories={Member(0): history}, data=data, members=Members.of_seeds((0,)), network={},
                                     compile_time=0.0)  # fmt: skip
-    summary = summarize(session, 0)
+    summary = summarize(session, Member(0))
     assert summary["best_val_epoch"] == 2, "the epoch with the highest validation accuracy"
     assert summary["test_accuracy_at_best_val"] == 0.40, (
         "that epoch's test accuracy, whatever test would choose"

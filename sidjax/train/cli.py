@@ -29,7 +29,7 @@ from sidjax.heads import BELIEF_INPUTS, HEADS
 from sidjax.losses import DIVERGENCES
 from sidjax.methods import EXECUTIONS, METHODS, MODES
 from sidjax.ops import CONV_IMPLS
-from sidjax.train.config import GROUPS, LR_SCHEDULES, OPTIMIZERS, TrainConfig, field_help
+from sidjax.train.config import GRID_FIELDS, GROUPS, LR_SCHEDULES, OPTIMIZERS, TrainConfig, field_help
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "mode": MODES,
@@ -62,7 +62,7 @@ def flag(field: str) -> str:
 
 
 def parse_numbers(kind: type) -> Any:
-    """``"0.5"`` -> 0.5; ``"0.9,0.5,0.1"`` -> a tuple (per-unit alpha, several seeds)."""
+    """``"0.5"`` -> 0.5; ``"0.9,0.5,0.1"`` -> a tuple (per-unit alpha, several seeds, a grid's values)."""
 
     def parse(text: str):
         try:
@@ -88,8 +88,8 @@ def _add_field(group, field: dataclasses.Field, help_text: str) -> None:
     }
     if kind is bool or set(args) == {bool, type(None)}:
         kw["action"] = argparse.BooleanOptionalAction
-    elif field.name in ("alpha", "seed"):
-        number = float if field.name == "alpha" else int
+    elif field.name in ("alpha", "seed", *GRID_FIELDS):
+        number = int if field.name == "seed" else float
         kw["type"], kw["metavar"] = parse_numbers(number), "X[,X...]" if number is float else "N[,N...]"
     elif isinstance(kind, types.UnionType) and type(None) in args:
         kw["type"] = next(a for a in args if a is not type(None))
@@ -258,8 +258,9 @@ def _run(args: argparse.Namespace, config: TrainConfig, out: str | None, dataset
 
 
 def _describe(config: TrainConfig, s: dict) -> str:
+    point = "".join(f"{name} {s[name]:g}, " for name in config.grid)
     return (
-        f"{config.method} {config.model} ({config.mode}) on {config.dataset}, seed {s['seed']}: final test accuracy "
+        f"{config.method} {config.model} ({config.mode}) on {config.dataset}, {point}seed {s['seed']}: final test accuracy "
         f"{s['final_test_accuracy']:.4f} (best {s['best_test_accuracy']:.4f} at epoch {s['best_epoch']}), "
         f"{s['time_per_epoch_s']:.1f} s/epoch, {s['examples_per_s']:.0f} examples/s"
     )
@@ -269,9 +270,10 @@ def train(argv: list[str] | None = None) -> list[dict]:
     """``sidjax train``: one configuration (several seeds together where ``--seed`` lists them)."""
     parser = build_parser("sidjax train", "Train one network with SID, DGL or BP and write its results.")
     args, argv = _start(parser, argv)
-    summaries = guarded(parser, argv, lambda: _run(args, config_from_args(args), args.out))
+    config = guarded(parser, argv, lambda: config_from_args(args))
+    summaries = guarded(parser, argv, lambda: _run(args, config, args.out))
     for summary in summaries:
-        print(_describe(TrainConfig.from_record(summary), summary))
+        print(_describe(config, summary))
     return summaries
 
 

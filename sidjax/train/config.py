@@ -14,12 +14,15 @@ read.
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import itertools
 import json
 import math
 import os
 import re
 from typing import Any
 
+import jax.numpy as jnp
 import optax
 
 from sidjax.errors import ConfigError
@@ -30,6 +33,10 @@ from sidjax.placement import Placement, check_seeds
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
 LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 MAX_SEED = 2**32 - 1
+# The fields a grid may vary: given several values, every point of their product trains beside the
+# seeds in one program, the values held in each optimizer state (optax.inject_hyperparams).
+GRID_FIELDS: tuple[str, ...] = ("lr", "weight_decay")
+Point = tuple[tuple[str, float], ...]  # one grid point: ((field, value), ...) in GRID_FIELDS' order
 
 
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -39,7 +46,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
               "init_from"),
     "method": ("method", "alpha", "divergence", "label_smoothing", "pipelined"),
     "optimisation": ("optimizer", "lr", "momentum", "weight_decay", "schedule", "epochs", "batch_size",
-                     "eval_batch_size", "seed"),
+                     "eval_batch_size", "seed", "late_epochs"),
     "devices": ("placement", "execution", "steps_per_chunk"),
     "output": ("checkpoint_every", "checkpoint_steps"),
 }  # fmt: skip
@@ -73,14 +80,15 @@ class TrainConfig:
       label_smoothing: epsilon of the target distribution, in [0, 1).
       pipelined: blockwise: unit k trains on unit k-1's output of the previous step (no update locking).
       optimizer: adam or sgd (with momentum).
-      lr: learning rate.
+      lr: learning rate; several (1e-4,3e-4,1e-3) train as a grid beside the seeds in one program, each point in its own directory (lr<value>/), chosen on the validation split.
       momentum: sgd's momentum, in [0, 1).
-      weight_decay: decoupled for adam (AdamW), L2 added to the gradient for sgd.
+      weight_decay: decoupled for adam (AdamW), L2 added to the gradient for sgd; several values are a grid, as for lr.
       schedule: the learning rate: constant, or cosine (decays to 0 over all steps).
       epochs: passes over the training data.
       batch_size: examples per training step.
       eval_batch_size: examples per evaluation step.
       seed: one seed, or several (0,1,2) trained together in one program, each in its own seed<k>/ directory.
+      late_epochs: the last N epochs whose mean accuracy is a run's late mean (late_test_accuracy, late_val_accuracy); a grid's point is chosen by its late validation accuracy.
       placement: single (one device), mesh:DATA,UNIT (one program on a device mesh), stages[:N] (blockwise units in N stages on the devices).
       execution: how a local step groups its unit updates: auto, vmap, fused or sequential.
       steps_per_chunk: training steps per compiled chunk, between host syncs (0: the largest divisor of the epoch's steps up to 64; 1 for convolutional networks on CPU).
@@ -111,14 +119,15 @@ class TrainConfig:
     label_smoothing: float = 0.0
     pipelined: bool = False
     optimizer: str = "adam"
-    lr: float = 1e-3
+    lr: float | tuple[float, ...] = 1e-3
     momentum: float = 0.9
-    weight_decay: float = 0.0
+    weight_decay: float | tuple[float, ...] = 0.0
     schedule: str = "constant"
     epochs: int = 20
     batch_size: int = 128
     eval_batch_size: int = 1000
     seed: int | tuple[int, ...] = 0
+    late_epochs: int = 5
     placement: str = "single"
     execution: str = "auto"
     steps_per_chunk: int = 0
@@ -126,10 +135,9 @@ class TrainConfig:
     checkpoint_steps: int = 0
 
     def __post_init__(self):
-        if isinstance(self.alpha, list):
-            object.__setattr__(self, "alpha", tuple(self.alpha))
-        if isinstance(self.seed, list):
-            object.__setattr__(self, "seed", tuple(self.seed))
+        for name in ("alpha", "seed", *GRID_FIELDS):
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
         if isinstance(self.init_from, os.PathLike):
             object.__setattr__(self, "init_from", os.fspath(self.init_from))
         for check in (_check_choices, _check_ranges, _check_rules):
@@ -167,13 +175,55 @@ class TrainConfig:
         """This config with one seed: what a separate run of that seed would be."""
         return dataclasses.replace(self, seed=seed)
 
-    def optimizer_tx(self, total_steps: int) -> optax.GradientTransformation:
-        """The optimizer of every part (stem and units), for a run of ``total_steps`` steps."""
-        lr = optax.cosine_decay_schedule(self.lr, total_steps) if self.schedule == "cosine" else self.lr
+    @property
+    def grid(self) -> dict[str, tuple[float, ...]]:
+        """The fields given several values (a tuple, even of one), in ``GRID_FIELDS``' order; {} for none."""
+        return {name: getattr(self, name) for name in GRID_FIELDS if isinstance(getattr(self, name), tuple)}
+
+    def points(self) -> tuple[Point, ...]:
+        """Every point of the grid (the product of its fields' values, the first field outermost); ``((),)``
+        without a grid."""
+        grid = self.grid
+        return tuple(tuple(zip(grid, values, strict=True)) for values in itertools.product(*grid.values()))
+
+    def for_point(self, point: Point) -> TrainConfig:
+        """This config at one grid point: what a separate run of that point would be."""
+        return dataclasses.replace(self, **dict(point))
+
+    def optimizer_tx(self, total_steps: int, injected: tuple[str, ...] = ()) -> optax.GradientTransformation:
+        """The optimizer of every part (stem and units), for a run of ``total_steps`` steps.
+
+        ``injected``: grid fields whose values the optimizer state holds
+        (``optax.inject_hyperparams``), so that states of one structure with
+        other values step in the same program: the points of a grid. A run
+        at one point takes the same steps as its grid's (tested).
+        """
+        lr, weight_decay = self.lr, self.weight_decay
+        if isinstance(lr, tuple) or isinstance(weight_decay, tuple):
+            raise ValueError("optimizer_tx needs one point of the grid: config.for_point(point)")
+        if not injected:
+            return self._optimizer(lr, weight_decay, total_steps)
+        names = {"lr": "learning_rate", "weight_decay": "weight_decay"}
+        values = {names[name]: getattr(self, name) for name in injected}
+        fixed = {"learning_rate": lr, "weight_decay": weight_decay}
+
+        def build(**given):
+            chosen = {**fixed, **given}
+            # a structure fixed by the grid: weight decay in the chain whenever it varies
+            return self._optimizer(chosen["learning_rate"], chosen["weight_decay"], total_steps,
+                                   decay="weight_decay" in injected)  # fmt: skip
+
+        factory = _with_parameters(build, tuple(values))
+        return optax.inject_hyperparams(factory, hyperparam_dtype=jnp.float32)(**values)
+
+    def _optimizer(self, lr, weight_decay, total_steps: int, decay: bool = False):
+        if self.schedule == "cosine":
+            lr = optax.cosine_decay_schedule(lr, total_steps)
+        decay = decay or bool(weight_decay)
         if self.optimizer == "adam":
-            return optax.adamw(lr, weight_decay=self.weight_decay) if self.weight_decay else optax.adam(lr)
+            return optax.adamw(lr, weight_decay=weight_decay) if decay else optax.adam(lr)
         sgd = optax.sgd(lr, momentum=self.momentum or None)
-        return optax.chain(optax.add_decayed_weights(self.weight_decay), sgd) if self.weight_decay else sgd
+        return optax.chain(optax.add_decayed_weights(weight_decay), sgd) if decay else sgd
 
     def record(self) -> dict[str, Any]:
         """The config as JSON-ready data (tuples as lists, as read back)."""
@@ -206,6 +256,19 @@ def migrate(record: dict[str, Any]) -> dict[str, Any]:
     elif mesh:
         record.setdefault("placement", f"mesh:{mesh[0]},{mesh[1]}")
     return record
+
+
+def _with_parameters(build, names: tuple[str, ...]):
+    """``build(**kwargs)`` as a function whose signature names ``names`` (``optax.inject_hyperparams``
+    reads the hyperparameters from the factory's signature)."""
+
+    def factory(**given):
+        return build(**given)
+
+    factory.__signature__ = inspect.Signature(
+        [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names]
+    )
+    return factory
 
 
 def _choice(config, name: str, choices) -> None:
@@ -249,6 +312,7 @@ def _check_ranges(c: TrainConfig) -> None:
         _at_least(c, name, 0)
     for name in ("limit_train", "limit_test"):
         _at_least(c, name, 1, optional=True)
+    _at_least(c, "late_epochs", 1)
     ranges = {
         "lr": ("(0, inf)", lambda v: v > 0),
         "momentum": ("[0, 1)", lambda v: 0 <= v < 1),
@@ -257,13 +321,13 @@ def _check_ranges(c: TrainConfig) -> None:
     }
     for name, (interval, inside) in ranges.items():
         value = getattr(c, name)
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-            or not inside(value)
-        ):
-            raise ConfigError(f"{name} must be a finite number in {interval}, got {value!r}", name)
+        several = name in GRID_FIELDS and isinstance(value, tuple)
+        if several and (not value or len(set(value)) != len(value)):
+            raise ConfigError(f"{name} must be one number or distinct numbers (a grid), got {value!r}", name)
+        for v in value if several else (value,):
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or not inside(v):
+                what = f"{name} must be a finite number in {interval}"
+                raise ConfigError(f"{what}{' (each of the grid)' if several else ''}, got {value!r}", name)
     seeds = c.seeds
     if (
         not seeds
@@ -278,4 +342,4 @@ def _check_rules(c: TrainConfig) -> None:
     check_training(spec, c.mode, reads_belief=c.belief != "none", execution=c.execution, pipelined=c.pipelined,
                    stages=placement.kind == "stages", belief_input=c.belief)  # fmt: skip
     spec.loss(c.loss())  # alpha's length is checked against the network built (make_plan)
-    check_seeds(placement, len(c.seeds))
+    check_seeds(placement, len(c.seeds) * len(c.points()))

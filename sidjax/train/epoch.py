@@ -1,6 +1,6 @@
 """The data of a run and one epoch of training over it.
 
-``prepare_data`` applies the config's limits and each seed's label noise and
+``prepare_data`` applies the config's limits and each member's label noise (its seed's) and
 decides where the training split lives: on the device for the whole run when
 both splits fit in ``device_data_mb``, else on the host, sent chunk by chunk.
 ``epoch_chunks`` cuts an epoch into the compiled chunks ``sidjax.train.session`` runs.
@@ -17,7 +17,7 @@ import numpy as np
 from sidjax.data import Dataset, epoch_order, symmetric_label_noise
 from sidjax.data.device import nbytes
 from sidjax.train.plan import Plan
-from sidjax.train.seeds import Seeds
+from sidjax.train.members import Members
 
 
 class RunData(NamedTuple):
@@ -27,13 +27,13 @@ class RunData(NamedTuple):
       dataset: the training part (after the limits and the validation
         hold-out) and the test split, with the clean labels.
       train_images: device array if ``resident``, else the host array.
-      train_labels: ``[N]``, or ``[S, N]`` (each seed's noisy labels) for S seeds.
+      train_labels: ``[N]``, or ``[M, N]`` (each member's noisy labels) for M members.
       test_images, test_labels: on the device.
       resident: the training split lives on the device.
-      realised_noise: each seed's fraction of flipped training labels.
-      noisy_labels: host ``[S, N]``, each seed's training labels as trained on.
+      realised_noise: each member's fraction of flipped training labels.
+      noisy_labels: host ``[M, N]``, each member's training labels as trained on.
       val_images: the validation split on the device, or None.
-      val_labels: host ``[S, N_val]``, each seed's validation labels (with
+      val_labels: host ``[M, N_val]``, each member's validation labels (with
         the same noise as its training labels).
     """
 
@@ -57,13 +57,13 @@ def fits_on_device(plan: Plan, dataset: Dataset) -> bool:
     )
 
 
-def prepare_data(plan: Plan, dataset: Dataset, seeds: Seeds, resident: bool) -> RunData:
-    """Limits, label noise per seed (each seed's own, as a separate run would draw), the
+def prepare_data(plan: Plan, dataset: Dataset, members: Members, resident: bool) -> RunData:
+    """Limits, label noise per member (its seed's, as a separate run would draw), the
     validation hold-out (the last ``config.validation`` examples), placement."""
     config = plan.config
     data = dataset.subset(config.limit_train, config.limit_test)
     labels = []
-    for seed in seeds:
+    for seed in members.seeds:
         noisy = data.train_labels
         if config.label_noise > 0:
             noisy, _ = symmetric_label_noise(data.train_labels, config.label_noise, data.num_classes, seed)
@@ -78,7 +78,7 @@ def prepare_data(plan: Plan, dataset: Dataset, seeds: Seeds, resident: bool) -> 
     )
     noisy_labels = noisy_all[:, :num]
     realised = [float((n != data.train_labels).mean()) for n in noisy_labels]
-    train_labels = seeds.stack_host(list(noisy_labels))
+    train_labels = members.stack_host(list(noisy_labels))
     train_images = data.train_images
     if resident:
         train_images, train_labels = plan.learner.put((train_images, train_labels))
@@ -92,7 +92,7 @@ class Chunk(NamedTuple):
 
     Attributes:
       images, labels: the training split (resident), or this chunk's examples (streamed).
-      order: ``[S?, steps, B]`` indices into ``images``.
+      order: ``[M?, steps, B]`` indices into ``images``.
       start: the chunk's first step in ``order``.
       length: its steps.
     """
@@ -107,7 +107,7 @@ class Chunk(NamedTuple):
 def _streamed(plan: Plan, data: RunData, order: np.ndarray, starts) -> Any:
     """Each chunk's examples gathered on the host and sent; the next is sent while one computes."""
     for start, length in starts:
-        idx = order[..., start : start + length, :]  # [S?, length, B]
+        idx = order[..., start : start + length, :]  # [M?, length, B]
         flat = idx.reshape(*idx.shape[:-2], -1)
         if flat.ndim == 1:
             images, labels = data.train_images[flat], data.train_labels[flat]
@@ -118,11 +118,11 @@ def _streamed(plan: Plan, data: RunData, order: np.ndarray, starts) -> Any:
         yield Chunk(*plan.learner.put((images, labels, np.ascontiguousarray(local))), 0, length)
 
 
-def epoch_chunks(plan: Plan, data: RunData, seeds: Seeds, epoch: int, first: int = 0):
+def epoch_chunks(plan: Plan, data: RunData, members: Members, epoch: int, first: int = 0):
     """Every ``Chunk`` of ``epoch`` from its step ``first``."""
     steps, chunk = plan.steps_per_epoch, plan.steps_per_chunk
     num, batch = len(data.dataset.train_labels), plan.config.batch_size
-    order = seeds.stack_host([epoch_order(num, batch, seed, epoch) for seed in seeds])
+    order = members.stack_host([epoch_order(num, batch, seed, epoch) for seed in members.seeds])
     starts = [(start, min(chunk, steps - start)) for start in range(first, steps, chunk)]
     if not data.resident:
         return _streamed(plan, data, order, starts)
@@ -135,7 +135,7 @@ class Progress(NamedTuple):
 
     Attributes:
       steps: the epoch's steps done.
-      metrics: per seed, every step's metrics so far: host arrays ``[steps, ...]``.
+      metrics: per member, every step's metrics so far: host arrays ``[steps, ...]``.
       seconds: training time so far (the segments of a resumed epoch add up).
     """
 
@@ -144,7 +144,7 @@ class Progress(NamedTuple):
     seconds: float = 0.0
 
     def means(self) -> list[dict[str, np.ndarray]]:
-        """Per seed, each metric's mean over the steps done (float64)."""
+        """Per member, each metric's mean over the steps done (float64)."""
         return [{k: v.astype(np.float64).mean(0) for k, v in m.items()} for m in self.metrics]
 
     def extend(self, steps: int, metrics: list[dict[str, np.ndarray]], seconds: float) -> Progress:
@@ -156,7 +156,7 @@ class Progress(NamedTuple):
         return Progress(steps, metrics, self.seconds + seconds)
 
 
-def per_seed(results: list, seeds: Seeds) -> list[dict[str, np.ndarray]]:
-    """Chunk metrics ``[S?, length, ...]`` -> per seed, every step's metrics ``[steps, ...]``."""
-    host = [seeds.split(r) for r in jax.device_get(results)]
-    return [{k: np.concatenate([r[i][k] for r in host]) for k in host[0][i]} for i in range(len(seeds))]
+def per_member(results: list, members: Members) -> list[dict[str, np.ndarray]]:
+    """Chunk metrics ``[M?, length, ...]`` -> per member, every step's metrics ``[steps, ...]``."""
+    host = [members.split(r) for r in jax.device_get(results)]
+    return [{k: np.concatenate([r[i][k] for r in host]) for k in host[0][i]} for i in range(len(members))]

@@ -28,7 +28,7 @@ from sidjax.methods import Method, get_method
 from sidjax.network import Network, Variables
 from sidjax.state import Learner, TrainState
 from sidjax.train.chunking import auto_chunk, has_convolution
-from sidjax.train.config import TrainConfig
+from sidjax.train.config import Point, TrainConfig
 from sidjax.train.rundir import RunDir
 from sidjax.train.warm import from_source, source_dir, trained_state
 
@@ -64,6 +64,10 @@ class Plan(NamedTuple):
       warm: ``warm(seed, key) -> variables``: a seed's initial variables from
         ``config.init_from``'s trained run (then changed by the method, from
         ``key``); None: ``build(key)``'s.
+      injected: the grid fields the optimizer states hold (``TrainConfig.optimizer_tx``): one
+        program steps every point; () without a grid.
+      point_learner: ``point_learner(point) -> Learner``: the learner whose ``init`` holds that
+        point's values (its step is ``learner``'s: the values come from the state).
     """
 
     config: TrainConfig
@@ -79,10 +83,17 @@ class Plan(NamedTuple):
     recipe: dict[str, str] = {}
     loss: Any = None
     warm: Callable[[int, chex.PRNGKey], Variables] | None = None
+    injected: tuple[str, ...] = ()
+    point_learner: Callable[[Point], Learner] | None = None
 
     def initial_variables(self, seed: int, key: chex.PRNGKey) -> Variables:
         """A seed's variables before its first step (``key``: its init key)."""
         return self.build(key)[1] if self.warm is None else self.warm(seed, key)
+
+    def initial_state(self, seed: int, point: Point, key: chex.PRNGKey) -> TrainState:
+        """A member's first state: its seed's variables, its point's optimizer values, placed."""
+        learner = self.learner if self.point_learner is None else self.point_learner(point)
+        return learner.init(self.initial_variables(seed, key))
 
 
 def builtin_model(
@@ -198,6 +209,7 @@ def make_plan(
     *,
     tx: Optimizer | None = None,
     alpha: Alpha | None = None,
+    injected: tuple[str, ...] | None = None,
 ) -> Plan:
     """Validates ``config`` against the dataset's metadata, the model and the devices; builds the network.
 
@@ -216,6 +228,8 @@ def make_plan(
         over the whole run).
       alpha: your own alpha instead of the config's: one value, one per unit
         of the network given, or a schedule ``alpha(step)`` (``SIDLoss``).
+      injected: the grid fields the optimizer states hold; default: the
+        config's grid (a run directory of one grid point records its grid's).
 
     Raises:
       ConfigError: one line naming the setting to change.
@@ -237,19 +251,26 @@ def make_plan(
     if model is not None and source is None:
         config = _as_built(config, network, info)
     steps = info.num_train // config.batch_size
-    tx, loss, recipe = _recipe(config, steps * config.epochs, tx, alpha)
+    injected = tuple(config.grid) if injected is None else tuple(injected)
+    tx, loss, recipe = _recipe(config, steps * config.epochs, tx, alpha, injected)
     augment = config.augment
     if augment is None:
         augment = config.dataset.startswith("cifar") or is_image_folder(config.dataset)
-    learner = make_learner(network, tx, config.method, loss,
-                           execution=config.execution, pipelined=config.pipelined, placement=config.placement,
-                           augment=random_crop_flip if augment else None, batch_size=config.batch_size)  # fmt: skip
+
+    def learner_for(tx: optax.GradientTransformation) -> Learner:
+        return make_learner(network, tx, config.method, loss,
+                            execution=config.execution, pipelined=config.pipelined, placement=config.placement,
+                            augment=random_crop_flip if augment else None, batch_size=config.batch_size)  # fmt: skip
+
+    def point_learner(point):
+        return learner_for(config.for_point(point).optimizer_tx(steps * config.epochs, injected))
+
     cpu_convolutions = jax.default_backend() == "cpu" and has_convolution(network, shapes)
     chunk = (
         min(config.steps_per_chunk, steps) if config.steps_per_chunk else auto_chunk(steps, cpu_convolutions)
     )
-    return Plan(config, spec, network, build, learner, info, steps, chunk, cpu_convolutions, tx, recipe,
-                spec.loss(loss), warm)  # fmt: skip
+    return Plan(config, spec, network, build, learner_for(tx), info, steps, chunk, cpu_convolutions, tx, recipe,
+                spec.loss(loss), warm, injected, point_learner if injected else None)  # fmt: skip
 
 
 def _source_plan(config: TrainConfig, model: Model | None) -> Plan:
@@ -301,7 +322,8 @@ def plan_of_run(path: str, model: Model | None = None, tx: Optimizer | None = No
         raise ConfigError(
             f"{path} was trained with your own model {config.model!r}: give load_run the same model", "model"
         )
-    plan = make_plan(config, model=model, info=info, tx=tx)
+    grid = run_info.get("recipe", {}).get("grid")
+    plan = make_plan(config, model=model, info=info, tx=tx, injected=tuple(grid.split(",")) if grid else ())
     if plan.config.model != config.model:
         raise ConfigError(
             f"{path} was trained with the model {config.model!r}; the model given builds {plan.config.model!r}",
@@ -357,12 +379,20 @@ def trained_network(plan: Plan) -> dict[str, Any]:
 
 
 def _recipe(
-    config: TrainConfig, total_steps: int, tx, alpha
+    config: TrainConfig, total_steps: int, tx, alpha, injected: tuple[str, ...]
 ) -> tuple[optax.GradientTransformation, Any, dict]:
     """The optimizer, the local loss and the record of what the config does not hold."""
     recipe = {}
+    if injected:
+        recipe["grid"] = ",".join(injected)
     if tx is None:
-        tx = config.optimizer_tx(total_steps)
+        tx = config.for_point(config.points()[0]).optimizer_tx(total_steps, injected)
+    elif config.grid:
+        raise ConfigError(
+            f"a grid over {', '.join(config.grid)} sets the config's optimizer's values; your own tx holds its "
+            "own: give one value, or a grid without tx",
+            next(iter(config.grid)),
+        )
     else:
         if not isinstance(tx, optax.GradientTransformation):
             tx = tx(total_steps) if callable(tx) else tx

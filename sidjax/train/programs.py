@@ -1,12 +1,13 @@
-"""The compiled programs of a run: chunks of training steps, evaluation and prediction, for S seeds.
+"""The compiled programs of a run: chunks of training steps, evaluation and prediction, for its M members.
 
 The training step and its state come from the plan's ``Learner``; this
 module runs it: a *chunk* is ``steps_per_chunk`` steps as one compiled
 ``lax.scan`` over batches gathered on the device (stages, whose step is
-driven from Python, loop instead). S seeds train together in one program:
-their states are stacked along a leading axis and the chunk, evaluation and
-prediction are ``jax.vmap``-ed over it (or, for convolutions on XLA:CPU,
-unrolled: ``Plan.cpu_convolutions``).
+driven from Python, loop instead). M members (seeds, grid points) train
+together in one program: their states are stacked along a leading axis and
+the chunk, evaluation and prediction are ``jax.vmap``-ed over it (or, for
+convolutions on XLA:CPU, unrolled: ``Plan.cpu_convolutions``). A grid
+point's values live in its members' optimizer states, so one step serves all.
 """
 
 from __future__ import annotations
@@ -25,36 +26,36 @@ from sidjax.network import Variables, stack
 from sidjax.parallel import to_host
 from sidjax.state import TrainState
 from sidjax.train.plan import Plan
-from sidjax.train.seeds import Seeds
+from sidjax.train.members import Members
 
 
 class RunPrograms(NamedTuple):
-    """What a run compiles for its S seeds, beside its ``Learner``.
+    """What a run compiles for its M members, beside its ``Learner``.
 
     Attributes:
       chunk: ``chunk(state, images, labels, order, start, length) -> (state,
         metrics)``: ``length`` steps whose batches are ``order[start: start +
         length]`` (``[steps, B]`` indices into ``images``); every metric has
-        a leading ``[length]`` axis (after the seed axis).
+        a leading ``[length]`` axis (after the member axis).
         ``chunk.compile(...)`` compiles ahead of time and returns the
         seconds it took.
-      evaluate: ``(state, images, labels) -> per-seed sums`` over a split.
-      predict: ``(state, images) -> per-seed int [N]``, the last unit's classes.
-      seeds: the seeds trained together.
+      evaluate: ``(state, images, labels) -> per-member sums`` over a split.
+      predict: ``(state, images) -> per-member int [N]``, the last unit's classes.
+      members: the members trained together.
     """
 
     chunk: Any
     evaluate: Callable[[Any, Any, Any], list[dict[str, np.ndarray]]]
     predict: Callable[[Any, Any], list[np.ndarray]]
-    seeds: Seeds
+    members: Members
 
 
-def over_seeds(fn: Callable, in_axes: tuple, count: int, unroll: bool) -> Callable:
-    """``fn`` over ``count`` seeds in one program: ``jax.vmap``, or with ``unroll`` its contract unrolled.
+def over_members(fn: Callable, in_axes: tuple, count: int, unroll: bool) -> Callable:
+    """``fn`` over ``count`` members in one program: ``jax.vmap``, or with ``unroll`` its contract unrolled.
 
-    Unrolled, the seeds follow one another: XLA:CPU turns a vmapped
-    convolution into a grouped one, several times slower per seed than the
-    seeds apart.
+    Unrolled, the members follow one another: XLA:CPU turns a vmapped
+    convolution into a grouped one, several times slower per member than the
+    members apart.
     """
     if not unroll:
         return jax.vmap(fn, in_axes=in_axes)
@@ -77,7 +78,7 @@ def over_seeds(fn: Callable, in_axes: tuple, count: int, unroll: bool) -> Callab
 class CompiledChunks:
     """A jitted chunk with a static length, compiled ahead of time once per length.
 
-    ``keys`` (each seed's train key) is bound here, so callers pass the data only.
+    ``keys`` (each member's train key) is bound here, so callers pass the data only.
     """
 
     def __init__(self, jitted: Callable, keys: jax.Array):
@@ -121,9 +122,9 @@ class PythonChunks:
         return state, self.stack(per_step)
 
 
-def make_chunks(plan: Plan, dataset: Dataset, seeds: Seeds, streamed: bool) -> Any:
-    """The chunk program of ``plan``'s learner for ``seeds`` (images shared, or per seed when ``streamed``)."""
-    learner, keys = plan.learner, seeds.train_keys()
+def make_chunks(plan: Plan, dataset: Dataset, members: Members, streamed: bool) -> Any:
+    """The chunk program of ``plan``'s learner for ``members`` (images shared, or per member when ``streamed``)."""
+    learner, keys = plan.learner, members.train_keys()
     if not learner.traceable:
         return PythonChunks(learner.step, dataset, keys)
 
@@ -138,14 +139,14 @@ def make_chunks(plan: Plan, dataset: Dataset, seeds: Seeds, streamed: bool) -> A
             return state, jax.tree.map(lambda m: m[None], metrics)
         return jax.lax.scan(body, state, idxs)
 
-    if seeds.together:
+    if members.together:
         axes = (0, 0 if streamed else None, 0, 0, None, 0, None)
-        chunk = over_seeds(chunk, axes, len(seeds), plan.cpu_convolutions)
+        chunk = over_members(chunk, axes, len(members), plan.cpu_convolutions)
     return CompiledChunks(jax.jit(chunk, static_argnums=6, donate_argnums=0), keys)
 
 
-def make_programs(plan: Plan, dataset: Dataset, seeds: Seeds, streamed: bool = False) -> RunPrograms:
-    """The programs that train ``plan`` on ``dataset`` for ``seeds`` together.
+def make_programs(plan: Plan, dataset: Dataset, members: Members, streamed: bool = False) -> RunPrograms:
+    """The programs that train ``plan`` on ``dataset`` for ``members`` together.
 
     ``dataset`` supplies the normalisation statistics (constants in the
     programs); ``streamed``: the training split is sent chunk by chunk.
@@ -155,18 +156,18 @@ def make_programs(plan: Plan, dataset: Dataset, seeds: Seeds, streamed: bool = F
         plan.network, dataset, config.eval_batch_size, config.label_smoothing
     )
     predict_split = make_split_predictor(plan.network, dataset, config.eval_batch_size)
-    if seeds.together:
-        evaluate_split = over_seeds(evaluate_split, (0, None, None), len(seeds), plan.cpu_convolutions)
-        predict_split = over_seeds(predict_split, (0, None), len(seeds), plan.cpu_convolutions)
+    if members.together:
+        evaluate_split = over_members(evaluate_split, (0, None, None), len(members), plan.cpu_convolutions)
+        predict_split = over_members(predict_split, (0, None), len(members), plan.cpu_convolutions)
     evaluate_jit, predict_jit = jax.jit(evaluate_split), jax.jit(predict_split)
 
     return RunPrograms(
-        chunk=make_chunks(plan, dataset, seeds, streamed),
-        evaluate=lambda state, images, labels: seeds.split(
+        chunk=make_chunks(plan, dataset, members, streamed),
+        evaluate=lambda state, images, labels: members.split(
             to_host(evaluate_jit(_variables(learner, state), images, labels))
         ),
-        predict=lambda state, images: seeds.split(to_host(predict_jit(_variables(learner, state), images))),
-        seeds=seeds,
+        predict=lambda state, images: members.split(to_host(predict_jit(_variables(learner, state), images))),
+        members=members,
     )
 
 
@@ -174,22 +175,22 @@ def _variables(learner, state: TrainState) -> Variables:
     return learner.gather(state).variables
 
 
-def init_states(plan: Plan, seeds: Seeds) -> Any:
-    """Each seed's first state from its own init key (or ``init_from``'s run), placed (stacked along axis 0
-    for several seeds)."""
-    return seeds.stack(
+def init_states(plan: Plan, members: Members) -> Any:
+    """Each member's first state: its seed's init key (or ``init_from``'s run), its point's optimizer values;
+    placed (stacked along axis 0 for several members)."""
+    return members.stack(
         [
-            plan.learner.init(plan.initial_variables(s, key))
-            for s, key in zip(seeds, seeds.init_keys(), strict=True)
+            plan.initial_state(m.seed, m.point, key)
+            for m, key in zip(members, members.init_keys(), strict=True)
         ]
     )
 
 
-def load_states(plan: Plan, seeds: Seeds, states: list[TrainState]) -> Any:
-    """Per-seed ``TrainState``s in the network's layout (restored checkpoints) -> placed."""
-    return jax.device_put(seeds.stack(states)) if seeds.together else plan.learner.place(states[0])
+def load_states(plan: Plan, members: Members, states: list[TrainState]) -> Any:
+    """Per-member ``TrainState``s in the network's layout (restored checkpoints) -> placed."""
+    return jax.device_put(members.stack(states)) if members.together else plan.learner.place(states[0])
 
 
-def unload_states(plan: Plan, seeds: Seeds, state: Any) -> list[TrainState]:
-    """The placed state -> per-seed ``TrainState``s on the host, in the network's layout."""
-    return seeds.split(to_host(plan.learner.gather(state)))
+def unload_states(plan: Plan, members: Members, state: Any) -> list[TrainState]:
+    """The placed state -> per-member ``TrainState``s on the host, in the network's layout."""
+    return members.split(to_host(plan.learner.gather(state)))

@@ -48,19 +48,31 @@ def per_unit_training(plan: Plan, mean: dict[str, np.ndarray]) -> dict[str, list
     return per_unit
 
 
-def check_diverged(plan: Plan, record: dict[str, Any], seed: int | None) -> None:
-    """Raises ``TrainingDiverged`` where the epoch's loss is not finite, or where the last unit's
-    training cross-entropy exceeds ``DIVERGED`` times a uniform guess's (``log N``): a finite loss
+def divergence(plan: Plan, record: dict[str, Any]) -> str | None:
+    """What says that the epoch of ``record`` diverged, or None: its loss is not finite, or the last
+    unit's training cross-entropy exceeds ``DIVERGED`` times a uniform guess's (``log N``): a finite loss
     that large (Adam at lr 1000 reaches 1e19) means the run is at chance and will not come back."""
     chance = float(np.log(plan.info.num_classes))
     if np.isfinite(record["train_loss"]) and record["train_ce"] <= DIVERGED * chance:
-        return
-    what = (
-        f"the training loss is {record['train_loss']}"
-        if not np.isfinite(record["train_loss"])
-        else f"the last unit's training cross-entropy is {record['train_ce']:.3g}, over {DIVERGED:g} times a "
+        return None
+    if not np.isfinite(record["train_loss"]):
+        return f"the training loss is {record['train_loss']}"
+    return (
+        f"the last unit's training cross-entropy is {record['train_ce']:.3g}, over {DIVERGED:g} times a "
         f"uniform guess's ({chance:.2f})"
     )
+
+
+def diverged_epoch(plan: Plan, history: list[dict[str, Any]]) -> int | None:
+    """The first epoch of ``history`` that diverged (``divergence``), or None."""
+    return next((r["epoch"] for r in history if divergence(plan, r) is not None), None)
+
+
+def check_diverged(plan: Plan, record: dict[str, Any], seed: int | None) -> None:
+    """Raises ``TrainingDiverged`` where the epoch of ``record`` diverged (``divergence``)."""
+    what = divergence(plan, record)
+    if what is None:
+        return
     who = f" (seed {seed})" if seed is not None else ""
     raise TrainingDiverged(
         f"training diverged in epoch {record['epoch']}{who}: {what}; the learning rate is the likely cause: "

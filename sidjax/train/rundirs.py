@@ -1,4 +1,4 @@
-"""The run directories of the seeds trained together: one per seed, or none (no ``out_dir``).
+"""The run directories of the members trained together: one per seed and grid point, or none (no ``out_dir``).
 
 Every question "is there a directory to write to?" is answered here, so the
 run layer writes, checkpoints and restores the same way with or without one.
@@ -14,29 +14,31 @@ from sidjax.errors import ConfigError
 from sidjax.state import TrainState
 from sidjax.train.checkpoints import Position
 from sidjax.train.config import TrainConfig
+from sidjax.train.members import Member, Members, member_config, member_path
 from sidjax.train.rundir import RunDir
 
 
 class RunDirs:
-    """One ``RunDir`` per seed, in the seeds' order, or none.
+    """One ``RunDir`` per member, in the members' order, or none.
 
     Args:
-      dirs: seed -> its directory (empty: the run writes nothing).
+      dirs: member -> its directory (empty: the run writes nothing).
     """
 
-    def __init__(self, dirs: dict[int, RunDir]):
+    def __init__(self, dirs: dict[Member, RunDir]):
         self._dirs = dirs
 
     @classmethod
     def open(cls, out_dir: str | None, config: TrainConfig, log: Callable[[str], None], steps_per_epoch: int,
              recipe: dict[str, str]) -> RunDirs:  # fmt: skip
-        """``out_dir`` itself for one seed, ``out_dir/seed<k>`` for each of several; none without ``out_dir``."""
+        """One directory per member (``member_path``: ``out_dir`` itself for one seed without a grid);
+        none without ``out_dir``."""
         if out_dir is None:
             return cls({})
-        if isinstance(config.seed, int):
-            return cls({config.seed: RunDir(out_dir, config, log, steps_per_epoch, recipe)})
-        paths = {s: os.path.join(out_dir, f"seed{s}") for s in config.seeds}
-        return cls({s: RunDir(p, config.for_seed(s), log, steps_per_epoch, recipe) for s, p in paths.items()})
+        return cls({
+            m: RunDir(member_path(out_dir, config, m), member_config(config, m), log, steps_per_epoch, recipe)
+            for m in Members.of(config)
+        })  # fmt: skip
 
     def __bool__(self) -> bool:
         return bool(self._dirs)
@@ -44,17 +46,17 @@ class RunDirs:
     def __iter__(self) -> Iterator[RunDir]:
         return iter(self._dirs.values())
 
-    def only(self, seeds) -> RunDirs:
-        """The directories of ``seeds`` (those still to train)."""
-        return RunDirs({s: self._dirs[s] for s in seeds if s in self._dirs})
+    def only(self, members) -> RunDirs:
+        """The directories of ``members`` (those still to train)."""
+        return RunDirs({m: self._dirs[m] for m in members if m in self._dirs})
 
     @property
     def where(self) -> str | None:
-        """The directory messages name: the run's, or the parent of several seeds' (None without one)."""
+        """The directory messages name: the run's, or what several members' share (None without one)."""
         runs = list(self)
         if not runs:
             return None
-        return runs[0].path if len(runs) == 1 else os.path.dirname(runs[0].path)
+        return runs[0].path if len(runs) == 1 else os.path.commonpath([d.path for d in runs])
 
     def claim(self, *, resume: bool, overwrite: bool) -> None:
         """Checks every directory, then claims every one: a refused run writes nothing (``release`` after)."""
@@ -67,21 +69,21 @@ class RunDirs:
         for d in self:
             d.release()
 
-    def finished(self) -> dict[int, dict[str, Any]]:
-        """Each seed whose run has finished at this config's length: its summary."""
-        found = {s: d.finished_summary() for s, d in self._dirs.items()}
-        return {s: summary for s, summary in found.items() if summary is not None}
+    def finished(self) -> dict[Member, dict[str, Any]]:
+        """Each member whose run has finished at this config's length: its summary."""
+        found = {m: d.finished_summary() for m, d in self._dirs.items()}
+        return {m: summary for m, summary in found.items() if summary is not None}
 
-    def finished_state(self, seed: int, template: TrainState) -> TrainState | None:
+    def finished_state(self, member: Member, template: TrainState) -> TrainState | None:
         """The last checkpoint's state of a finished run, where it has one."""
-        run_dir = self._dirs[seed]
+        run_dir = self._dirs[member]
         positions = run_dir.stored.checkpoints()
         restored = run_dir.stored.restore(positions[0], template) if positions else None
         return restored[0] if restored else None
 
-    def histories(self, seeds, epochs: int) -> dict[int, list[dict]]:
-        """Each seed's recorded epochs 1..``epochs`` (none without a directory)."""
-        return {s: self._dirs[s].history()[:epochs] if s in self._dirs else [] for s in seeds}
+    def histories(self, members, epochs: int | None) -> dict[Member, list[dict]]:
+        """Each member's recorded epochs 1..``epochs`` (all for None; none without a directory)."""
+        return {m: self._dirs[m].history()[:epochs] if m in self._dirs else [] for m in members}
 
     def begin(self, position: Position | None, dataset: dict, network: dict) -> None:
         for d in self:
@@ -95,7 +97,7 @@ class RunDirs:
         return any(d.checkpoint_due(epoch) for d in self)
 
     def write_epoch(self, records: list[dict], states: list[TrainState] | None) -> bool:
-        """Each seed's metrics line, and its checkpoint where ``states`` are given; whether one was saved."""
+        """Each member's metrics line, and its checkpoint where ``states`` are given; whether one was saved."""
         if not self:
             return False
         saved = [d.write_epoch(record, states[i] if states else None) for i, (d, record) in
@@ -103,23 +105,25 @@ class RunDirs:
         return any(saved)
 
     def save(self, states: list[TrainState], epochs: int, steps: int, metrics: list, seconds: float) -> bool:
-        """A checkpoint inside an epoch for every seed; False where nothing could be saved."""
+        """A checkpoint inside an epoch for every member; False where nothing could be saved."""
         wrote = [d.save(states[i], epochs, steps, metrics[i], seconds) for i, d in enumerate(self)]
         return any(wrote)
 
-    def finish(self, seed: int, summary: dict[str, Any]) -> None:
-        if seed in self._dirs:
-            self._dirs[seed].finish(summary)
+    def finish(self, member: Member, summary: dict[str, Any]) -> None:
+        if member in self._dirs:
+            self._dirs[member].finish(summary)
 
     def start(self, template: TrainState, log: Callable[[str], None]):
-        """The newest checkpoint every seed holds intact: ``(states, position, partial metrics or None)``.
+        """The newest checkpoint every member holds intact: ``(states, position, partial metrics or None)``.
 
         None where there is nothing to resume (no directory, or nothing
         recorded); ``ConfigError`` where epochs are recorded but none can be
         continued from.
         """
         runs = list(self)
-        listed = [{(p.epochs, p.step): p for p in d.stored.checkpoints()} for d in runs]  # read once per seed
+        listed = [
+            {(p.epochs, p.step): p for p in d.stored.checkpoints()} for d in runs
+        ]  # read once per member
         if not (runs and any(d.history() or found for d, found in zip(runs, listed, strict=True))):
             return None
         common = set.intersection(*(set(found) for found in listed))

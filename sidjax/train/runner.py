@@ -2,12 +2,15 @@
 
     plan = make_plan(config, model=...)      # validate, build the network and its learner: no data yet
     dirs = RunDirs.open(out_dir, ...)         # checked and claimed before any data is loaded
-    session = Session(plan, dataset, seeds, dirs, resume=...)
+    session = Session(plan, dataset, members, dirs, resume=...)
     for epoch in session.epochs(): train, evaluate, record (metrics line, checkpoint)
     summarize; the trained state comes back
 
-S seeds (``config.seed`` a tuple) train together in one program and each
-writes the files a separate run of that seed writes, in ``out_dir/seed<k>/``.
+S seeds (``config.seed`` a tuple) at G grid points (``lr`` or
+``weight_decay`` several values) train together in one program, and each
+member writes the files a separate run of it writes, in
+``out_dir/<point>/seed<k>/`` (``sidjax.train.members``). With a validation
+split, a grid's point is chosen on it (``selection.json``, ``sidjax.train.selection``).
 """
 
 from __future__ import annotations
@@ -29,9 +32,11 @@ from sidjax.network import Network, Variables
 from sidjax.state import TrainState
 from sidjax.train.config import TrainConfig
 from sidjax.train.plan import Model, Optimizer, Plan, checked_dataset, make_plan, plan_of_run, state_template
+from sidjax.train.members import Member, Members, member_config
+from sidjax.train.records import diverged_epoch
 from sidjax.train.rundir import RunDir, provenance
 from sidjax.train.rundirs import RunDirs
-from sidjax.train.seeds import Seeds
+from sidjax.train.selection import choose, describe_choice, late_mean, write_selection
 from sidjax.train.session import Session
 from sidjax.train.signals import stop_signals
 from sidjax.train.stops import DIVERGED, RunInterrupted, RunStopped, TrainingDiverged
@@ -41,7 +46,7 @@ __all__ = ["DIVERGED", "RunInterrupted", "RunResult", "RunStopped", "TrainingDiv
 
 
 class RunResult(NamedTuple):
-    """A trained (or loaded) run of one seed.
+    """A trained (or loaded) run of one seed (at one grid point).
 
     Attributes:
       summary: the run's summary (``summary.json``): its config, final and
@@ -78,14 +83,16 @@ def run(
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     log: Callable[[str], None] = tqdm.write,
 ) -> RunResult | list[RunResult]:
-    """Trains and evaluates one configuration (all its seeds together); returns what it trained.
+    """Trains and evaluates one configuration (all its seeds and grid points together); returns what it trained.
 
     Args:
       config: the run.
-      out_dir: if given, ``config.json``, ``provenance.json``,
+      out_dir: if given, ``config.json``, ``run.json``,
         ``metrics.jsonl`` (a line per epoch), orbax checkpoints and
         ``summary.json`` go here (one ``seed<k>/`` directory per seed when
-        ``config.seed`` is a tuple).
+        ``config.seed`` is a tuple, inside one ``<point>/`` directory per
+        grid point, e.g. ``lr0.0001/``), and for a grid with a validation
+        split its ``selection.json``.
       model: your own network instead of the config's architecture: a
         factory ``key -> (network, variables)`` (each seed initialised from
         its own key), a built ``(network, variables)`` (every seed starts
@@ -115,13 +122,15 @@ def run(
       log: where messages go.
 
     Returns:
-      A ``RunResult`` (summary, network, final state); a list, one per seed,
-      when ``config.seed`` is a tuple.
+      A ``RunResult`` (summary, network, final state); a list, one per
+      member (the grid's points outermost, then the seeds), when
+      ``config.seed`` is a tuple or the config has a grid.
 
     Raises:
       ConfigError, DatasetUnavailableError: one line, before any data is
         loaded where the problem does not depend on the data.
-      TrainingDiverged: the loss stopped being finite.
+      TrainingDiverged: the loss stopped being finite (in a grid, a point
+        that diverges is recorded as such and the others go on).
       RunInterrupted: Ctrl-C; what was saved is kept.
     """
     plan = make_plan(config, dataset, model, tx=tx, alpha=alpha)
@@ -135,76 +144,100 @@ def run(
     dirs = RunDirs.open(out_dir, config, log, plan.steps_per_epoch, plan.recipe)
     try:
         dirs.claim(resume=resume, overwrite=overwrite)
+        everyone = Members.of(config)
         done = _finished(plan, dirs) if resume else {}
-        seeds = Seeds(tuple(s for s in config.seeds if s not in done))
-        if len(seeds):
+        members = Members(tuple(m for m in everyone if m not in done))
+        if len(members):
             dataset = checked_dataset(plan, dataset, data_dir, manual_dir)
-            done.update(_train(plan, dataset, seeds, dirs.only(seeds), resume, progress, on_epoch, log))
+            done.update(_train(plan, dataset, members, dirs.only(members), resume, progress, on_epoch, log))
     except RunStopped as err:
         log(str(err))  # an uncaught SystemExit prints nothing
         raise
     finally:
         dirs.release()
-    results = [done[s] for s in config.seeds]
-    return results[0] if isinstance(config.seed, int) else results
+    results = [done[m][0] for m in everyone]
+    if config.grid:
+        _select(plan, {m: done[m][1] for m in everyone}, out_dir, log)
+    return results[0] if len(results) == 1 and isinstance(config.seed, int) and not config.grid else results
 
 
-def _finished(plan: Plan, dirs: RunDirs) -> dict[int, RunResult]:
-    """The seeds whose runs have finished at this config's length, with their last checkpoint's state."""
+def _select(plan: Plan, histories: dict[Member, list[dict]], out_dir: str | None, log) -> None:
+    """Chooses the grid's point on the validation split and writes ``selection.json`` (where there is a
+    split and a directory)."""
+    if not plan.config.validation:
+        log(
+            "a grid without a validation split: no point is chosen (set validation to hold some examples out)"
+        )
+        return
+    record = choose(plan.config, histories, {m: diverged_epoch(plan, h) for m, h in histories.items()})
+    where = f"; {write_selection(out_dir, record)}" if out_dir is not None else ""
+    log(describe_choice(record) + where)
+
+
+def _finished(plan: Plan, dirs: RunDirs) -> dict[Member, tuple[RunResult, list[dict]]]:
+    """The members whose runs have finished at this config's length, with their last checkpoint's state
+    and their epoch records."""
     finished = dirs.finished()
     template = state_template(plan) if finished else None
     return {
-        s: RunResult(summary, plan.network, dirs.finished_state(s, template))
-        for s, summary in finished.items()
+        m: (RunResult(summary, plan.network, dirs.finished_state(m, template)), dirs.histories([m], None)[m])
+        for m, summary in finished.items()
     }
 
 
-def _train(plan: Plan, dataset: Dataset, seeds: Seeds, dirs: RunDirs, resume: bool, progress: bool, on_epoch,
-           log) -> dict[int, RunResult]:  # fmt: skip
-    """Trains ``seeds`` together from their resume point to the end; returns each seed's result."""
-    session = Session(plan, dataset, seeds, dirs, resume=resume, log=log)
+def _train(plan: Plan, dataset: Dataset, members: Members, dirs: RunDirs, resume: bool, progress: bool,
+           on_epoch, log) -> dict[Member, tuple[RunResult, list[dict]]]:  # fmt: skip
+    """Trains ``members`` together from their resume point to the end; returns each one's result and
+    epoch records."""
+    session = Session(plan, dataset, members, dirs, resume=resume, log=log)
     session.compile()
     with stop_signals() as stop, session.writing():  # handlers first: run.json says they are in place
         for epoch in session.epochs():
             trained = session.train(epoch, stop, progress)
             session.record(session.evaluate(epoch, trained), stop, on_epoch, progress)
     results = {}
-    for seed, state in zip(seeds, session.host_states(), strict=True):
-        summary = summarize(session, seed)
-        dirs.finish(seed, summary)
-        results[seed] = RunResult(summary, plan.network, state)
+    for member, state in zip(members, session.host_states(), strict=True):
+        summary = summarize(session, member)
+        dirs.finish(member, summary)
+        results[member] = (RunResult(summary, plan.network, state), session.histories[member])
     return results
 
 
-def summarize(session: Session, seed: int) -> dict[str, Any]:
-    """A finished run of one seed of ``session``: its config, final and best epoch, depth diagnostics,
-    speed, machine."""
-    plan, history, data = session.plan, session.histories[seed], session.data
-    config = plan.config.for_seed(seed)
+def summarize(session: Session, member: Member) -> dict[str, Any]:
+    """A finished run of one member of ``session``: its config, final, late and best epoch, depth
+    diagnostics, speed, machine."""
+    plan, history, data = session.plan, session.histories[member], session.data
+    config = member_config(plan.config, member)
+    window = config.late_epochs
     train_time = sum(r["epoch_time_s"] for r in history)
     best = max(history, key=lambda r: r["test_accuracy"])
     validated = {}
     if "val_accuracy" in history[-1]:  # the epoch a validation split would choose (early stopping)
         chosen = max(history, key=lambda r: r["val_accuracy"])
-        validated = {"final_val_accuracy": history[-1]["val_accuracy"], "best_val_epoch": chosen["epoch"],
+        validated = {"final_val_accuracy": history[-1]["val_accuracy"],
+                     "late_val_accuracy": late_mean(history, "val_accuracy", window),
+                     "best_val_epoch": chosen["epoch"],
                      "test_accuracy_at_best_val": chosen["test_accuracy"]}  # fmt: skip
+    diverged = diverged_epoch(plan, history)
     return {
         **config.record(),
         "final_test_accuracy": history[-1]["test_accuracy"],
+        "late_test_accuracy": late_mean(history, "test_accuracy", window),
         "best_test_accuracy": best["test_accuracy"],
         "best_epoch": best["epoch"],
         **validated,
+        **({"diverged_in_epoch": diverged} if diverged is not None else {}),
         "per_unit_accuracy": history[-1]["per_unit_accuracy"],
         "per_unit_kl": history[-1]["per_unit_kl"],
         "network": session.network,
         "train_time_s": train_time,
         "time_per_epoch_s": train_time / config.epochs,
         "examples_per_s": plan.steps_per_epoch * config.batch_size * config.epochs / train_time,
-        "seeds_trained_together": len(session.seeds),
+        "seeds_trained_together": len(session.members),
         "compile_time_s": session.compile_time,
         "num_train": len(data.dataset.train_labels),
         "num_test": len(data.dataset.test_labels),
-        "realised_label_noise": data.realised_noise[session.seeds.values.index(seed)],
+        "realised_label_noise": data.realised_noise[session.members.values.index(member)],
         "data_on_device": bool(data.resident),
         "backend": jax.default_backend(),
         "device": str(jax.devices()[0].device_kind),

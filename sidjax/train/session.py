@@ -1,6 +1,6 @@
-"""One run's life after its plan: seeds, run directories, programs, data and state, epoch by epoch.
+"""One run's life after its plan: members, run directories, programs, data and state, epoch by epoch.
 
-    session = Session(plan, dataset, Seeds((0, 1)), dirs, resume=True)
+    session = Session(plan, dataset, Members.of(config), dirs, resume=True)
     session.compile()
     with stop_signals() as stop, session.writing():
         for epoch in session.epochs():
@@ -25,53 +25,54 @@ from tqdm.auto import tqdm
 
 from sidjax.data import Dataset
 from sidjax.state import TrainState
-from sidjax.train.epoch import Progress, epoch_chunks, fits_on_device, per_seed, prepare_data
+from sidjax.train.epoch import Progress, epoch_chunks, fits_on_device, per_member, prepare_data
+from sidjax.train.members import Members
 from sidjax.train.plan import Plan, state_template, trained_network
 from sidjax.train.programs import init_states, load_states, make_programs, unload_states
-from sidjax.train.records import check_diverged, epoch_record, label_diagnostics
+from sidjax.train.records import check_diverged, diverged_epoch, epoch_record, label_diagnostics
 from sidjax.train.rundirs import RunDirs
-from sidjax.train.seeds import Seeds
 from sidjax.train.signals import StopRequest
 from sidjax.train.stops import RunInterrupted, RunStopped
 
 
 class Session:
-    """The seeds of one plan trained together, from a fresh or resumed state to the config's last epoch.
+    """The members (seeds, grid points) of one plan trained together, from a fresh or resumed state to the
+    config's last epoch.
 
     Args:
       plan: from ``make_plan``.
       dataset: the data (its statistics normalise every batch).
-      seeds: the seeds trained together.
+      members: the members trained together.
       dirs: their run directories (``RunDirs({})``: none).
-      resume: start from the newest checkpoint every seed's directory holds.
+      resume: start from the newest checkpoint every member's directory holds.
       log: where messages go.
 
     Attributes:
-      state: the placed training state (stacked along a leading seed axis for several seeds).
+      state: the placed training state (stacked along a leading member axis for several members).
       position: the checkpoint resumed from, or None.
-      histories: seed -> its epoch records so far.
+      histories: member -> its epoch records so far.
       network: what is trained (``trained_network``), recorded with the run.
       compile_time: seconds ``compile`` took.
     """
 
-    def __init__(self, plan: Plan, dataset: Dataset, seeds: Seeds, dirs: RunDirs | None = None, *,
+    def __init__(self, plan: Plan, dataset: Dataset, members: Members, dirs: RunDirs | None = None, *,
                  resume: bool = False, log: Callable[[str], None] = print):  # fmt: skip
-        self.plan, self.seeds, self.dirs, self.log = plan, seeds, dirs or RunDirs({}), log
+        self.plan, self.members, self.dirs, self.log = plan, members, dirs or RunDirs({}), log
         resident = fits_on_device(plan, dataset)
-        self.programs = make_programs(plan, dataset, seeds, streamed=not resident)
-        self.data = prepare_data(plan, dataset, seeds, resident)
+        self.programs = make_programs(plan, dataset, members, streamed=not resident)
+        self.data = prepare_data(plan, dataset, members, resident)
         self.network = trained_network(plan)
         start = self.dirs.start(state_template(plan), log) if resume else None
         self.position, self.resumed = None, None
         if start is None:
-            self.state = init_states(plan, seeds)
+            self.state = init_states(plan, members)
         else:
             states, self.position, partial = start
-            self.state = load_states(plan, seeds, states)
+            self.state = load_states(plan, members, states)
             if self.position.step:
                 self.resumed = Progress(self.position.step, partial, self.dirs.partial_seconds(self.position))
         self.first = 1 if self.position is None else self.position.epochs + 1
-        self.histories = self.dirs.histories(seeds, self.first - 1)
+        self.histories = self.dirs.histories(members, self.first - 1)
         self.compile_time = 0.0
 
     def epochs(self) -> range:
@@ -82,7 +83,7 @@ class Session:
         """Compiles the first chunk ahead, so that epoch times exclude compilation; its seconds."""
         if self.first <= self.plan.config.epochs:
             start = self.resumed.steps if self.resumed else 0
-            args = next(iter(epoch_chunks(self.plan, self.data, self.seeds, self.first, start)))
+            args = next(iter(epoch_chunks(self.plan, self.data, self.members, self.first, start)))
             self.compile_time = self.programs.chunk.compile(self.state, *args)
         return self.compile_time
 
@@ -135,7 +136,7 @@ class Session:
         progress, state = progress or Progress(), self.state
         begin = time.perf_counter()
         results, pending, done = [], None, progress.steps
-        for chunk in epoch_chunks(self.plan, self.data, self.seeds, epoch, done):
+        for chunk in epoch_chunks(self.plan, self.data, self.members, epoch, done):
             state, metrics = self.programs.chunk(state, *chunk)
             if pending is not None:
                 jax.block_until_ready(pending[0])
@@ -148,11 +149,12 @@ class Session:
         jax.block_until_ready((state, pending[0]))
         seconds = time.perf_counter() - begin
         on_chunk(pending[1])
-        return state, progress.extend(done, per_seed(results, self.seeds), seconds)
+        return state, progress.extend(done, per_member(results, self.members), seconds)
 
     def evaluate(self, epoch: int, run: Progress) -> list[dict[str, Any]]:
-        """Each seed's record of ``epoch`` (training means, test and validation metrics, times), checked
-        for divergence (``TrainingDiverged``)."""
+        """Each member's record of ``epoch`` (training means, test and validation metrics, times), checked
+        for divergence: ``TrainingDiverged``, except in a grid, where a point that diverged is part of the
+        record (its summary says so) and the others go on."""
         begin = time.perf_counter()
         tests = self.programs.evaluate(self.state, self.data.test_images, self.data.test_labels)
         extras = label_diagnostics(
@@ -161,32 +163,35 @@ class Session:
         seconds = {"epoch_time_s": run.seconds, "eval_time_s": time.perf_counter() - begin}
         num_test = len(self.data.dataset.test_labels)
         records = []
-        for seed, mean, test, extra in zip(self.seeds, run.means(), tests, extras, strict=True):
+        for member, mean, test, extra in zip(self.members, run.means(), tests, extras, strict=True):
             records.append(epoch_record(self.plan, epoch, mean, test, num_test, extra, seconds))
-            check_diverged(self.plan, records[-1], seed if self.seeds.together else None)
+            if not self.plan.config.grid:
+                check_diverged(self.plan, records[-1], member.seed if self.members.together else None)
         return records
 
     def record(self, records: list[dict], stop: StopRequest | None = None,
                on_epoch: Callable[[dict], None] | None = None, progress: bool = False) -> None:  # fmt: skip
-        """Each seed's epoch: its metrics line (and checkpoint where due), the callback, the log line;
+        """Each member's epoch: its metrics line (and checkpoint where due), the callback, the log line;
         ``RunStopped`` after it if a stop signal arrived."""
         config, epoch = self.plan.config, records[0]["epoch"]
         stopping = bool(stop) and epoch < config.epochs  # a stop signal during the epoch's end
         due = bool(self.dirs) and (self.dirs.checkpoint_due(epoch) or stopping)
         saved = self.dirs.write_epoch(records, self.host_states() if due else None)
-        for seed, record in zip(self.seeds, records, strict=True):
-            self.histories[seed].append(record)
+        for member, record in zip(self.members, records, strict=True):
+            self.histories[member].append(record)
             if on_epoch:
-                on_epoch({**record, "seed": seed})
+                on_epoch({**record, "seed": member.seed, **dict(member.point)})
             if progress:
-                self.log(f"{config.method} seed {seed} epoch {epoch}: loss {record['train_loss']:.4f}, "
+                self.log(f"{config.method} {member.describe()} epoch {epoch}: loss {record['train_loss']:.4f}, "
                          f"test acc {record['test_accuracy']:.4f}, {record['epoch_time_s']:.1f}s")  # fmt: skip
+            if config.grid and diverged_epoch(self.plan, self.histories[member]) == epoch:
+                self.log(f"{config.method} {member.describe()} diverged in epoch {epoch}; the grid goes on")
         if stopping:
             raise self._stopped(stop, f"after epoch {epoch}", saved)
 
     def host_states(self) -> list[TrainState]:
-        """Each seed's state on the host, in the network's layout."""
-        return unload_states(self.plan, self.seeds, self.state)
+        """Each member's state on the host, in the network's layout."""
+        return unload_states(self.plan, self.members, self.state)
 
     def _stopped(self, stop: StopRequest, where: str, saved: bool) -> RunStopped:
         return RunStopped(self.dirs.stopped(stop.name, where, saved), stop.signum, saved)
