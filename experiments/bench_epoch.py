@@ -28,8 +28,8 @@ import numpy as np
 
 from experiments.benchlib import environment, write_json
 from sidjax import TrainConfig, load_dataset, make_learner
-from sidjax.train.plan import make_plan
 from sidjax.train.members import Members, seed_keys
+from sidjax.train.plan import make_plan
 from sidjax.train.session import Session
 
 DEFAULT_RUNS = ",".join(

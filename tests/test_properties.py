@@ -19,9 +19,9 @@ from sidjax.losses import uniform_log_belief
 from sidjax.methods import Method
 from sidjax.objectives import local_losses
 from sidjax.train.epoch import epoch_chunks, prepare_data
+from sidjax.train.members import Members
 from sidjax.train.plan import make_plan
 from sidjax.train.programs import make_programs
-from sidjax.train.members import Members
 
 LOSS = SIDLoss(0.5)
 # What each method is, to be checked: the mode its test network has, whether its units read the

@@ -15,8 +15,8 @@ from test_properties import _plan
 
 import sidjax
 from sidjax.data import epoch_order, symmetric_label_noise
-from sidjax.train.runner import load_run, run, summarize
 from sidjax.train.members import Member, Members, seed_keys
+from sidjax.train.runner import load_run, run, summarize
 from sidjax.train.session import Session
 
 

@@ -16,8 +16,8 @@ import numpy as np
 
 from sidjax.data import Dataset, epoch_order, symmetric_label_noise
 from sidjax.data.device import nbytes
-from sidjax.train.plan import Plan
 from sidjax.train.members import Members
+from sidjax.train.plan import Plan
 
 
 class RunData(NamedTuple):

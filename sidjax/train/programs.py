@@ -25,8 +25,8 @@ from sidjax.evaluation import make_split_evaluator, make_split_predictor
 from sidjax.network import Variables, stack
 from sidjax.parallel import to_host
 from sidjax.state import TrainState
-from sidjax.train.plan import Plan
 from sidjax.train.members import Members
+from sidjax.train.plan import Plan
 
 
 class RunPrograms(NamedTuple):

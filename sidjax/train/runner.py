@@ -31,8 +31,8 @@ from sidjax.losses import Alpha
 from sidjax.network import Network, Variables
 from sidjax.state import TrainState
 from sidjax.train.config import TrainConfig
-from sidjax.train.plan import Model, Optimizer, Plan, checked_dataset, make_plan, plan_of_run, state_template
 from sidjax.train.members import Member, Members, member_config
+from sidjax.train.plan import Model, Optimizer, Plan, checked_dataset, make_plan, plan_of_run, state_template
 from sidjax.train.records import diverged_epoch
 from sidjax.train.rundir import RunDir, provenance
 from sidjax.train.rundirs import RunDirs
