@@ -5,7 +5,7 @@ import json
 import pytest
 from conftest import needs_devices
 
-from experiments import bench_epoch, bench_memory, bench_methods, bench_parallel, bench_step
+from experiments import bench_epoch, bench_grid, bench_memory, bench_methods, bench_parallel, bench_step
 
 
 def test_bench_step_times_sid_against_bp(tmp_path):
@@ -63,3 +63,13 @@ def test_bench_parallel_runs_one_process_per_device_count(tmp_path):
     for method in one:  # simulated devices share the cores: no speed-up, but no collapse either
         assert 0.05 < two[method] / one[method] < 20, (method, one, two)
     assert json.loads(out.read_text())["note"].startswith("simulated CPU devices")
+
+
+def test_bench_grid_trains_the_grid_in_one_program_compiled_once(tmp_path):
+    out = tmp_path / "grid.json"
+    report = bench_grid.main(["--tiny", "--limit-train", "1280", "--lrs", "1e-4,1e-3", "--seeds", "0,1",
+                              "--epochs", "1", "--json", str(out)])  # fmt: skip
+    assert report["members"] == 4 and report["compiles_during_timed_grid_epochs"] == 0
+    # four members in one program against four programs: the same work, not a multiple of it
+    assert 0.3 < report["grid_over_separate"] < 3.0, report
+    assert json.loads(out.read_text())["grid_over_separate"] == report["grid_over_separate"]

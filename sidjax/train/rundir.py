@@ -247,6 +247,8 @@ class RunDir:
         if position is not None:
             self.live = self.path
             self.stored.drop_after(position)
+            # the settings it continues with (a longer run, another chunk size): config.json says what ran
+            write_atomic(os.path.join(self.path, "config.json"), json.dumps(self.config.record(), indent=2))
             history = self.history()[: position.epochs]
             write_atomic(
                 os.path.join(self.path, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in history)
