@@ -113,7 +113,7 @@ def test_the_point_is_chosen_on_late_validation_accuracy_never_on_test():
         Member(0, (("lr", 1e-3),)): ([0.1, 0.7, 0.7], [0.1, 0.2, 0.3]),
         Member(1, (("lr", 1e-3),)): ([0.1, 0.6, 0.6], [0.1, 0.2, 0.4]),
     }
-    histories = {m: [{"epoch": e + 1, "val_accuracy": v, "test_accuracy": t} for e, (v, t) in enumerate(zip(*c))]
+    histories = {m: [{"epoch": e + 1, "val_accuracy": v, "test_accuracy": t} for e, (v, t) in enumerate(zip(*c, strict=True))]
                  for m, c in curves.items()}  # fmt: skip
     record = choose(config, histories, dict.fromkeys(histories))
     assert record["chosen"]["name"] == "lr0.001"
