@@ -14,7 +14,7 @@ import jax
 from flax import nnx
 
 import sidjax
-from sidjax.readout import freeze
+from sidjax.methods.readout import freeze
 
 
 class Features(nnx.Module):

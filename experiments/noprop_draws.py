@@ -11,14 +11,31 @@ the run's own test split (its ``limit_test``) and writes ``draws.json`` beside
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import json
 import os
 
 import numpy as np
 
-from sidjax import load_dataset, load_run
-from sidjax.noprop import draw_accuracies
+from sidjax import Dataset, Network, Variables, evaluate, load_dataset, load_run
+from sidjax.methods.noprop import Denoise
+
+
+def draw_accuracies(
+    network: Network, variables: Variables, dataset: Dataset, draws: int = 5, batch_size: int = 1000
+) -> list[float]:
+    """Test accuracy of a trained NoProp network's prediction for starting-noise draws ``0 .. draws-1``.
+
+    ``dataset``: a ``sidjax.Dataset`` whose test split is evaluated (apply the
+    run's ``limit_test`` first: ``dataset.subset(None, limit_test)``).
+    """
+    return [
+        evaluate(dataclasses.replace(network, inference=Denoise(draw)), variables, dataset, batch_size)[
+            "accuracy"
+        ]
+        for draw in range(draws)
+    ]
 
 
 def measure(run_dir: str, draws: int) -> dict:

@@ -25,7 +25,7 @@ from flax import nnx
 
 from sidjax.architectures import ARCHITECTURES, Backbone, Extractor
 from sidjax.errors import ConfigError
-from sidjax.heads import HEADS
+from sidjax.heads import HEADS, check_belief_input
 from sidjax.models import BeliefModule, BlockUnit
 from sidjax.network import Network, PartDef, Parts, Variables, in_mode, stack
 from sidjax.ops import ConvImpl
@@ -50,7 +50,7 @@ def from_units(
     input_shape: Sequence[int],
     stem: nnx.Module | None = None,
     cut_features: bool = True,
-    belief_input: bool = True,
+    belief_input: str = "prob",
     name: str = "custom",
 ) -> tuple[Network, Variables]:
     """A network of K units (the unit contract, ``sidjax.network``) after an optional stem.
@@ -62,7 +62,8 @@ def from_units(
       stem: run before unit 1 (``x -> h_0``); trained with unit 1 (blockwise)
         or with every unit (shared trunk).
       cut_features: blockwise (no gradient crosses a unit) or shared trunk.
-      belief_input: whether the units read the belief (DGL needs False).
+      belief_input: how the units read the belief: ``"prob"``, ``"log"``
+        or ``"none"`` (they read none, as DGL's heads).
       name: a label for logs.
 
     Returns:
@@ -71,6 +72,7 @@ def from_units(
     """
     if not units:
         raise ValueError("a network needs at least one unit")
+    check_belief_input(belief_input)
     input_shape = tuple(input_shape)
     h_shape = _shape(stem, input_shape)
     belief = jax.ShapeDtypeStruct((1, num_classes), jnp.float32)
@@ -149,7 +151,7 @@ def blockwise(
         raise ValueError(f"{len(heads)} heads for {len(groups)} blocks: give one head per block")
     units = [BlockUnit(group, h) for group, h in zip(groups, heads, strict=True)]
     return from_units(units, num_classes=num_classes, input_shape=input_shape, stem=stem, cut_features=True,
-                      belief_input=belief_input != "none", name=name)  # fmt: skip
+                      belief_input=belief_input, name=name)  # fmt: skip
 
 
 def trunk(
@@ -201,7 +203,7 @@ def trunk(
     params, stats = jax.vmap(lambda k: PartDef.split(new(k))[1:])(jax.random.split(key, num_modules))
     stem_def, stem_params, stem_stats = PartDef.split(extractor)
     network = Network(stem_def, (unit_def,), True, num_modules, num_classes, tuple(input_shape),
-                      cut_features=False, belief_input=belief_input != "none", name=name)  # fmt: skip
+                      cut_features=False, belief_input=belief_input, name=name)  # fmt: skip
     return network, Variables(Parts(stem_params, params), Parts(stem_stats, stats))
 
 

@@ -57,11 +57,16 @@ def _with_belief(features: jax.Array, log_belief: jax.Array, belief_input: str) 
     return jnp.concatenate([belief, features], axis=-1)
 
 
-def _check(belief_input: str) -> int:
+def check_belief_input(belief_input: str) -> None:
+    """``belief_input`` is one of ``BELIEF_INPUTS`` (``ConfigError`` naming it otherwise)."""
     if belief_input not in BELIEF_INPUTS:
         raise ConfigError(
             f"belief_input must be one of {BELIEF_INPUTS}, got {belief_input!r}", "belief_input"
         )
+
+
+def _check(belief_input: str) -> int:
+    check_belief_input(belief_input)
     return 0 if belief_input == "none" else 1
 
 

@@ -81,17 +81,17 @@ def make_learner(
     """
     spec, placement = get_method(method), Placement.parse(placement)
     check_adapted(spec, network)
-    execution = check_training(spec, network.mode, reads_belief=network.belief_input, execution=execution,
+    execution = check_training(spec, network.mode, belief_input=network.belief_input, execution=execution,
                                pipelined=pipelined, stages=placement.kind == "stages", stacked=network.stacked)  # fmt: skip
     loss = spec.loss(loss)
     loss.check_units(network.num_units)
     if placement.kind == "stages":
-        return make_stages(network, tx, loss, pipelined=pipelined, num_stages=placement.stages or None,
+        return make_stages(network, spec, tx, loss, pipelined=pipelined, num_stages=placement.stages or None,
                            devices=devices, augment=augment, batch_size=batch_size)  # fmt: skip
     step = make_step(network, tx, spec, loss, execution, pipelined, augment)
 
     def init(variables: Variables) -> TrainState:
-        slots = init_slots(network, variables, batch_size) if pipelined else ()
+        slots = init_slots(network, spec, variables, batch_size) if pipelined else ()
         return new_state(variables, tx, slots)
 
     def template(variables: Variables) -> TrainState:
@@ -102,7 +102,7 @@ def make_learner(
 
     donated = (0,) if donate else ()
     if placement.kind == "mesh":
-        return _on_mesh(network, step, init, memory_bytes, placement, devices, batch_size, donated)
+        return _on_mesh(network, step, init, memory_bytes, placement, devices, batch_size, donated, execution)
     return Learner(
         network=network,
         init=init,
@@ -112,11 +112,12 @@ def make_learner(
         put=jax.device_put,
         memory_bytes=memory_bytes,
         template=template,
+        execution=execution,
     )
 
 
 def _on_mesh(
-    network, step, init, memory_bytes, placement: Placement, devices, batch_size, donated
+    network, step, init, memory_bytes, placement: Placement, devices, batch_size, donated, execution
 ) -> Learner:
     """The single-device step as one program on a ``(data, unit)`` mesh: the batch split along ``data``."""
     mesh = make_mesh(*placement.mesh, devices)
@@ -138,4 +139,5 @@ def _on_mesh(
         put=lambda tree: replicate(tree, mesh),
         memory_bytes=memory_bytes,
         template=lambda variables: jax.eval_shape(init, variables),
+        execution=execution,
     )

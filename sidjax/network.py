@@ -77,12 +77,17 @@ class UnitInput(NamedTuple):
       valid: bool scalar, or the Python constant True where every input is
         valid (no masking is traced); False for a pipelined slot not filled
         yet (the unit then keeps its params, stats and optimizer state).
+      given: what a local method gives every unit besides the features
+        (``LocalMethod.given``: the HSIC bottleneck's kernels of the batch,
+        Forward-Forward's wrong labels), carried from unit to unit with the
+        labels; ``()`` for none.
     """
 
     h: chex.Array
     log_belief: chex.Array
     labels: chex.Array
     valid: Any = True
+    given: Any = ()
 
 
 class Chain(NamedTuple):
@@ -230,7 +235,9 @@ class Network:
       input_shape: one example's shape, e.g. ``(28, 28, 1)``.
       cut_features: blockwise (True: no gradient crosses a unit boundary) or
         shared trunk (False: the stem gets every unit's gradient).
-      belief_input: whether units read the previous belief (False for DGL).
+      belief_input: how units read the previous belief: ``"prob"``,
+        ``"log"`` (log-probabilities, or a method's raw code) or ``"none"``
+        (DGL's heads; ``reads_belief`` is False).
       name: a label for logs.
       inference: how the trained network predicts, ``inference(network,
         variables, x) -> [K, B, N]``, where its method does not predict by
@@ -245,7 +252,7 @@ class Network:
     num_classes: int
     input_shape: tuple[int, ...]
     cut_features: bool
-    belief_input: bool = True
+    belief_input: str = "prob"
     name: str = ""
     inference: Any = None
     method: str = ""
@@ -254,6 +261,11 @@ class Network:
     def mode(self) -> str:
         """``"blockwise"`` or ``"trunk"``."""
         return "blockwise" if self.cut_features else "trunk"
+
+    @property
+    def reads_belief(self) -> bool:
+        """Its units read the previous unit's belief (``belief_input`` is not ``"none"``)."""
+        return self.belief_input != "none"
 
     def apply_stem(self, params: Any, stats: Any, x: chex.Array, key=None, *, train: bool = True):
         """``x [B, ...] -> (h_0, stats)``; the identity without a stem."""
@@ -266,9 +278,11 @@ class Network:
         unit = self.units[0 if self.stacked else k]
         return unit.call(params, stats, part_key(key, k), train, inp.h, inp.log_belief)
 
-    def first_input(self, h0: chex.Array, labels: chex.Array, valid: Any = True) -> UnitInput:
+    def first_input(
+        self, h0: chex.Array, labels: chex.Array, valid: Any = True, given: Any = ()
+    ) -> UnitInput:
         """The first unit's input: ``h0 [B, ...]``, the uniform belief, ``labels [B]``."""
-        return UnitInput(h0, uniform_log_belief(h0.shape[0], self.num_classes), labels, valid)
+        return UnitInput(h0, uniform_log_belief(h0.shape[0], self.num_classes), labels, valid, given)
 
     def next_input(
         self, inp: UnitInput, h_out: chex.Array, logits: chex.Array, cut: bool = True
@@ -285,7 +299,7 @@ class Network:
         if cut:
             log_belief = sg(log_belief)
             h_out = sg(h_out) if self.cut_features else h_out
-        return UnitInput(h_out, log_belief, inp.labels, inp.valid)
+        return inp._replace(h=h_out, log_belief=log_belief)
 
     def unit_values(self, units: Any, k: int) -> Any:
         """Unit k's value of any per-unit pytree (params, stats, optimizer state), stacked or a tuple."""

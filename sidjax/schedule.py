@@ -26,24 +26,36 @@ import jax.numpy as jnp
 from sidjax.errors import ConfigError
 from sidjax.losses import SIDLoss
 from sidjax.network import Network, Parts, UnitInput, Variables
-from sidjax.units import masked, vmapped_losses
+from sidjax.units import LocalRule, chain_inputs, first_input, unit_objective, vmapped_losses
 
 
-def init_slots(network: Network, variables: Variables, batch_size: int | None) -> Any:
-    """K empty slots for batches of ``batch_size`` examples."""
+def init_slots(network: Network, method: LocalRule, variables: Variables, batch_size: int | None) -> Any:
+    """K empty slots for batches of ``batch_size`` examples, shaped as ``method`` gives its units their inputs."""
     if batch_size is None:
         raise ConfigError("the pipelined schedule keeps one batch per unit: give make_learner a batch_size")
     x = jax.ShapeDtypeStruct((batch_size, *network.input_shape), jnp.float32)
-    feats = jax.eval_shape(lambda v, x: network.forward(v, x, train=False, cut=True).inputs, variables, x)
+    labels = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
 
-    def empty(f):
-        prior = network.first_input(jnp.zeros(f.shape, f.dtype), jnp.zeros((batch_size,), jnp.int32))
-        return prior._replace(valid=jnp.asarray(False))
+    def inputs(v, x, labels):
+        x, inp = first_input(network, method, x, labels, jax.random.key(0))
+        h0, _ = network.apply_stem(v.params.stem, v.stats.stem, x, train=False)
+        return chain_inputs(network, method, v, inp._replace(h=h0), None, train=False)
+
+    found = jax.eval_shape(inputs, variables, x, labels)
+
+    def empty(inp):  # zeros, the uniform prior as belief, not valid
+        zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), inp)
+        prior = jnp.full(inp.log_belief.shape, -jnp.log(network.num_classes), inp.log_belief.dtype)
+        return zeros._replace(log_belief=prior, valid=jnp.asarray(False))
 
     if network.stacked:  # one stacked slot [K, ...]
-        one = empty(jax.ShapeDtypeStruct(feats.shape[1:], feats.dtype))
+        one = empty(found._replace(h=_one(found.h), log_belief=_one(found.log_belief)))
         return jax.tree.map(lambda a: jnp.broadcast_to(a, (network.num_units, *a.shape)), one)
-    return tuple(empty(f) for f in feats)
+    return tuple(empty(inp) for inp in found)
+
+
+def _one(stacked: jax.ShapeDtypeStruct) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(stacked.shape[1:], stacked.dtype)
 
 
 def unit_inputs(network: Network, slots: Any, fresh: UnitInput) -> list[UnitInput]:
@@ -58,6 +70,7 @@ def next_slots(network: Network, slots: Any, outputs: list[UnitInput]) -> Any:
 
 def pipelined_losses(
     network: Network,
+    method: LocalRule,
     loss: SIDLoss,
     params: Parts,
     stats: Parts,
@@ -74,14 +87,15 @@ def pipelined_losses(
       labels [K, B]))``: each unit's own batch's labels.
     """
     alphas = loss.alphas(network.num_units)
+    x, fresh = first_input(network, method, x, labels, key, jnp.asarray(True))
     h0, stem_stats = network.apply_stem(params.stem, stats.stem, x, key)
-    fresh = network.first_input(h0, labels, jnp.asarray(True))
+    fresh = fresh._replace(h=h0)
     if vmap:  # stacked: set slot 0 to the fresh input, one vmap, one roll
         inputs = jax.tree.map(lambda s, f: s.at[0].set(f), slots, fresh)
-        losses, logits, h_out, unit_stats = vmapped_losses(
-            network, loss, params.units, stats.units, inputs, alphas, key, 0, 0
+        losses, logits, h_out, raw, unit_stats = vmapped_losses(
+            network, method, loss, params.units, stats.units, inputs, alphas, key, 0, 0
         )
-        outputs = jax.vmap(network.next_input)(inputs, h_out, logits)
+        outputs = jax.vmap(lambda i, h, lg: method.hand_on(network, i, h, lg))(inputs, h_out, raw)
         new_slots = jax.tree.map(lambda a: jnp.roll(a, 1, axis=0), outputs)
         aux = (losses, logits, Parts(stem_stats, unit_stats), new_slots, inputs.valid, inputs.labels)
         return losses.sum(), aux
@@ -89,10 +103,10 @@ def pipelined_losses(
     losses, logits, outputs, unit_stats = [], [], [], []
     for k, inp in enumerate(inputs):
         p, s = network.unit_values(params.units, k), network.unit_values(stats.units, k)
-        (h_out, lg), s = network.apply_unit(k, p, s, inp, key)
-        losses.append(masked(loss.unit_loss(lg, inp.log_belief, inp.labels, alphas[k]), inp.valid))
+        value, (h_out, raw, lg, s) = unit_objective(network, method, loss, k, p, s, inp, alphas[k], key)
+        losses.append(value)
         logits.append(lg)
-        outputs.append(network.next_input(inp, h_out, lg))
+        outputs.append(method.hand_on(network, inp, h_out, raw))
         unit_stats.append(s)
     valid = jnp.stack([inp.valid for inp in inputs])
     losses, logits = jnp.stack(losses), jnp.stack(logits)

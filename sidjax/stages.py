@@ -36,7 +36,7 @@ from sidjax.network import Network, Parts
 from sidjax.schedule import init_slots
 from sidjax.state import Learner, TrainState, new_state
 from sidjax.steps import Augment, batch_metrics, memory_beyond_arguments, step_key, trained_stem
-from sidjax.units import UnitUpdate, make_unit_update, walk
+from sidjax.units import LocalRule, UnitUpdate, first_input, make_unit_update, walk
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +89,7 @@ class StagedStep:
     """One training step as one program per stage, dispatched in order from Python."""
 
     network: Network
+    method: LocalRule
     stages: Stages
     update: UnitUpdate
     loss: SIDLoss
@@ -104,7 +105,7 @@ class StagedStep:
         if s == 0:
             if self.augment is not None:
                 x = self.augment(key, x)
-            fresh = network.first_input(x, labels)
+            x, fresh = first_input(network, self.method, x, labels, key)
             inputs = [fresh._replace(valid=jnp.asarray(True)), *inputs] if self.pipelined else fresh
             step = step + 1
         elif not self.pipelined:
@@ -157,6 +158,7 @@ def _metrics(losses, logits, labels, valid, pipelined: bool) -> dict:
 
 def make_stages(
     network: Network,
+    method: LocalRule,
     tx: optax.GradientTransformation,
     loss: SIDLoss,
     *,
@@ -166,13 +168,17 @@ def make_stages(
     augment: Augment | None,
     batch_size: int | None,
 ) -> Learner:
-    """The learner of a blockwise network with its units in stages (``sidjax.make_learner`` checks the rules)."""
+    """The learner of a blockwise network with its units in stages, trained by a local method
+    (``sidjax.make_learner`` checks the rules)."""
     stages = Stages.cut(network.num_units, num_stages, devices)
-    staged = StagedStep(network, stages, make_unit_update(network, tx, loss), loss, pipelined, augment)
+    staged = StagedStep(network, method, stages, make_unit_update(network, method, tx, loss), loss, pipelined,
+                        augment)  # fmt: skip
     program = jax.jit(staged.stage, static_argnums=0)
 
     def fresh(variables) -> TrainState:
-        return new_state(variables, tx, init_slots(network, variables, batch_size) if pipelined else ())
+        return new_state(
+            variables, tx, init_slots(network, method, variables, batch_size) if pipelined else ()
+        )
 
     def memory_bytes(state: TrainState, batch, key) -> int:
         """The largest over stages of a stage program's memory beyond its arguments, plus its inputs.
@@ -199,4 +205,5 @@ def make_stages(
         memory_bytes=memory_bytes,
         template=lambda variables: jax.eval_shape(fresh, variables),
         traceable=False,
+        execution="sequential",
     )

@@ -186,6 +186,9 @@ class Learner(NamedTuple):
       traceable: ``step`` is one program that may be traced inside another
         (``lax.scan`` over steps, ``vmap`` over seeds); False for stages,
         whose step dispatches one program per stage from Python.
+      execution: the execution its step runs, resolved (``"vmap"``,
+        ``"fused"`` or ``"sequential"``; stages walk their units:
+        ``"sequential"``).
     """
 
     network: Network
@@ -197,3 +200,4 @@ class Learner(NamedTuple):
     memory_bytes: Callable[[TrainState, tuple[chex.Array, chex.Array], chex.PRNGKey], int]
     template: Callable[[Variables], TrainState]
     traceable: bool = True
+    execution: str = "fused"

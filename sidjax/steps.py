@@ -6,8 +6,10 @@ inside a scan). ``key`` is the run's train key: the step folds in
 ``state.step`` (``step_key``), augments the batch with ``step_key`` and gives
 unit k ``fold_in(step_key, k)``, the stem ``fold_in(step_key, K)``.
 
-How a local (SID/DGL) step groups its K unit updates into computation, all
-numerically equal (tested):
+How a local method's step (``sidjax.methods.LocalMethod``: SID, DGL,
+Forward-Forward, the HSIC bottleneck, your rule) groups its K unit updates
+into computation, all numerically equal (tested); a method with one
+objective over the whole network runs ``"fused"``:
 
 * ``"vmap"``: two-phase. A gradient-free teacher pass runs the chain; then
   every unit's loss is evaluated at once with ``jax.vmap`` over the stacked
@@ -37,7 +39,7 @@ from sidjax.losses import SIDLoss
 from sidjax.network import Network, Parts
 from sidjax.schedule import next_slots, pipelined_losses, unit_inputs
 from sidjax.state import PartState, TrainState, apply_gradients
-from sidjax.units import make_unit_update, walk
+from sidjax.units import LocalRule, first_input, make_unit_update, walk
 
 if TYPE_CHECKING:
     from sidjax.methods import Method
@@ -89,10 +91,10 @@ def make_step(
     """
 
     def build(loss):
-        if spec.sid_units and execution == "sequential":
-            return _walk_step(network, tx, loss, pipelined)
+        if execution == "sequential":
+            return _walk_step(network, spec, tx, loss, pipelined)
         if pipelined:
-            return _pipelined_step(network, tx, loss, vmap=execution == "vmap")
+            return _pipelined_step(network, spec, tx, loss, vmap=execution == "vmap")
         return _gradient_step(tx, spec.make_objective(network, loss, execution))
 
     fixed = None if loss.scheduled else build(loss)
@@ -120,12 +122,12 @@ def _gradient_step(tx, objective):
     return inner
 
 
-def _pipelined_step(network, tx, loss, vmap):
-    grad_fn = jax.value_and_grad(pipelined_losses, argnums=2, has_aux=True)
+def _pipelined_step(network: Network, method: LocalRule, tx, loss, vmap):
+    grad_fn = jax.value_and_grad(pipelined_losses, argnums=3, has_aux=True)
 
     def inner(state, x, labels, key):
         (value, (losses, logits, stats, slots, valid, unit_labels)), grads = grad_fn(
-            network, loss, state.params, state.stats, x, labels, state.slots, key, vmap
+            network, method, loss, state.params, state.stats, x, labels, state.slots, key, vmap
         )
         new = apply_gradients(state, grads, stats, tx, valid)._replace(slots=slots)
         return new, batch_metrics(value, losses, logits, unit_labels, valid)
@@ -133,14 +135,14 @@ def _pipelined_step(network, tx, loss, vmap):
     return inner
 
 
-def _walk_step(network, tx, loss, pipelined):
+def _walk_step(network: Network, method: LocalRule, tx, loss, pipelined):
     """Both schedules as one walk over the units inside the program (``sidjax.units.walk``)."""
-    update = make_unit_update(network, tx, loss)
+    update = make_unit_update(network, method, tx, loss)
     alphas = loss.alphas(network.num_units)
 
     def inner(state, x, labels, key):
         units, stem = network.unit_list(state.parts.units), trained_stem(network, state)
-        inputs = network.first_input(x, labels)
+        x, inputs = first_input(network, method, x, labels, key)
         if pipelined:
             inputs = unit_inputs(network, state.slots, inputs._replace(valid=jnp.asarray(True)))
         units, stem, outputs = walk(update, units, range(network.num_units), inputs, alphas, key, stem, x)

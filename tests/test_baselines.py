@@ -27,10 +27,17 @@ from flax import nnx
 import sidjax
 from sidjax.architectures import Conv3x3
 from sidjax.errors import ConfigError
-from sidjax.feedback import with_feedback
-from sidjax.forward_forward import THRESHOLD, Goodness, embed_labels, goodness, normalised, wrong_labels
-from sidjax.hsic import nhsic, solve
 from sidjax.methods import METHODS
+from sidjax.methods.feedback import with_feedback
+from sidjax.methods.forward_forward import (
+    THRESHOLD,
+    Goodness,
+    embed_labels,
+    goodness,
+    normalised,
+    wrong_labels,
+)
+from sidjax.methods.hsic import nhsic, solve
 
 KEY = jax.random.key(7)
 
@@ -504,8 +511,13 @@ def test_each_method_trains_through_run_resumes_and_predicts(method, tmp_path, f
         ("hsic", dict(mode="trunk"), "trains blockwise networks, not 'trunk'"),
         ("dfa", dict(mode="blockwise", belief_input="prob"), "needs heads without belief input"),
         ("ff", dict(mode="blockwise", belief_input="prob"), "needs heads without belief input"),
-        ("fa", dict(mode="blockwise", model="simplecnn", pipelined=True), "pipelined needs mode blockwise"),
-        ("hsic", dict(mode="blockwise", model="simplecnn", placement="stages"), "placement stages needs"),
+        ("fa", dict(mode="blockwise", model="simplecnn", pipelined=True), "pipelined needs a local method"),
+        (
+            "bp",
+            dict(mode="blockwise", model="simplecnn", placement="stages"),
+            "placement stages needs a local",
+        ),
+        ("fa", dict(mode="blockwise", execution="sequential"), "method 'fa' runs execution 'fused'"),
     ],
 )
 def test_what_a_method_cannot_train_is_refused_in_one_line(method, settings, words):
@@ -526,19 +538,15 @@ def test_the_command_line_trains_every_method_by_name(tmp_path, capsys):
 
 RULE = """
 import optax
-from sidjax import Method, Variables
+from sidjax import LocalMethod
 
 
-def head_ce(network, loss, execution):
-    def objective(params, stats, x, labels, key):
-        chain = network.forward(Variables(params, stats), x, labels, key, train=True, cut=True)
-        losses = optax.softmax_cross_entropy_with_integer_labels(chain.logits, labels[None]).mean(-1)
-        return losses.sum(), (losses, chain.logits, chain.stats)
-
-    return objective
+def head_ce(unit):
+    return optax.softmax_cross_entropy_with_integer_labels(unit.logits, unit.input.labels).mean(), unit.logits
 
 
-rule = Method("head_ce", "each head's cross-entropy", head_ce, modes=("blockwise",), belief_input=False)
+rule = LocalMethod(name="head_ce", summary="each head's cross-entropy", unit_loss=head_ce, modes=("blockwise",),
+                   belief_input="none")
 """
 
 

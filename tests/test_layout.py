@@ -3,6 +3,8 @@
 import ast
 import glob
 import os
+import subprocess
+import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "sidjax")
@@ -124,3 +126,30 @@ def test_functions_and_files_stay_short_enough_to_read_at_once():
                 long_functions.append(f"{name}.{node.name}: {_body_lines(node)} lines")
     assert long_functions == [] and long_files == []
     assert len(open(MODULES["sidjax.train.runner"]).read().splitlines()) <= 270
+
+
+def _reached(start: str) -> set[str]:
+    """Every sidjax module ``start`` imports, directly or through others (imports inside functions counted)."""
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in GRAPH[todo.pop()] - seen:
+            seen.add(nxt)
+            todo.append(nxt)
+    return seen
+
+
+def test_the_configuration_and_the_methods_load_no_data_reader_and_no_evaluation():
+    heavy = {m for m in MODULES if m.startswith("sidjax.data") or m == "sidjax.evaluation"}
+    for start in ("sidjax.train.config", "sidjax.methods"):
+        assert _reached(start) & heavy == set(), f"{start} reaches {sorted(_reached(start) & heavy)}"
+    # and at run time, through the package's own __init__ (whose names load when first used)
+    code = "import sidjax.train.config, sidjax.methods, sys; print(sorted(m for m in sys.modules if m.startswith('sidjax')))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "sidjax.data" not in loaded and "sidjax.evaluation" not in loaded, loaded
+
+
+def test_the_package_exports_what_it_lists():
+    import sidjax
+
+    assert set(sidjax.__all__) == set(sidjax._EXPORTS) | {"__version__"}
+    assert all(getattr(sidjax, name) is not None for name in sidjax.__all__)

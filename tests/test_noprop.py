@@ -12,9 +12,10 @@ import pytest
 from conftest import NUM_CLASSES, tiny_batch, tiny_config, tiny_network
 
 import sidjax
+from experiments.noprop_draws import draw_accuracies
 from sidjax.errors import ConfigError
 from sidjax.methods import get_method
-from sidjax.noprop import Denoise, draw_accuracies
+from sidjax.methods.noprop import Denoise
 
 T = 3
 
@@ -123,7 +124,7 @@ def test_noprop_trains_through_run_resumes_and_predicts(tmp_path, fashion_mnist)
     [
         (dict(mode="blockwise"), "trains trunk networks"),
         (dict(belief_input="prob"), "belief_input must be 'log'"),
-        (dict(pipelined=True), "pipelined needs mode blockwise"),
+        (dict(pipelined=True), "pipelined needs a local method"),
     ],
 )
 def test_what_noprop_cannot_train_is_refused_in_one_line(settings, words):

@@ -12,12 +12,11 @@ import optax
 import pytest
 from conftest import NUM_CLASSES, tiny_batch, tiny_blockwise, tiny_network, tree_max_abs
 
-from sidjax import METHODS, SIDLoss, UnitInput, Variables
+from sidjax import METHODS, SIDLoss, UnitInput, Variables, local_losses
 from sidjax.data import Dataset, epoch_order, symmetric_label_noise
 from sidjax.heads import HEADS, adaptive_avg_pool
 from sidjax.losses import uniform_log_belief
 from sidjax.methods import Method
-from sidjax.objectives import local_losses
 from sidjax.train.epoch import epoch_chunks, prepare_data
 from sidjax.train.members import Members
 from sidjax.train.plan import make_plan

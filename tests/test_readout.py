@@ -16,7 +16,7 @@ from flax import nnx
 import sidjax
 from sidjax.errors import ConfigError
 from sidjax.methods import METHODS
-from sidjax.readout import Frozen, ReadOut
+from sidjax.methods.readout import Frozen, ReadOut
 from sidjax.train.runner import load_run, run
 
 KEY = jax.random.key(3)

@@ -16,8 +16,9 @@ from test_properties import _plan
 import sidjax
 from sidjax.data import epoch_order, symmetric_label_noise
 from sidjax.train.members import Member, Members, seed_keys
-from sidjax.train.runner import load_run, run, summarize
+from sidjax.train.runner import load_run, run
 from sidjax.train.session import Session
+from sidjax.train.summary import summarize
 
 
 @pytest.mark.parametrize("seeds", [(0,), (0, 1)])

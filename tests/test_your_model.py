@@ -396,7 +396,7 @@ def test_load_run_checks_the_model_against_the_checkpoint_and_records_say_what_t
     sidjax.run(_config("dgl", epochs=1), out, model=MODELS["dgl"], dataset=fashion_mnist, progress=False)
     network = json.loads((tmp_path / "dgl" / "summary.json").read_text())["network"]
     assert network == json.loads((tmp_path / "dgl" / "run.json").read_text())["network"]
-    assert network["units"] == 3 and network["belief_input"] is False and network["alpha"] == [1.0, 1.0, 1.0]
+    assert network["units"] == 3 and network["belief_input"] == "none" and network["alpha"] == [1.0, 1.0, 1.0]
     assert network["unit_modules"][0] == "ConvBlock + MLPHead" and network["name"] == "my_cnn"
     assert network["parameters"] == sum(
         a.size for a in jax.tree.leaves(MODELS["dgl"](jax.random.key(0))[1].params)

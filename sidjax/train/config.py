@@ -339,7 +339,7 @@ def _check_ranges(c: TrainConfig) -> None:
 
 def _check_rules(c: TrainConfig) -> None:
     spec, placement = get_method(c.method), c.placement_spec()
-    check_training(spec, c.mode, reads_belief=c.belief != "none", execution=c.execution, pipelined=c.pipelined,
-                   stages=placement.kind == "stages", belief_input=c.belief)  # fmt: skip
+    check_training(spec, c.mode, belief_input=c.belief, execution=c.execution, pipelined=c.pipelined,
+                   stages=placement.kind == "stages")  # fmt: skip
     spec.loss(c.loss())  # alpha's length is checked against the network built (make_plan)
     check_seeds(placement, len(c.seeds) * len(c.points()))

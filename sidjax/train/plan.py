@@ -15,7 +15,6 @@ from typing import Any, NamedTuple
 
 import chex
 import jax
-import jax.numpy as jnp
 import optax
 
 from sidjax.architectures import ARCHITECTURES, Backbone
@@ -23,12 +22,14 @@ from sidjax.builders import make_blockwise_network, make_network
 from sidjax.data import Dataset, DatasetInfo, dataset_info, is_image_folder, load_dataset, random_crop_flip
 from sidjax.errors import ConfigError
 from sidjax.learner import make_learner
-from sidjax.losses import Alpha, check_alpha_schedule
-from sidjax.methods import Method, get_method
+from sidjax.losses import Alpha
+from sidjax.methods import BUILTIN, Method, get_method
+from sidjax.methods.check import check_method
 from sidjax.network import Network, Variables
 from sidjax.state import Learner, TrainState
 from sidjax.train.chunking import auto_chunk, has_convolution
 from sidjax.train.config import Point, TrainConfig
+from sidjax.train.recipe import make_recipe
 from sidjax.train.rundir import RunDir
 from sidjax.train.warm import from_source, source_dir, trained_state
 
@@ -252,7 +253,7 @@ def make_plan(
         config = _as_built(config, network, info)
     steps = info.num_train // config.batch_size
     injected = tuple(config.grid) if injected is None else tuple(injected)
-    tx, loss, recipe = _recipe(config, steps * config.epochs, tx, alpha, injected)
+    tx, loss, recipe = make_recipe(config, steps * config.epochs, tx, alpha, injected)
     augment = config.augment
     if augment is None:
         augment = config.dataset.startswith("cifar") or is_image_folder(config.dataset)
@@ -271,6 +272,13 @@ def make_plan(
     )
     return Plan(config, spec, network, build, learner_for(tx), info, steps, chunk, cpu_convolutions, tx, recipe,
                 spec.loss(loss), warm, injected, point_learner if injected else None)  # fmt: skip
+
+
+def check_own_method(plan: Plan) -> None:
+    """A method that is not built in is checked once on a fresh network before it trains
+    (``sidjax.check_method``: finite loss, shapes, no gradient across units where declared local)."""
+    if not any(plan.method is builtin for builtin in BUILTIN):
+        check_method(plan.method, *plan.build(jax.random.key(0)), loss=plan.loss)
 
 
 def _source_plan(config: TrainConfig, model: Model | None) -> Plan:
@@ -347,71 +355,6 @@ def state_template(plan: Plan) -> TrainState:
     """The shapes of one seed's ``TrainState`` in the network's layout (how checkpoints hold it); nothing is computed."""
     variables = jax.eval_shape(lambda key: plan.build(key)[1], jax.random.key(0))
     return plan.learner.template(variables)
-
-
-def trained_network(plan: Plan) -> dict[str, Any]:
-    """What is trained, as the network and the recipe have it (a config may name defaults your model overrides).
-
-    ``units``: K; ``stem``/``unit_modules``: module classes; ``belief_input``:
-    whether units read the previous belief; ``alpha``: each unit's effective
-    alpha (``"schedule"``; None for backprop); ``parameters``: trained scalars.
-    """
-    network = plan.network
-    shapes = jax.eval_shape(lambda key: plan.build(key)[1].params, jax.random.key(0))
-    alpha = None
-    if plan.method.sid_units:
-        alpha = (
-            "schedule"
-            if plan.loss.scheduled
-            else [round(float(a), 6) for a in plan.loss.alphas(network.num_units)]
-        )
-    return {
-        "name": network.name,
-        "mode": network.mode,
-        "units": network.num_units,
-        "stem": network.stem.kind if network.stem else None,
-        "unit_modules": [network.units[0 if network.stacked else k].kind for k in range(network.num_units)],
-        "belief_input": network.belief_input,
-        "alpha": alpha,
-        "parameters": int(sum(leaf.size for leaf in jax.tree.leaves(shapes))),
-        **({"recipe": plan.recipe} if plan.recipe else {}),
-    }
-
-
-def _recipe(
-    config: TrainConfig, total_steps: int, tx, alpha, injected: tuple[str, ...]
-) -> tuple[optax.GradientTransformation, Any, dict]:
-    """The optimizer, the local loss and the record of what the config does not hold."""
-    recipe = {}
-    if injected:
-        recipe["grid"] = ",".join(injected)
-    if tx is None:
-        tx = config.for_point(config.points()[0]).optimizer_tx(total_steps, injected)
-    elif config.grid:
-        raise ConfigError(
-            f"a grid over {', '.join(config.grid)} sets the config's optimizer's values; your own tx holds its "
-            "own: give one value, or a grid without tx",
-            next(iter(config.grid)),
-        )
-    else:
-        if not isinstance(tx, optax.GradientTransformation):
-            tx = tx(total_steps) if callable(tx) else tx
-        if not isinstance(tx, optax.GradientTransformation):
-            raise ConfigError(
-                f"tx must be an optax transformation or total_steps -> transformation, got {type(tx).__name__}",
-                "tx",
-            )
-        recipe["tx"] = "custom"
-    loss = config.loss()
-    if alpha is not None:
-        loss = dataclasses.replace(loss, alpha=tuple(alpha) if isinstance(alpha, list) else alpha)
-        check_alpha_schedule(loss, total_steps)
-        recipe["alpha"] = (
-            "schedule"
-            if loss.scheduled
-            else f"given {[round(float(a), 6) for a in jnp.atleast_1d(jnp.asarray(loss.alpha))]}"
-        )
-    return tx, loss, recipe
 
 
 def _as_built(config: TrainConfig, network: Network, info: DatasetInfo) -> TrainConfig:

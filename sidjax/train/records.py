@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import numpy as np
 
 from sidjax.evaluation import split_metrics
@@ -107,3 +108,32 @@ def label_diagnostics(plan: Plan, data: RunData, predict: Callable[[Any], list[n
 
 def _mean(hits: np.ndarray) -> float:
     return float(hits.mean()) if hits.size else float("nan")
+
+
+def trained_network(plan: Plan) -> dict[str, Any]:
+    """What is trained, as the network and the recipe have it (a config may name defaults your model overrides).
+
+    ``units``: K; ``stem``/``unit_modules``: module classes; ``belief_input``:
+    whether units read the previous belief; ``alpha``: each unit's effective
+    alpha (``"schedule"``; None for backprop); ``parameters``: trained scalars.
+    """
+    network = plan.network
+    shapes = jax.eval_shape(lambda key: plan.build(key)[1].params, jax.random.key(0))
+    alpha = None
+    if getattr(plan.method, "uses_alpha", False):
+        alpha = (
+            "schedule"
+            if plan.loss.scheduled
+            else [round(float(a), 6) for a in plan.loss.alphas(network.num_units)]
+        )
+    return {
+        "name": network.name,
+        "mode": network.mode,
+        "units": network.num_units,
+        "stem": network.stem.kind if network.stem else None,
+        "unit_modules": [network.units[0 if network.stacked else k].kind for k in range(network.num_units)],
+        "belief_input": network.belief_input,
+        "alpha": alpha,
+        "parameters": int(sum(leaf.size for leaf in jax.tree.leaves(shapes))),
+        **({"recipe": plan.recipe} if plan.recipe else {}),
+    }

@@ -16,8 +16,6 @@ split, a grid's point is chosen on it (``selection.json``, ``sidjax.train.select
 from __future__ import annotations
 
 import numbers
-import os
-import platform
 import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -31,15 +29,24 @@ from sidjax.losses import Alpha
 from sidjax.network import Network, Variables
 from sidjax.state import TrainState
 from sidjax.train.config import TrainConfig
-from sidjax.train.members import Member, Members, member_config
-from sidjax.train.plan import Model, Optimizer, Plan, checked_dataset, make_plan, plan_of_run, state_template
-from sidjax.train.records import diverged_epoch
-from sidjax.train.rundir import RunDir, provenance
-from sidjax.train.rundirs import RunDirs
-from sidjax.train.selection import choose, describe_choice, late_mean, write_selection
+from sidjax.train.directories import RunDirs
+from sidjax.train.members import Member, Members
+from sidjax.train.plan import (
+    Model,
+    Optimizer,
+    Plan,
+    check_own_method,
+    checked_dataset,
+    make_plan,
+    plan_of_run,
+    state_template,
+)
+from sidjax.train.rundir import RunDir
+from sidjax.train.selection import select_point
 from sidjax.train.session import Session
 from sidjax.train.signals import stop_signals
 from sidjax.train.stops import DIVERGED, RunInterrupted, RunStopped, TrainingDiverged
+from sidjax.train.summary import summarize
 
 __all__ = ["DIVERGED", "RunInterrupted", "RunResult", "RunStopped", "TrainingDiverged", "load_run", "run",
            "summarize"]  # fmt: skip
@@ -134,6 +141,7 @@ def run(
       RunInterrupted: Ctrl-C; what was saved is kept.
     """
     plan = make_plan(config, dataset, model, tx=tx, alpha=alpha)
+    check_own_method(plan)
     config = plan.config
     if jax.process_count() > 1:  # every process trains; process 0 alone writes the files
         if resume:
@@ -157,21 +165,8 @@ def run(
         dirs.release()
     results = [done[m][0] for m in everyone]
     if config.grid:
-        _select(plan, {m: done[m][1] for m in everyone}, out_dir, log)
+        select_point(plan, {m: done[m][1] for m in everyone}, out_dir, log)
     return results[0] if len(results) == 1 and isinstance(config.seed, int) and not config.grid else results
-
-
-def _select(plan: Plan, histories: dict[Member, list[dict]], out_dir: str | None, log) -> None:
-    """Chooses the grid's point on the validation split and writes ``selection.json`` (where there is a
-    split and a directory)."""
-    if not plan.config.validation:
-        log(
-            "a grid without a validation split: no point is chosen (set validation to hold some examples out)"
-        )
-        return
-    record = choose(plan.config, histories, {m: diverged_epoch(plan, h) for m, h in histories.items()})
-    where = f"; {write_selection(out_dir, record)}" if out_dir is not None else ""
-    log(describe_choice(record) + where)
 
 
 def _finished(plan: Plan, dirs: RunDirs) -> dict[Member, tuple[RunResult, list[dict]]]:
@@ -201,51 +196,6 @@ def _train(plan: Plan, dataset: Dataset, members: Members, dirs: RunDirs, resume
         dirs.finish(member, summary)
         results[member] = (RunResult(summary, plan.network, state), session.histories[member])
     return results
-
-
-def summarize(session: Session, member: Member) -> dict[str, Any]:
-    """A finished run of one member of ``session``: its config, final, late and best epoch, depth
-    diagnostics, speed, machine."""
-    plan, history, data = session.plan, session.histories[member], session.data
-    config = member_config(plan.config, member)
-    window = config.late_epochs
-    train_time = sum(r["epoch_time_s"] for r in history)
-    best = max(history, key=lambda r: r["test_accuracy"])
-    validated = {}
-    if "val_accuracy" in history[-1]:  # the epoch a validation split would choose (early stopping)
-        chosen = max(history, key=lambda r: r["val_accuracy"])
-        validated = {"final_val_accuracy": history[-1]["val_accuracy"],
-                     "late_val_accuracy": late_mean(history, "val_accuracy", window),
-                     "best_val_epoch": chosen["epoch"],
-                     "test_accuracy_at_best_val": chosen["test_accuracy"]}  # fmt: skip
-    diverged = diverged_epoch(plan, history)
-    return {
-        **config.record(),
-        "final_test_accuracy": history[-1]["test_accuracy"],
-        "late_test_accuracy": late_mean(history, "test_accuracy", window),
-        "best_test_accuracy": best["test_accuracy"],
-        "best_epoch": best["epoch"],
-        **validated,
-        **({"diverged_in_epoch": diverged} if diverged is not None else {}),
-        "per_unit_accuracy": history[-1]["per_unit_accuracy"],
-        "per_unit_kl": history[-1]["per_unit_kl"],
-        "network": session.network,
-        "train_time_s": train_time,
-        "time_per_epoch_s": train_time / config.epochs,
-        "examples_per_s": plan.steps_per_epoch * config.batch_size * config.epochs / train_time,
-        "seeds_trained_together": len(session.members),
-        "compile_time_s": session.compile_time,
-        "num_train": len(data.dataset.train_labels),
-        "num_test": len(data.dataset.test_labels),
-        "realised_label_noise": data.realised_noise[session.members.values.index(member)],
-        "data_on_device": bool(data.resident),
-        "backend": jax.default_backend(),
-        "device": str(jax.devices()[0].device_kind),
-        "host": f"{platform.machine()}, {os.cpu_count()} cpus",
-        "jax_version": jax.__version__,
-        "num_processes": jax.process_count(),
-        **provenance(),
-    }
 
 
 def load_run(

@@ -23,6 +23,8 @@ from sidjax.errors import ConfigError
 from sidjax.train.config import TrainConfig
 from sidjax.train.files import write_atomic
 from sidjax.train.members import Member, point_name
+from sidjax.train.plan import Plan
+from sidjax.train.records import diverged_epoch
 
 SELECTION = "selection.json"
 CRITERION = "the best mean over seeds of the validation accuracy averaged over the last late_epochs epochs"
@@ -127,3 +129,16 @@ def describe_choice(record: dict) -> str:
     values = ", ".join(f"{k} {v:g}" for k, v in chosen["point"].items())
     return (f"chosen on validation: {values} (late validation accuracy {chosen['late_val_accuracy']:.4f} over "
             f"the last {record['late_epochs']} epochs)")  # fmt: skip
+
+
+def select_point(plan: Plan, histories: dict[Member, list[dict]], out_dir: str | None, log) -> None:
+    """Chooses the grid's point on the validation split and writes ``selection.json`` (where there is a
+    split and a directory)."""
+    if not plan.config.validation:
+        log(
+            "a grid without a validation split: no point is chosen (set validation to hold some examples out)"
+        )
+        return
+    record = choose(plan.config, histories, {m: diverged_epoch(plan, h) for m, h in histories.items()})
+    where = f"; {write_selection(out_dir, record)}" if out_dir is not None else ""
+    log(describe_choice(record) + where)

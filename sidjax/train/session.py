@@ -25,12 +25,18 @@ from tqdm.auto import tqdm
 
 from sidjax.data import Dataset
 from sidjax.state import TrainState
+from sidjax.train.directories import RunDirs
 from sidjax.train.epoch import Progress, epoch_chunks, fits_on_device, per_member, prepare_data
 from sidjax.train.members import Members
-from sidjax.train.plan import Plan, state_template, trained_network
+from sidjax.train.plan import Plan, state_template
 from sidjax.train.programs import init_states, load_states, make_programs, unload_states
-from sidjax.train.records import check_diverged, diverged_epoch, epoch_record, label_diagnostics
-from sidjax.train.rundirs import RunDirs
+from sidjax.train.records import (
+    check_diverged,
+    diverged_epoch,
+    epoch_record,
+    label_diagnostics,
+    trained_network,
+)
 from sidjax.train.signals import StopRequest
 from sidjax.train.stops import RunInterrupted, RunStopped
 

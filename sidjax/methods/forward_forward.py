@@ -31,14 +31,14 @@ label's goodness beats the drawn wrong label's (the step sees no others).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 
 import chex
 import jax
 import jax.numpy as jnp
 
-from sidjax.losses import SIDLoss
+from sidjax.methods._record import LocalMethod
 from sidjax.network import Network, UnitInput, Variables, sg
+from sidjax.units import UnitSeen
 
 THRESHOLD = 1.0
 NEG = -1e9
@@ -87,29 +87,51 @@ def unit_goodness(network: Network, variables: Variables, x: chex.Array, key=Non
     return jnp.stack(found), stats._replace(stem=stem_stats, units=network.join_units(unit_stats))
 
 
-def ff_objective(network: Network, loss: SIDLoss, execution: str = "fused") -> Callable:
-    """``objective(params, stats, x, labels, key)``: the sum of the K units' Forward-Forward losses.
+def give_labelled(network: Network, x: chex.Array, labels: chex.Array, key) -> tuple[chex.Array, chex.Array]:
+    """``(both [2B, ...], wrong [B])``: the positives (each image with its label) then the negatives (the
+    same images with a wrong label drawn from ``fold_in(key, K + 1)``), and the wrong labels."""
+    if key is None:
+        raise ValueError("ff draws its negative labels from the step's key: give a key")
+    n = network.num_classes
+    wrong = wrong_labels(labels, n, jax.random.fold_in(key, network.num_units + 1))
+    return jnp.concatenate([embed_labels(x, labels, n), embed_labels(x, wrong, n)]), wrong
 
-    ``logits [K, B, N]``: the true label's and the drawn wrong label's
-    goodness, every other label far below (what the step's accuracy reads).
-    """
 
-    def objective(params, stats, x, labels, key):
-        if key is None:
-            raise ValueError("ff draws its negative labels from the step's key: give a key")
-        n, batch = network.num_classes, x.shape[0]
-        wrong = wrong_labels(labels, n, jax.random.fold_in(key, network.num_units + 1))
-        both = jnp.concatenate([embed_labels(x, labels, n), embed_labels(x, wrong, n)])
-        g, new_stats = unit_goodness(network, Variables(params, stats), both, key, train=True)
-        positive, negative = g[:, :batch], g[:, batch:]
-        terms = jnp.concatenate([THRESHOLD - positive, negative - THRESHOLD], axis=1)
-        losses = jnp.mean(jax.nn.softplus(terms), axis=1)
+def hand_on_direction(network: Network, inp: UnitInput, h_out: chex.Array, logits: chex.Array) -> UnitInput:
+    """The next unit reads this one's output normalised per example and stopped: its direction only."""
+    return inp._replace(h=sg(normalised(h_out)))
+
+
+def make_ff_loss(threshold: float = THRESHOLD):
+    """Unit k's Forward-Forward loss at ``threshold`` (``unit_loss(seen) -> (loss, logits)``)."""
+
+    def unit_loss(seen: UnitSeen) -> tuple[chex.Array, chex.Array]:
+        """``softplus(theta - G(h+)) + softplus(G(h-) - theta)`` averaged over the batch's positives and negatives.
+
+        ``logits [B, N]``: the true label's and the drawn wrong label's goodness, every other label far
+        below (what the step's accuracy reads).
+        """
+        labels, wrong = seen.input.labels, seen.input.given
+        batch = labels.shape[0]
+        g = goodness(seen.output)
+        positive, negative = g[:batch], g[batch:]
+        value = jnp.mean(jax.nn.softplus(jnp.concatenate([threshold - positive, negative - threshold])))
         rows = jnp.arange(batch)
-        logits = jnp.full((network.num_units, batch, n), NEG)
-        logits = logits.at[:, rows, labels].set(positive).at[:, rows, wrong].set(negative)
-        return losses.sum(), (losses, logits, new_stats)
+        logits = jnp.full((batch, seen.logits.shape[-1]), NEG)
+        return value, logits.at[rows, labels].set(positive).at[rows, wrong].set(negative)
 
-    return objective
+    return unit_loss
+
+
+def forward_forward(name: str = "ff", threshold: float = THRESHOLD, skip_first: bool = False) -> LocalMethod:
+    """Forward-Forward as a ``LocalMethod``: ``threshold`` on the mean of squares, the prediction's sum over
+    every unit (``skip_first``: every unit but the first, Hinton's rule)."""
+    return LocalMethod(
+        name=name,
+        summary="Forward-Forward: each unit separates label-embedded positives from negatives by goodness",
+        unit_loss=make_ff_loss(threshold), give=give_labelled, hand_on=hand_on_direction,
+        modes=("blockwise",), belief_input="none", inference=Goodness(skip_first),
+    )  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,3 +156,6 @@ class Goodness:
         g = jax.vmap(for_label)(jnp.arange(n))  # [N, K, B]
         counted = g.at[:, 0].set(0.0) if self.skip_first and network.num_units > 1 else g
         return jnp.cumsum(counted, axis=1).transpose(1, 2, 0).at[0].set(g[:, 0].T)
+
+
+FF = forward_forward()

@@ -33,8 +33,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from sidjax.data import Dataset
-from sidjax.evaluation import evaluate
+from sidjax.methods._record import Method
 from sidjax.network import Network, Parts, UnitInput, Variables
 
 
@@ -118,17 +117,9 @@ class Denoise:
         return jnp.stack(outs)
 
 
-def draw_accuracies(
-    network: Network, variables: Variables, dataset: Dataset, draws: int = 5, batch_size: int = 1000
-) -> list[float]:
-    """Test accuracy of a trained NoProp network's prediction for starting-noise draws ``0 .. draws-1``.
-
-    ``dataset``: a ``sidjax.Dataset`` whose test split is evaluated (apply the
-    run's ``limit_test`` first: ``dataset.subset(None, limit_test)``).
-    """
-    return [
-        evaluate(dataclasses.replace(network, inference=Denoise(draw)), variables, dataset, batch_size)[
-            "accuracy"
-        ]
-        for draw in range(draws)
-    ]
+NOPROP = Method(
+    name="noprop",
+    summary="NoProp (the SID authors' form): each unit denoises a noisy label code; predicts from noise",
+    objective=lambda network, loss, execution: noprop_objective(network), gradients="local", modes=("trunk",),
+    belief_input="log", inference=Denoise(),
+)  # fmt: skip

@@ -25,8 +25,6 @@ network ("post-training"): the ``readout`` method started from this run
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import chex
 import jax
 import jax.numpy as jnp
@@ -34,8 +32,9 @@ import optax
 
 from sidjax.adapt import remodel
 from sidjax.errors import ConfigError
-from sidjax.losses import SIDLoss
+from sidjax.methods._record import LocalMethod
 from sidjax.network import Network, Variables
+from sidjax.units import UnitSeen
 
 SIGMA = 5.0
 BETA = 50.0
@@ -112,26 +111,39 @@ def _nhsic(ra: chex.Array, rb: chex.Array) -> chex.Array:
     return jnp.sum(ra * rb.T)
 
 
-def hsic_objective(
-    network: Network, loss: SIDLoss, execution: str = "fused", sigma: float = SIGMA, beta: float = BETA
-) -> Callable:
-    """``objective(params, stats, x, labels, key)``: every unit's HSIC bottleneck plus its read-out's
-    cross-entropy (``unit_losses [K]``: their sums); needs ``probe_heads``."""
+def make_give_kernels(sigma: float = SIGMA):
+    """``give(network, x, labels, key) -> (x, (R_X, R_Y))``: the normalised kernels of the batch (stopped)
+    and of the one-hot labels, computed once per step and given to every unit."""
 
-    def objective(params, stats, x, labels, key):
+    def give(network: Network, x: chex.Array, labels: chex.Array, key) -> tuple[chex.Array, tuple]:
         rx = jax.lax.stop_gradient(normalised_projection(centred_kernel(x, sigma)))
         ry = normalised_projection(centred_kernel(jax.nn.one_hot(labels, network.num_classes), sigma))
-        chain = network.forward(Variables(params, stats), x, labels, key, train=True, cut=True)
+        return x, (rx, ry)
 
-        def unit_loss(h_out, logits):
-            rz = normalised_projection(centred_kernel(h_out, sigma))
-            ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-            return _nhsic(rz, rx) - beta * _nhsic(rz, ry) + ce
+    return give
 
-        losses = jnp.stack([unit_loss(h, lg) for h, lg in zip(chain.outputs, chain.logits, strict=True)])
-        return losses.sum(), (losses, chain.logits, chain.stats)
 
-    return objective
+def make_hsic_loss(sigma: float = SIGMA, beta: float = BETA):
+    """Unit k's loss: its block output's HSIC bottleneck plus its read-out head's cross-entropy."""
+
+    def unit_loss(seen: UnitSeen) -> tuple[chex.Array, chex.Array]:
+        """``nHSIC(Z, X) - beta nHSIC(Z, Y) + CE(y, head(sg(Z)))``; the head is a read-out (``probe_heads``)."""
+        rx, ry = seen.input.given
+        rz = normalised_projection(centred_kernel(seen.output, sigma))
+        ce = optax.softmax_cross_entropy_with_integer_labels(seen.logits, seen.input.labels).mean()
+        return _nhsic(rz, rx) - beta * _nhsic(rz, ry) + ce, seen.logits
+
+    return unit_loss
+
+
+def hsic_bottleneck(name: str = "hsic", sigma: float = SIGMA, beta: float = BETA) -> LocalMethod:
+    """The HSIC bottleneck as a ``LocalMethod`` with kernel width ``sigma`` and label weight ``beta``."""
+    return LocalMethod(
+        name=name,
+        summary="HSIC bottleneck: each unit keeps little of the input and much of the label; read-out heads",
+        unit_loss=make_hsic_loss(sigma, beta), give=make_give_kernels(sigma), modes=("blockwise",),
+        belief_input="none", prepare=probe_heads,
+    )  # fmt: skip
 
 
 def probe_heads(network: Network, variables: Variables, key: chex.PRNGKey) -> tuple[Network, Variables]:
@@ -152,3 +164,6 @@ def probe_heads(network: Network, variables: Variables, key: chex.PRNGKey) -> tu
             f"read-out heads need units built by sidjax.blockwise (BlockUnit), got {missing[0]}", "model"
         )
     return network, variables
+
+
+HSIC = hsic_bottleneck()

@@ -48,6 +48,8 @@ from flax import nnx
 from sidjax.adapt import remodel
 from sidjax.errors import ConfigError
 from sidjax.losses import SIDLoss, label_distribution
+from sidjax.methods._record import Method
+from sidjax.methods.backprop import bp_objective
 from sidjax.network import Network, Variables, sg
 
 
@@ -298,3 +300,15 @@ def _injected_parts(units: Any, error: chex.Array, stacked: bool) -> tuple[chex.
         return _injected(units, error, stacked=True)
     pieces = [_injected(u, error) for u in units]
     return sum(p for p, _ in pieces), type(units)(u for _, u in pieces)
+
+
+FA = Method(
+    name="fa",
+    summary="feedback alignment: backprop of the last unit's cross-entropy, errors through fixed random matrices",
+    objective=lambda network, loss, execution: bp_objective(network, loss), prepare=feedback_alignment,
+)  # fmt: skip
+DFA = Method(
+    name="dfa",
+    summary="direct feedback alignment: the output error reaches every layer through its own fixed random matrix",
+    objective=dfa_objective, belief_input={"trunk": "prob", "blockwise": "none"}, prepare=direct_feedback,
+)  # fmt: skip

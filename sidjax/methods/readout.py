@@ -33,6 +33,7 @@ from sidjax.adapt import remodel
 from sidjax.errors import ConfigError
 from sidjax.heads import pool_features
 from sidjax.losses import SIDLoss, label_distribution
+from sidjax.methods._record import Method
 from sidjax.network import Network, Variables
 
 
@@ -96,3 +97,11 @@ def readout_objective(network: Network, loss: SIDLoss, execution: str = "fused")
         return value, (jnp.zeros((network.num_units,)).at[-1].set(value), chain.logits, stats)
 
     return objective
+
+
+READOUT = Method(
+    name="readout",
+    summary="a fresh linear read-out on the last unit of a trained network (start from its run), every other "
+    "parameter frozen",
+    objective=readout_objective, gradients="local", prepare=fresh_readout,
+)  # fmt: skip
