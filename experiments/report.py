@@ -21,11 +21,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from scipy import stats  # noqa: E402
 
-from experiments import configs  # noqa: E402
+from experiments import comparison_report, configs  # noqa: E402
 from sidjax.train.cli import OneLineParser  # noqa: E402
 from sidjax.train.rundir import read_metrics  # noqa: E402
+from sidjax.train.stats import decide, interval, interval_text, mean_std, verdict  # noqa: E402
 
 SUMMARY_FIELDS: dict[str, type | tuple[type, ...]] = {
     "final_test_accuracy": float,
@@ -59,6 +59,14 @@ def _check(record: dict, fields: dict, where: str) -> None:
             raise ResultError(f"{where}: field {field!r} is {record[field]!r}, not a {kind}")
 
 
+def _json(path: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
 def load_run(directory: str) -> Run | None:
     """One run's result files (None if it has not finished: no summary.json)."""
     path = os.path.join(directory, "summary.json")
@@ -78,9 +86,14 @@ def load_run(directory: str) -> Run | None:
         _check(record, METRIC_FIELDS, f"{metrics_path} line {i + 1}")
     if len(metrics) != summary["epochs"]:
         raise ResultError(f"{metrics_path}: {len(metrics)} epochs, summary.json says {summary['epochs']}")
-    late = late_epochs(len(metrics))
-    summary = {**summary, "late_test_accuracy": float(np.mean([r["test_accuracy"] for r in metrics[-late:]]))}
+    late = metrics[-late_epochs(len(metrics)) :]
+    summary = {**summary, "late_test_accuracy": float(np.mean([r["test_accuracy"] for r in late]))}
+    if all("val_accuracy" in r for r in late):
+        summary["late_val_accuracy"] = float(np.mean([r["val_accuracy"] for r in late]))
     run = {"summary": summary, "metrics": metrics}
+    started = _json(os.path.join(directory, "run.json")).get("git_commit")
+    if started:
+        run["started_commit"] = started
     draws = os.path.join(
         directory, "draws.json"
     )  # a random prediction's spread (experiments/noprop_draws.py)
@@ -90,34 +103,46 @@ def load_run(directory: str) -> Run | None:
     return run
 
 
+LATE = 5  # one window, fixed before the runs, for every late mean, claims row and the README's brief
+
+
 def late_epochs(epochs: int) -> int:
-    """How many last epochs the late mean averages: 10 for long runs (30 epochs or more), else 3.
+    """How many last epochs a late mean averages: ``LATE`` (all of a shorter run's).
 
     Late test accuracy swings by 1-2 points from one epoch to the next; one
     epoch's number alone can carry a comparison that its neighbours reverse.
     """
-    return 10 if epochs >= 30 else min(3, epochs)
+    return min(LATE, epochs)
 
 
 def late_label(found: dict[str, dict[int, Run]]) -> str:
-    """``last 10`` / ``last 3`` (or a mix) for a group of runs' late means."""
+    """``last 5`` (or a mix, where some runs are shorter) for a group of runs' late means."""
     counts = sorted({late_epochs(r["summary"]["epochs"]) for runs in found.values() for r in runs.values()})
     return "last " + "/".join(map(str, counts))
 
 
 def provenance_cell(runs: dict[int, Run]) -> str:
     """The commits a run's seeds recorded: short hash, ``*`` where the repository differed from it,
-    ``†`` where only ``sidjax/`` was compared (runs recorded before the whole repository was), ``none``."""
+    ``†`` where only ``sidjax/`` was compared (runs recorded before the whole repository was), ``‡``
+    where the run started from another commit than its summary names (the checkout moved while it
+    trained: the start's is shown), ``none (no provenance)``."""
     cells = []
     for r in runs.values():
         summary = r["summary"]
-        commit = summary.get("git_commit")
+        commit = r.get("started_commit") or summary.get("git_commit")
         if not commit:
-            cells.append("none")
+            cells.append("none (no provenance)")
             continue
         mark = "*" if summary.get("git_modified") else ("" if "git_modified_paths" in summary else "†")
-        cells.append(commit[:7] + mark)
+        moved = "‡" if summary.get("git_commit") and summary["git_commit"] != commit else ""
+        cells.append(commit[:7] + mark + moved)
     return ", ".join(dict.fromkeys(cells))
+
+
+def no_provenance(found: dict[str, dict[int, Run]], *names: str) -> str:
+    """`` (no provenance: <runs> recorded no commit)`` where a run among ``names`` has none, else ''."""
+    missing = [n for n in names if any(not r["summary"].get("git_commit") for r in found.get(n, {}).values())]
+    return f" (no provenance: {', '.join(missing)} recorded no commit)" if missing else ""
 
 
 def load_experiment(results_dir: str, experiment: configs.Experiment) -> dict[str, dict[int, Run]]:
@@ -129,13 +154,6 @@ def load_experiment(results_dir: str, experiment: configs.Experiment) -> dict[st
             if run is not None:
                 found.setdefault(name, {})[seed] = run
     return found
-
-
-def mean_std(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
-    v = scale * np.asarray(values, dtype=float)
-    if len(v) == 1:
-        return f"{v[0]:.{digits}f}"
-    return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
 
 
 def shared_or_mean_std(values: list[float], digits: int) -> str:
@@ -252,15 +270,6 @@ def _paired_diffs(
     return [scale * (found[a][s]["summary"][field] - found[b][s]["summary"][field]) for s in seeds]
 
 
-def interval(diffs: list[float]) -> tuple[float, float, float]:
-    """The mean of paired differences and its 95 % interval (Student's t over the seeds; nan for one seed)."""
-    d = np.asarray(diffs, dtype=float)
-    if len(d) < 2:
-        return float(d.mean()), float("nan"), float("nan")
-    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
-    return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
-
-
 def paired(found, a: str, b: str, field: str = "final_test_accuracy", scale: float = 100.0) -> str:
     """``a - b`` per seed (the seeds both have): mean ± std [95 % interval], a paired difference in points."""
     diffs = _paired_diffs(found, a, b, field, scale)
@@ -270,25 +279,6 @@ def paired(found, a: str, b: str, field: str = "final_test_accuracy", scale: flo
         return f"{diffs[0]:+.2f}"
     mean, low, high = interval(diffs)
     return f"{mean:+.2f} ± {np.std(diffs, ddof=1):.2f} [{low:+.2f}, {high:+.2f}]"
-
-
-def decide(diffs: list[float], threshold: float = 0.0) -> str:
-    """Whether "the mean difference is at least ``threshold``" holds by its 95 % interval:
-    ``"holds"``, ``"does not hold"``, ``"undecided"`` or ``"one seed"``."""
-    _, low, high = interval(diffs)
-    if len(diffs) < 2:
-        return "one seed"
-    return "holds" if low >= threshold else "does not hold" if high < threshold else "undecided"
-
-
-def verdict(diffs: list[float], threshold: float = 0.0) -> str:
-    """Words for "the mean difference is at least ``threshold``" that follow its 95 % interval."""
-    decision = decide(diffs, threshold)
-    if decision == "one seed":
-        return "cannot be judged from one seed"
-    _, low, high = interval(diffs)
-    where = {"holds": "lies above", "does not hold": "lies below", "undecided": "contains"}[decision]
-    return f"{'is undecided' if decision == 'undecided' else decision} (the 95 % interval [{low:+.2f}, {high:+.2f}] {where} {threshold:g})"
 
 
 def _curve_grid(
@@ -476,7 +466,7 @@ def _method_order(name: str) -> tuple:
     return (not name.startswith("sid"), name)
 
 
-def label_noise_section(exp, found, plots: str, rel: str) -> str:
+def label_noise_section(exp, found, plots: str, rel: str, results_dir: str = "") -> str:
     groups = {m.upper(): {n: f"noise{n}/{m}" for n in (0, 20, 40)} for m in ("sid", "bp")}
     lines = ["| noise % | SID final % | BP final % | SID − BP (points) |", "|---|---|---|---|"]
     for n in (0, 20, 40):
@@ -523,7 +513,7 @@ def _monotone(kls: list[list[float]]) -> str:
     return f"{falls}/{len(mean) - 1}"
 
 
-def depth_section(exp, found, plots: str, rel: str) -> str:
+def depth_section(exp, found, plots: str, rel: str, results_dir: str = "") -> str:
     depths = sorted({int(n.split("/")[1][1:]) for n in exp.runs if n.startswith("trunk/")})
     lines = [
         "| L | SID final % | BP final % | SID acc. module 1 → L % | SID KL module 1 → L | "
@@ -596,7 +586,7 @@ def _train_and_test_by_module(found, names: dict[str, str], plots: str, rel: str
     return [f"![per-module training and test accuracy]({rel}/depth_module_train_test.png)"]
 
 
-def alpha_section(exp, found, plots: str, rel: str) -> str:
+def alpha_section(exp, found, plots: str, rel: str, results_dir: str = "") -> str:
     alphas = {float(n[5:]): n for n in exp.runs if n.startswith("alpha")}
     series = _final_series(found, {"SID, constant alpha": alphas})
     if not series:
@@ -619,7 +609,7 @@ def alpha_section(exp, found, plots: str, rel: str) -> str:
     return f"![accuracy vs alpha]({rel}/alpha_accuracy.png) ![KL per module]({rel}/alpha_module_kl.png)"
 
 
-def pipeline_section(exp, found, plots: str, rel: str) -> str:
+def pipeline_section(exp, found, plots: str, rel: str, results_dir: str = "") -> str:
     lines = ["| schedule | test accuracy of each block's belief, block 1 → K (%) |", "|---|---|"]
     for name in exp.runs:
         if name in found:
@@ -628,7 +618,7 @@ def pipeline_section(exp, found, plots: str, rel: str) -> str:
     return "\n".join(lines)
 
 
-def blockwise_heads_section(exp, found, plots: str, rel: str) -> str:
+def blockwise_heads_section(exp, found, plots: str, rel: str, results_dir: str = "") -> str:
     """Each head with SID, DGL and BP: final and validation-chosen accuracy, per-block accuracy, paired
     differences; the ablations against SID on their head; plain statements of the goals."""
     heads = [h for h in dict.fromkeys(n.split("/")[0] for n in exp.runs) if h != "ablation"]
@@ -720,22 +710,26 @@ def _status(diffs: list[float], threshold: float = 0.0) -> str:
     )
 
 
-def _robust(late: list[float]) -> str:
-    """A claim of a clear gain, over the late epochs: above at all, and by the 3 points the paper's
-    "markedly" (or "strongly") would need."""
-    return f"{_status(late)}; by 3 points or more: {decide(late, 3.0)}"
+def _robust(gain: list[float]) -> str:
+    """A claim of a clear gain: above at all, and by the 3 points the paper's "markedly" would need; only
+    the first is "reproduced" where the second does not hold."""
+    return f"{_status(gain)}; by 3 points or more: {decide(gain, 3.0)}"
 
 
-COMPARED_NETWORKS = {
-    "mlp_trunk": "MLP trunk, L = 10, full Fashion-MNIST, 20 epochs",
-    "simplecnn_trunk": "SimpleCNN trunk, L = 10, 4 000 Fashion-MNIST examples, 10 epochs",
-    "mlp4_blockwise": "four dense units (blockwise MLP), full Fashion-MNIST, 30 epochs",
-    "simplecnn_blockwise": "SimpleCNN cut into K = 4 units, 4 000 Fashion-MNIST examples, 10 epochs",
-    "lenet": "biotorch's LeNet, full Fashion-MNIST, SGD, 20 epochs (the published check of FA and DFA)",
-}
-COMPARED_METHODS = {"noprop": "NoProp (as the SID authors ran it)", "fa": "feedback alignment",
-                    "dfa": "direct feedback alignment", "ff": "Forward-Forward", "hsic": "the HSIC bottleneck",
-                    "hsic_readout": "the HSIC bottleneck with its authors' post-trained read-out"}  # fmt: skip
+def interaction(found, sid: str, bp: str, sid0: str, bp0: str) -> list[float]:
+    """Per seed, (SID − BP under noise) − (SID − BP without), of the late test accuracy, in points: what
+    "more robust" means beyond a gain SID has without noise too."""
+    under = dict(
+        zip(_seeds(found, sid, bp), _paired_diffs(found, sid, bp, "late_test_accuracy"), strict=True)
+    )
+    clean = dict(
+        zip(_seeds(found, sid0, bp0), _paired_diffs(found, sid0, bp0, "late_test_accuracy"), strict=True)
+    )
+    return [under[s] - clean[s] for s in sorted(set(under) & set(clean))]
+
+
+def _seeds(found, a: str, b: str) -> list[int]:
+    return sorted(set(found.get(a, {})) & set(found.get(b, {})))
 
 
 def claims_section(results_dir: str) -> str:
@@ -776,13 +770,17 @@ def claims_section(results_dir: str) -> str:
         ("cnn", 40, cnn, 40),
     ):
         sid, bp, ls = (f"{prefix}/noise{rate}/{m}" for m in ("sid_a0.5", "bp", "bp_ls0.5"))
-        if sid in noise and bp in noise:
-            late = _paired_diffs(noise, sid, bp, "late_test_accuracy")
+        sid0, bp0 = (f"{prefix}/noise0/{m}" for m in ("sid_a0.5", "bp"))
+        if all(n in noise for n in (sid, bp, sid0, bp0)):
+            gain = interaction(noise, sid, bp, sid0, bp0)
             rows.append(
                 f"| SID is more robust than BP under {rate} % symmetric label noise | {setting} Fashion-MNIST "
-                f"examples, {epochs} epochs (BP memorises), {len(late)} seeds | {_robust(late)} | SID − BP: final "
-                f"{paired(noise, sid, bp)}, last {late_epochs(epochs)} epochs {paired(noise, sid, bp, 'late_test_accuracy')} "
-                f"points; SID − BP with label smoothing 0.5 over them: {paired(noise, sid, ls, 'late_test_accuracy')} |"
+                f"examples, {epochs} epochs (BP memorises), {len(gain)} seeds | {_robust(gain)} | SID's gain over "
+                f"BP under noise beyond its gain without, (SID − BP at {rate} %) − (SID − BP at 0 %), last "
+                f"{late_epochs(epochs)} epochs: {interval_text(gain)} points; SID − BP at {rate} %: "
+                f"{paired(noise, sid, bp, 'late_test_accuracy')}, at 0 %: {paired(noise, sid0, bp0, 'late_test_accuracy')}; "
+                f"SID − BP with label smoothing 0.5 at {rate} %: {paired(noise, sid, ls, 'late_test_accuracy')}"
+                f"{no_provenance(noise, sid, bp, sid0, bp0)} |"
             )
     sid, bp, ls = (f"cnn/noise0/{m}" for m in ("sid_a0.5", "bp", "bp_ls0.5"))
     if all(n in noise for n in (sid, bp, ls)):
@@ -795,7 +793,7 @@ def claims_section(results_dir: str) -> str:
             f"{_status(_paired_diffs(noise, sid, bp, 'late_test_accuracy'))}; beyond label smoothing: {_status(late)} | "
             f"last {late_epochs(40)} epochs: SID − BP {paired(noise, sid, bp, 'late_test_accuracy')}, SID − BP with "
             f"label smoothing 0.5 {paired(noise, sid, ls, 'late_test_accuracy')} points; CIFAR-100 itself is untested "
-            "(not obtainable offline) |"
+            f"(not obtainable offline){no_provenance(noise, sid, bp, ls)} |"
         )
     rows += [
         "| SID matches BP on CIFAR-10 (SimpleCNN, VGG-11, ResNet-18, ViT-Tiny) | — | untested | CIFAR-10 cannot be "
@@ -805,42 +803,12 @@ def claims_section(results_dir: str) -> str:
         "GPU-sized |",
     ]
     comparison = load_experiment(results_dir, configs.load("comparison"))
-    for method, title in COMPARED_METHODS.items():
-        if not any(f"{network}/{method}" in comparison for network in COMPARED_NETWORKS):
+    for method, title in comparison_report.COMPARED.items():
+        if not any(f"{cell}/{method}" in comparison for cell in comparison_report.CELLS):
             rows.append(f"| SID strongly outperforms {title} | — | untested | no run of `{method}` in "
                         f"`results/comparison/`: `python -m experiments.run comparison --only '*/{method}'` |")  # fmt: skip
-    for network, setting in COMPARED_NETWORKS.items():
-        for method, title in COMPARED_METHODS.items():
-            sid, other = f"{network}/sid", f"{network}/{method}"
-            if sid in comparison and other in comparison:
-                last = _last_diffs(comparison, sid, other)
-                rows.append(
-                    f"| SID strongly outperforms {title} | {setting}, {len(last)} seeds | {_robust(last)} | "
-                    f"SID − {method}: final {_interval_text(_paired_diffs(comparison, sid, other))}, "
-                    f"last 5 epochs {_interval_text(last)} points; {method} itself ends at "
-                    f"{mean_std(_values(comparison[other], 'final_test_accuracy'), 100)} % |"
-                )
+    rows += comparison_report.claims_rows(comparison, no_provenance)
     return "\n".join(rows)
-
-
-def _last(runs, epochs: int = 5) -> list[float]:
-    """Each seed's mean test accuracy over its last ``epochs`` epochs."""
-    return [float(np.mean([m["test_accuracy"] for m in r["metrics"][-epochs:]])) for r in runs.values()]
-
-
-def _last_diffs(found, a: str, b: str, epochs: int = 5) -> list[float]:
-    """``a - b`` per seed both have, of the last ``epochs`` epochs' mean test accuracy, in points."""
-    seeds = sorted(set(found.get(a, {})) & set(found.get(b, {})))
-    last = {n: {s: float(np.mean([m["test_accuracy"] for m in found[n][s]["metrics"][-epochs:]])) for s in seeds}
-            for n in (a, b)}  # fmt: skip
-    return [100 * (last[a][s] - last[b][s]) for s in seeds]
-
-
-def _interval_text(diffs: list[float]) -> str:
-    if len(diffs) < 2:
-        return "—" if not diffs else f"{diffs[0]:+.2f}"
-    mean, low, high = interval(diffs)
-    return f"{mean:+.2f} ± {np.std(diffs, ddof=1):.2f} [{low:+.2f}, {high:+.2f}]"
 
 
 class Published(NamedTuple):
@@ -870,10 +838,10 @@ def published_section(found) -> str:
     lines = ["| method | published: BP − it (best epoch) | where | here: BP − it, best epoch | network |",
              "|---|---|---|---|---|"]  # fmt: skip
     for p in PUBLISHED:
-        for network in COMPARED_NETWORKS:
+        for network in comparison_report.CELLS:
             bp, other = f"{network}/bp", f"{network}/{p.method}"
             if bp in found and other in found:
-                here = _interval_text(_paired_diffs(found, bp, other, "best_test_accuracy"))
+                here = interval_text(_paired_diffs(found, bp, other, "best_test_accuracy"))
                 lines.append(f"| {p.method} | {p.error - p.bp_error:+.2f} points ({p.setting}) | {p.source} | "
                              f"{here} points | {network} |")  # fmt: skip
     if len(lines) == 2:
@@ -884,29 +852,9 @@ def published_section(found) -> str:
     )
 
 
-def comparison_section(exp, found, plots: str, rel: str) -> str:
-    """Per network: each method's final and last-5 accuracy, SID − it (paired, 95 % intervals), time per
-    epoch; the verdict on "SID outperforms it" follows the interval."""
-    lines = ["| network | method | final % | last 5 % | SID − it, final | SID − it, last 5 | s/epoch (seeds together) |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
-    verdicts = []
-    for network in dict.fromkeys(n.split("/")[0] for n in exp.runs):
-        sid = f"{network}/sid"
-        for name in (n for n in exp.runs if n.startswith(network + "/")):
-            if name not in found:
-                continue
-            runs, method = found[name], name.split("/")[1]
-            final, last = _paired_diffs(found, sid, name), _last_diffs(found, sid, name)
-            same = name == sid
-            lines.append(
-                f"| {network} | {method} | {mean_std(_values(runs, 'final_test_accuracy'), 100)} | "
-                f"{mean_std([100 * v for v in _last(runs)])} | {'—' if same else _interval_text(final)} | "
-                f"{'—' if same else _interval_text(last)} | "
-                f"{shared_or_mean_std(_values(runs, 'time_per_epoch_s'), digits=1)} |"
-            )
-            if not same and sid in found:
-                verdicts.append(f"- {network}: \"SID outperforms {method}\" over the last 5 epochs "
-                                f"{verdict(last)}; at the final epoch {verdict(final)}.")  # fmt: skip
+def comparison_section(exp, found, plots: str, rel: str, results_dir: str) -> str:
+    """Each method at its learning rate chosen on validation, beside the floor (``comparison_report``); the
+    published checks; the grid's appendix."""
     spread = []
     for name in (n for n in found if n.endswith("/noprop")):
         draws = [r["draws"] for r in found[name].values() if "draws" in r]
@@ -915,14 +863,9 @@ def comparison_section(exp, found, plots: str, rel: str) -> str:
             spread.append(f"- {name}: over {len(draws[0])} draws of the starting noise, each seed's final network's "
                           f"test accuracy spans at most {widest:.2f} points (draw 0 is the one reported above; "
                           "`python -m experiments.noprop_draws`).")  # fmt: skip
-    panels = {
-        network: training_curves(found, {n.split("/")[1]: n for n in exp.runs if n.startswith(network + "/")})
-        for network in dict.fromkeys(n.split("/")[0] for n in found)
-    }
-    _curve_grid(os.path.join(plots, "comparison_curves.png"), "test accuracy per epoch, mean ± std over seeds",
-                "test accuracy (%)", panels, own_legends=True)  # fmt: skip
-    figure = f"![each method's test accuracy per epoch, per network]({rel}/comparison_curves.png)"
-    return "\n".join(lines + [""] + verdicts + spread + ["", figure, "", published_section(found)])
+    parts = [comparison_report.section(exp, found, plots, rel, results_dir, _curve_grid), "\n".join(spread),
+             published_section(found), comparison_report.appendix(exp, found, results_dir)]  # fmt: skip
+    return "\n\n".join(p for p in parts if p)
 
 
 def cost_section(path: str) -> str:
@@ -981,13 +924,15 @@ def report(results_dir: str, out: str, plots: str) -> str:
         "Accuracy is the final epoch's test accuracy, mean ± std over seeds (sample std); the best "
         "epoch's only beside it. Times are per training epoch, without evaluation and compilation; where a "
         "run's seeds trained together in one program, the time is that of all its seeds at once and "
-        "examples/s counts one seed's examples. The late mean averages the test accuracy of the last 10 epochs "
-        "(runs of 30 epochs or more) or the last 3; paired differences are per seed, mean ± std "
-        "[95 % interval, Student's t over the seeds], and a verdict's words follow its interval. Commit: the "
-        "commit each run recorded; `*` marks a run started from a repository that differed from it (its "
-        "`summary.json` names the paths), `†` a run recorded when only `sidjax/` was compared with the "
-        "commit (an edit elsewhere, e.g. in `experiments/`, would not show), `none` a run that recorded no "
-        "commit.",
+        "examples/s counts one seed's examples. One window, fixed before the runs, serves every late mean, every "
+        f"claims row and the README's brief: the mean of the last {LATE} epochs' test accuracy (a shorter run's "
+        "all). Paired differences are per seed, mean ± std [95 % interval, Student's t over the seeds], and a "
+        'verdict\'s words follow its interval; "reproduced" for a claim of a strong or marked gain needs 3 points '
+        "or more. Commit: the commit each run recorded when it started; `*` marks a run started from a "
+        "repository that differed from it (its `summary.json` names the paths), `†` a run recorded when only "
+        "`sidjax/` was compared with the commit (an edit elsewhere, e.g. in `experiments/`, would not show), "
+        "`‡` a run whose summary names another commit than its start (the checkout moved while it trained), "
+        "`none (no provenance)` a run that recorded no commit; a claims row that rests on such runs says so.",
         "## The paper's claims, checked here",
         claims_section(results_dir),
     ]
@@ -999,7 +944,7 @@ def report(results_dir: str, out: str, plots: str) -> str:
             parts.append(f"Measured on: {hardware(found)}.")
         parts.append(runs_table(exp, found))
         if name in SECTIONS and found:
-            parts.append(SECTIONS[name](exp, found, plots, rel))
+            parts.append(SECTIONS[name](exp, found, plots, rel, results_dir))
         if name in COSTS:
             parts.append(cost_section(os.path.join(results_dir, name, COSTS[name])))
     text = "\n\n".join(p for p in parts if p) + "\n"
