@@ -68,6 +68,7 @@ __all__ = [
     "check_mode",
     "check_pipelined",
     "check_stages",
+    "changed_rule",
     "check_training",
     "get_method",
     "register_method",
@@ -96,6 +97,21 @@ def register_method(method: Method, *, replace: bool = False) -> Method:
         )
     METHODS[method.name] = method
     return method
+
+
+def changed_rule(recorded: dict | None, method: Method) -> str | None:
+    """How ``method`` differs from the rule a run recorded (``Method.identity``), or None where it is that
+    rule (or the run recorded none). A built-in is its name: sidjax's version is recorded beside it."""
+    if not recorded:
+        return None
+    if any(method is builtin for builtin in BUILTIN) and recorded.get("name") == method.name:
+        return None
+    now = method.identity()
+    if recorded.get("fingerprint") == now["fingerprint"]:
+        return None
+    was = ", ".join(f"{k} {v}" for k, v in recorded.get("functions", {}).items())
+    return (f"its method {method.name!r} is not the rule it trained (recorded: {was or 'no functions'}, code "
+            f"{recorded.get('fingerprint')}; now {now['fingerprint']})")  # fmt: skip
 
 
 def get_method(name: str | Method) -> Method:

@@ -20,6 +20,8 @@ what the method can run instead.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -78,6 +80,8 @@ class Method:
         feedback, drawn from ``key``, the seed's); None: nothing.
       alpha: a fixed fidelity weight that replaces the run's (DGL's 1.0), or
         None to use the run's.
+      uses_alpha: its loss reads alpha (the run's ``SIDLoss.alpha``; a local
+        rule's ``seen.alpha``): the run records alpha only then.
     """
 
     name: str
@@ -89,6 +93,7 @@ class Method:
     inference: Callable | None = None
     prepare: Prepare | None = None
     alpha: float | None = None
+    uses_alpha: bool = False
 
     def __post_init__(self):
         if self.gradients not in GRADIENTS:
@@ -150,12 +155,47 @@ class Method:
         """The step's differentiable objective for ``network`` (see ``objective``)."""
         return self.objective(network, self.loss(loss), execution)
 
+    def identity(self) -> dict[str, Any]:
+        """What names this rule in a run's record: its name, and for every function it holds its
+        ``module:qualname``, with one fingerprint of their code (and closed-over values) and its settings."""
+        functions = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                     if callable(getattr(self, f.name)) and f.name != "name"}  # fmt: skip
+        settings = {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in functions
+        }
+        code = hashlib.sha256(repr(sorted((k, _code_of(fn)) for k, fn in functions.items())).encode())
+        code.update(
+            repr(sorted((k, repr(v)) for k, v in settings.items() if k not in ("name", "summary"))).encode()
+        )
+        return {"name": self.name, "functions": {k: _qualname(fn) for k, fn in functions.items()},
+                "fingerprint": code.hexdigest()[:16]}  # fmt: skip
+
     def adapt(self, network: Network, variables: Variables, key: chex.PRNGKey) -> tuple[Network, Variables]:
         """``network`` and ``variables`` as this method trains and predicts them (``prepare``, then ``inference``)."""
         if self.prepare is not None:
             network, variables = self.prepare(network, variables, key)
         network = dataclasses.replace(network, inference=self.inference, method=self.name)
         return network, variables
+
+
+def _qualname(fn: Any) -> str:
+    fn = fn if hasattr(fn, "__qualname__") else type(fn)
+    return f"{getattr(fn, '__module__', '?')}:{fn.__qualname__}"
+
+
+def _code_of(fn: Any) -> str:
+    """A function's source (its bytecode where there is none) and the values it closes over; an object's
+    class source and its fields."""
+    target = fn if inspect.isfunction(fn) else type(fn)
+    try:
+        text = inspect.getsource(target)
+    except (OSError, TypeError):
+        text = repr(getattr(getattr(target, "__code__", None), "co_code", target))
+    cells = getattr(fn, "__closure__", None) or ()
+    closed = [
+        repr(c.cell_contents) if not callable(c.cell_contents) else _code_of(c.cell_contents) for c in cells
+    ]
+    return text + repr(closed) + ("" if inspect.isfunction(fn) else repr(fn))
 
 
 def _give_nothing(network: Network, x: chex.Array, labels: chex.Array, key) -> tuple[chex.Array, Any]:
@@ -183,14 +223,11 @@ class LocalMethod(Method):
       hand_on: ``hand_on(network, inp, h_out, logits) -> UnitInput``: what a
         unit hands the next (its features and belief, stopped: no gradient
         may cross). Default: ``Network.next_input``, SID's cut.
-      uses_alpha: its ``unit_loss`` reads ``seen.alpha`` (SID, DGL): the run
-        records alpha only then.
     """
 
     unit_loss: UnitLoss
     give: Callable = _give_nothing
     hand_on: Callable = _hand_on_cut
-    uses_alpha: bool = False
     gradients: str = "local"
 
     def _check_own(self) -> None:

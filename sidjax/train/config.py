@@ -27,10 +27,11 @@ import optax
 
 from sidjax.errors import ConfigError
 from sidjax.losses import SIDLoss
-from sidjax.methods import EXECUTIONS, MODES, check_training, get_method
+from sidjax.methods import EXECUTIONS, METHODS, MODES, check_training, get_method
 from sidjax.placement import Placement, check_seeds
 
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
+CUSTOM = "custom"  # the optimizer a run was given (run's tx): its fields lr .. schedule are None
 LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 MAX_SEED = 2**32 - 1
 # The fields a grid may vary: given several values, every point of their product trains beside the
@@ -69,17 +70,17 @@ class TrainConfig:
       mode: trunk (the authors' shared extractor with L belief modules) or blockwise (K blocks, no global backprop).
       num_modules: L, belief modules of the shared trunk.
       num_blocks: K, blocks of the blockwise mode.
-      head: blockwise belief heads: mlp (pool, MLP), dgl (1x1 conv, 2x2 pool, MLP) or infopro (strided 3x3 conv, pool, linear).
+      head: blockwise belief heads: mlp (pool, MLP), dgl (1x1 conv, 2x2 pool, MLP) or infopro (strided 3x3 conv, pool, linear); recorded as None for your own model (its network record names its heads).
       belief_input: how units read the previous belief: prob, log (log-probabilities) or none; default: the method's (none for dgl, else prob).
       tiny: narrow variants of the architectures (smoke runs and tests).
       conv_impl: the convolution's backward pass: xla, or shifted (kh*kw matmuls, for slow XLA:CPU builds).
       init_from: start from the trained network of the run in this directory (its latest checkpoint; its seed<k>/ for each seed when it trained several): its model, mode, depth, head and belief input replace this config's, the optimizer starts anew (e.g. --method readout on an hsic run).
       method: sid, dgl (greedy local learning, blockwise), bp (backprop), bp_remat (backprop with remat), noprop (NoProp, trunk).
-      alpha: fidelity weight in [0, 1]: one value, or one per unit (a schedule, e.g. 0.9,0.7,0.5,0.3).
+      alpha: fidelity weight in [0, 1]: one value, or one per unit (a schedule, e.g. 0.9,0.7,0.5,0.3); recorded as None where the method reads none (bp, ff, ...) or run was given a schedule.
       divergence: forward (the authors' code: KL(p_prev || p)) or reverse (the paper: KL(p || target); needs smoothing).
       label_smoothing: epsilon of the target distribution, in [0, 1).
       pipelined: blockwise: unit k trains on unit k-1's output of the previous step (no update locking).
-      optimizer: adam or sgd (with momentum).
+      optimizer: adam or sgd (with momentum); recorded as custom, with lr, momentum, weight_decay and schedule None, for your own optimizer (run's tx).
       lr: learning rate; several (1e-4,3e-4,1e-3) train as a grid beside the seeds in one program, each point in its own directory (lr<value>/), chosen on the validation split.
       momentum: sgd's momentum, in [0, 1).
       weight_decay: decoupled for adam (AdamW), L2 added to the gradient for sgd; several values are a grid, as for lr.
@@ -108,21 +109,21 @@ class TrainConfig:
     mode: str = "trunk"
     num_modules: int = 10
     num_blocks: int = 4
-    head: str = "mlp"
+    head: str | None = "mlp"
     belief_input: str | None = None
     tiny: bool = False
     conv_impl: str = "xla"
     init_from: str | None = None
     method: str = "sid"
-    alpha: float | tuple[float, ...] = 0.5
+    alpha: float | tuple[float, ...] | None = 0.5
     divergence: str = "forward"
     label_smoothing: float = 0.0
     pipelined: bool = False
     optimizer: str = "adam"
-    lr: float | tuple[float, ...] = 1e-3
-    momentum: float = 0.9
-    weight_decay: float | tuple[float, ...] = 0.0
-    schedule: str = "constant"
+    lr: float | tuple[float, ...] | None = 1e-3
+    momentum: float | None = 0.9
+    weight_decay: float | tuple[float, ...] | None = 0.0
+    schedule: str | None = "constant"
     epochs: int = 20
     batch_size: int = 128
     eval_batch_size: int = 1000
@@ -154,11 +155,13 @@ class TrainConfig:
 
     @property
     def alpha_values(self) -> tuple[float, ...]:
-        return self.alpha if isinstance(self.alpha, tuple) else (self.alpha,)
+        """The alpha values (SIDLoss's default where alpha is None: a method that reads none)."""
+        alpha = SIDLoss().alpha if self.alpha is None else self.alpha
+        return alpha if isinstance(alpha, tuple) else (alpha,)
 
     def loss(self) -> SIDLoss:
         """The local loss (``ConfigError`` naming alpha, divergence or label_smoothing)."""
-        return SIDLoss(self.alpha if len(self.alpha_values) > 1 else self.alpha_values[0], self.divergence,
+        return SIDLoss(self.alpha_values if len(self.alpha_values) > 1 else self.alpha_values[0], self.divergence,
                        self.label_smoothing)  # fmt: skip
 
     def placement_spec(self) -> Placement:
@@ -255,6 +258,15 @@ def migrate(record: dict[str, Any]) -> dict[str, Any]:
         record.setdefault("placement", f"stages:{devices}" if devices else "stages")
     elif mesh:
         record.setdefault("placement", f"mesh:{mesh[0]},{mesh[1]}")
+    # Before records said what trained: alpha for a method that reads none (or DGL's 0.5 for its fixed 1),
+    # a head for the shared trunk or your own model (whose network record names its heads).
+    spec = METHODS.get(record.get("method"))
+    if spec is not None and not spec.uses_alpha:
+        record["alpha"] = None
+    elif spec is not None and spec.alpha is not None:
+        record["alpha"] = spec.alpha
+    if record.get("mode") == "trunk" or ":" in str(record.get("model", "")):
+        record["head"] = None
     return record
 
 
@@ -271,6 +283,22 @@ def _with_parameters(build, names: tuple[str, ...]):
     return factory
 
 
+def _check_custom(c: TrainConfig) -> None:
+    """``optimizer`` ``"custom"`` records your own optimizer: the fields it replaces are None, and only then."""
+    replaced = ("lr", "momentum", "weight_decay", "schedule")
+    if c.optimizer == CUSTOM and any(getattr(c, n) is not None for n in replaced):
+        raise ConfigError(
+            "optimizer 'custom' records a run given its own optimizer (run's tx): lr, momentum, weight_decay "
+            "and schedule are then None; to train with your optimizer give run(config, tx=...)",
+            "optimizer",
+        )
+    missing = [n for n in replaced if getattr(c, n) is None]
+    if c.optimizer != CUSTOM and missing:
+        raise ConfigError(
+            f"{missing[0]} is None, which only a run given its own optimizer records", missing[0]
+        )
+
+
 def _choice(config, name: str, choices) -> None:
     if getattr(config, name) not in choices:
         raise ConfigError(f"{name} must be one of {tuple(choices)}, got {getattr(config, name)!r}", name)
@@ -284,15 +312,25 @@ def _check_choices(c: TrainConfig) -> None:
                 "or learning-rate schedule give run(config, tx=...), e.g. tx=optax.adam(schedule)",
                 name,
             )
+    if callable(c.alpha):
+        raise ConfigError(
+            "alpha takes a number or one per unit; for an alpha schedule give run(config, alpha=fn), "
+            "fn(step) -> alpha",
+            "alpha",
+        )
+    _check_custom(c)
     get_method(c.method)
     if c.init_from is not None and not (isinstance(c.init_from, str) and c.init_from):
         raise ConfigError(f"init_from must be a run's directory, got {c.init_from!r}", "init_from")
     _choice(c, "mode", MODES)
     _choice(c, "execution", EXECUTIONS)
-    _choice(c, "optimizer", OPTIMIZERS)
-    _choice(c, "schedule", LR_SCHEDULES)
+    if c.optimizer != CUSTOM:
+        _choice(c, "optimizer", OPTIMIZERS)
+        _choice(c, "schedule", LR_SCHEDULES)
     if c.belief_input is not None:
         _choice(c, "belief_input", ("prob", "log", "none"))
+    if c.head is not None and not isinstance(c.head, str):
+        raise ConfigError(f"head must be a head's name, got {c.head!r}", "head")
     c.placement_spec()
     c.loss()  # SIDLoss checks alpha, divergence and label_smoothing
 
@@ -321,6 +359,8 @@ def _check_ranges(c: TrainConfig) -> None:
     }
     for name, (interval, inside) in ranges.items():
         value = getattr(c, name)
+        if value is None and c.optimizer == CUSTOM:
+            continue  # checked by _check_custom
         several = name in GRID_FIELDS and isinstance(value, tuple)
         if several and (not value or len(set(value)) != len(value)):
             raise ConfigError(f"{name} must be one number or distinct numbers (a grid), got {value!r}", name)

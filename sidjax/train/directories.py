@@ -30,13 +30,14 @@ class RunDirs:
 
     @classmethod
     def open(cls, out_dir: str | None, config: TrainConfig, log: Callable[[str], None], steps_per_epoch: int,
-             recipe: dict[str, str]) -> RunDirs:  # fmt: skip
+             recipe: dict[str, Any], allow_changed_method: bool = False) -> RunDirs:  # fmt: skip
         """One directory per member (``member_path``: ``out_dir`` itself for one seed without a grid);
         none without ``out_dir``."""
         if out_dir is None:
             return cls({})
         return cls({
-            m: RunDir(member_path(out_dir, config, m), member_config(config, m), log, steps_per_epoch, recipe)
+            m: RunDir(member_path(out_dir, config, m), member_config(config, m), log, steps_per_epoch, recipe,
+                      allow_changed_method)
             for m in Members.of(config)
         })  # fmt: skip
 

@@ -10,6 +10,7 @@ architecture, or yours: a factory ``key -> (network, variables)`` or a built
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -23,13 +24,13 @@ from sidjax.data import Dataset, DatasetInfo, dataset_info, is_image_folder, loa
 from sidjax.errors import ConfigError
 from sidjax.learner import make_learner
 from sidjax.losses import Alpha
-from sidjax.methods import BUILTIN, Method, get_method
+from sidjax.methods import BUILTIN, Method, changed_rule, get_method
 from sidjax.methods.check import check_method
 from sidjax.network import Network, Variables
 from sidjax.state import Learner, TrainState
 from sidjax.train.chunking import auto_chunk, has_convolution
-from sidjax.train.config import Point, TrainConfig
-from sidjax.train.recipe import make_recipe
+from sidjax.train.config import CUSTOM, Point, TrainConfig
+from sidjax.train.recipe import as_trained, make_recipe
 from sidjax.train.rundir import RunDir
 from sidjax.train.warm import from_source, source_dir, trained_state
 
@@ -253,7 +254,11 @@ def make_plan(
         config = _as_built(config, network, info)
     steps = info.num_train // config.batch_size
     injected = tuple(config.grid) if injected is None else tuple(injected)
+    if config.optimizer == CUSTOM and tx is None:
+        raise ConfigError("optimizer 'custom' is a run given its own optimizer: give run (or load_run) the same "
+                          "tx", "tx")  # fmt: skip
     tx, loss, recipe = make_recipe(config, steps * config.epochs, tx, alpha, injected)
+    config = as_trained(config, spec, loss, "tx" in recipe)
     augment = config.augment
     if augment is None:
         augment = config.dataset.startswith("cifar") or is_image_folder(config.dataset)
@@ -316,12 +321,21 @@ def checked_dataset(plan: Plan, dataset: Dataset | None, data_dir, manual_dir) -
     return dataset
 
 
-def plan_of_run(path: str, model: Model | None = None, tx: Optimizer | None = None) -> Plan:
+def plan_of_run(
+    path: str, model: Model | None = None, tx: Optimizer | None = None, allow_changed_method: bool = False
+) -> Plan:
     """The plan of the run in the directory ``path`` (``sidjax.load_run``): its config and dataset as
     recorded, rebuilt with ``model`` and ``tx`` where the run was given its own; one line where they are
-    missing or build another model."""
+    missing, build another model, or its method is not the rule it trained (a warning with
+    ``allow_changed_method``)."""
     config = RunDir.read_config(path)
     run_info = RunDir(path, config).run_info()
+    changed = changed_rule(run_info.get("network", {}).get("method"), get_method(config.method))
+    if changed and not allow_changed_method:
+        raise ConfigError(f"{path}: {changed}; load it with the same rule, or give allow_changed_method=True",
+                          "method")  # fmt: skip
+    if changed:
+        warnings.warn(f"{path}: {changed}; loaded with it as asked (allow_changed_method)", stacklevel=3)
     saved = run_info.get("dataset")
     info = None if saved is None else DatasetInfo(**{**saved, "input_shape": tuple(saved["input_shape"])})
     if "tx" in run_info.get("recipe", {}) and tx is None:
@@ -366,4 +380,4 @@ def _as_built(config: TrainConfig, network: Network, info: DatasetInfo) -> Train
             "model",
         )
     depth = {"num_blocks": network.num_units} if network.cut_features else {"num_modules": network.num_units}
-    return dataclasses.replace(config, model=network.name, mode=network.mode, **depth)
+    return dataclasses.replace(config, model=network.name, mode=network.mode, head=None, **depth)

@@ -64,6 +64,15 @@ def divergence(plan: Plan, record: dict[str, Any]) -> str | None:
     )
 
 
+def partial_divergence(plan: Plan, means: list[dict[str, np.ndarray]]) -> bool:
+    """Whether the steps of an epoch so far (each member's training means) already diverge: such a state
+    is not checkpointed, so that the last good checkpoint stays the newest."""
+    return any(
+        divergence(plan, {"train_loss": float(m["loss"]), "train_ce": float(m["ce"])}) is not None
+        for m in means
+    )
+
+
 def diverged_epoch(plan: Plan, history: list[dict[str, Any]]) -> int | None:
     """The first epoch of ``history`` that diverged (``divergence``), or None."""
     return next((r["epoch"] for r in history if divergence(plan, r) is not None), None)
@@ -114,13 +123,15 @@ def trained_network(plan: Plan) -> dict[str, Any]:
     """What is trained, as the network and the recipe have it (a config may name defaults your model overrides).
 
     ``units``: K; ``stem``/``unit_modules``: module classes; ``belief_input``:
-    whether units read the previous belief; ``alpha``: each unit's effective
-    alpha (``"schedule"``; None for backprop); ``parameters``: trained scalars.
+    how units read the previous belief; ``alpha``: each unit's effective
+    alpha (``"schedule"``; None for a method that reads none); ``parameters``:
+    trained scalars; ``method``: the rule's identity (``Method.identity``);
+    ``execution``, ``schedule``, ``placement``: how its step ran, resolved.
     """
     network = plan.network
     shapes = jax.eval_shape(lambda key: plan.build(key)[1].params, jax.random.key(0))
     alpha = None
-    if getattr(plan.method, "uses_alpha", False):
+    if plan.method.uses_alpha:
         alpha = (
             "schedule"
             if plan.loss.scheduled
@@ -135,5 +146,9 @@ def trained_network(plan: Plan) -> dict[str, Any]:
         "belief_input": network.belief_input,
         "alpha": alpha,
         "parameters": int(sum(leaf.size for leaf in jax.tree.leaves(shapes))),
+        "method": plan.method.identity(),
+        "execution": plan.learner.execution,
+        "schedule": "pipelined" if plan.config.pipelined else "synchronous",
+        "placement": plan.config.placement,
         **({"recipe": plan.recipe} if plan.recipe else {}),
     }

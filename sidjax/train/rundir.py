@@ -37,6 +37,7 @@ Guarantees:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -47,8 +48,10 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
 
 from sidjax.errors import ConfigError
+from sidjax.methods import changed_rule, get_method
 from sidjax.state import TrainState
 from sidjax.train.checkpoints import POSITION, Position, StoredCheckpoints
 from sidjax.train.claim import STALE_CLAIM_S, Claim
@@ -84,6 +87,7 @@ class RunDir:
       log: where messages go (skipped checkpoints, the resume point, a claim taken over).
       steps_per_epoch: the run's steps per epoch (names the checkpoints: ``epochs * steps + step``).
       recipe: what the config cannot record (``Plan.recipe``: your own optimizer, an alpha schedule).
+      allow_changed_method: resume with another rule than the one recorded (a warning), instead of refusing.
     """
 
     def __init__(
@@ -92,9 +96,11 @@ class RunDir:
         config: TrainConfig,
         log: Callable[[str], None] = print,
         steps_per_epoch: int = 1,
-        recipe: dict[str, str] | None = None,
+        recipe: dict[str, Any] | None = None,
+        allow_changed_method: bool = False,
     ):
         self.path = os.path.realpath(path)  # a symlink and its target are one run
+        self.allow_changed_method = allow_changed_method
         self.config = config
         self.recipe = recipe or {}
         self.log = log
@@ -168,6 +174,14 @@ class RunDir:
             raise ConfigError(
                 f"resume: {path} is damaged ({err}); use overwrite=True to start again", "resume"
             ) from None
+        changed = changed_rule(
+            self.run_info().get("network", {}).get("method"), get_method(self.config.method)
+        )
+        if changed and not self.allow_changed_method:
+            raise ConfigError(f"resume: {self.path}: {changed}; resume it with the same rule, or give "
+                              "allow_changed_method=True to go on with this one", "method")  # fmt: skip
+        if changed:
+            self.log(f"warning: {self.path}: {changed}; going on with it as asked (allow_changed_method)")
         trained_with = self.run_info().get("recipe", {})
         if trained_with != self.recipe:
             raise ConfigError(
@@ -392,17 +406,34 @@ class RunDir:
             self.live = None
         self._claim.release()
 
-    @staticmethod
-    def _open(directory: str) -> ocp.CheckpointManager:
-        options = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False, create=True)
+    def _open(self, directory: str) -> ocp.CheckpointManager:
+        """The newest two checkpoints are kept, and always the newest at an epoch's end: checkpoints inside
+        an epoch (``checkpoint_steps``, a stop signal) never rotate out the last finished epoch's."""
+        keep = checkpoint_managers.AnyPreservationPolicy(
+            [checkpoint_managers.LatestN(2), LatestEpochEnd(self.steps_per_epoch)]
+        )
+        options = ocp.CheckpointManagerOptions(
+            enable_async_checkpointing=False, create=True, preservation_policy=keep
+        )
         return ocp.CheckpointManager(os.path.join(directory, "checkpoints"), options=options)
 
 
-def describe_recipe(recipe: dict[str, str]) -> str:
-    """``{"tx": "custom", "alpha": "schedule"}`` -> 'your own optimizer (tx) and alpha (alpha: schedule)'."""
-    parts = (["your own optimizer (tx)"] if "tx" in recipe else []) + (
-        [f"your own alpha ({recipe['alpha']})"] if "alpha" in recipe else []
-    )
+@dataclasses.dataclass
+class LatestEpochEnd:
+    """Preserves the newest checkpoint taken at an epoch's end (its id a multiple of ``steps_per_epoch``)."""
+
+    steps_per_epoch: int
+
+    def should_preserve(self, checkpoints, *, context) -> list[bool]:
+        ends = [i for i, c in enumerate(checkpoints) if c.step % self.steps_per_epoch == 0]
+        return [bool(ends) and i == ends[-1] for i in range(len(checkpoints))]
+
+
+def describe_recipe(recipe: dict[str, Any]) -> str:
+    """``{"tx": "custom", "alpha": "schedule"}`` -> 'your own optimizer (tx) and your own alpha (schedule)'."""
+    parts = [f"your own optimizer (tx: {recipe.get('tx_state', 'custom')})"] if "tx" in recipe else []
+    parts += [f"your own alpha ({recipe['alpha']})"] if "alpha" in recipe else []
+    parts += [f"a grid over {recipe['grid']}"] if "grid" in recipe else []
     return " and ".join(parts) or "the config's optimizer and alpha"
 
 

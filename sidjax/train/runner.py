@@ -89,6 +89,7 @@ def run(
     resume: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     log: Callable[[str], None] = tqdm.write,
+    allow_changed_method: bool = False,
 ) -> RunResult | list[RunResult]:
     """Trains and evaluates one configuration (all its seeds and grid points together); returns what it trained.
 
@@ -127,6 +128,8 @@ def run(
         run is returned as it is.
       on_epoch: called with each seed's record of each epoch (with its ``seed``).
       log: where messages go.
+      allow_changed_method: resume a run whose method's code is not the one
+        it recorded (a warning), instead of refusing.
 
     Returns:
       A ``RunResult`` (summary, network, final state); a list, one per
@@ -149,7 +152,7 @@ def run(
         out_dir = out_dir if jax.process_index() == 0 else None
     if resume and out_dir is None:
         raise ConfigError("resume needs out_dir: the directory of the run to continue", "resume")
-    dirs = RunDirs.open(out_dir, config, log, plan.steps_per_epoch, plan.recipe)
+    dirs = RunDirs.open(out_dir, config, log, plan.steps_per_epoch, plan.recipe, allow_changed_method)
     try:
         dirs.claim(resume=resume, overwrite=overwrite)
         everyone = Members.of(config)
@@ -199,7 +202,12 @@ def _train(plan: Plan, dataset: Dataset, members: Members, dirs: RunDirs, resume
 
 
 def load_run(
-    path: str, epoch: int | None = None, *, model: Model | None = None, tx: Optimizer | None = None
+    path: str,
+    epoch: int | None = None,
+    *,
+    model: Model | None = None,
+    tx: Optimizer | None = None,
+    allow_changed_method: bool = False,
 ) -> RunResult:
     """A run directory's trained network, ready to use: ``(summary, network, state)``.
 
@@ -216,6 +224,8 @@ def load_run(
         (built-in architectures are rebuilt from ``config.json``).
       tx: the same ``tx`` the run was given, for your own optimizer (its
         state is part of the checkpoint).
+      allow_changed_method: load a run whose method's code is not the one
+        it recorded (a warning), instead of refusing.
 
     Returns:
       A ``RunResult`` whose summary describes the state loaded: ``summary.json``
@@ -227,7 +237,7 @@ def load_run(
     """
     if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral)):
         raise ConfigError(f"epoch must be an int, a finished epoch's number; got {epoch!r}", "epoch")
-    plan = plan_of_run(path, model, tx)
+    plan = plan_of_run(path, model, tx, allow_changed_method)
     skipped: list[str] = []
     run_dir = RunDir(path, plan.config, log=skipped.append, steps_per_epoch=plan.steps_per_epoch)
     position, state = run_dir.stored.newest_restorable(

@@ -35,6 +35,7 @@ from sidjax.train.records import (
     diverged_epoch,
     epoch_record,
     label_diagnostics,
+    partial_divergence,
     trained_network,
 )
 from sidjax.train.signals import StopRequest
@@ -119,8 +120,11 @@ class Session:
             return bool(stop) or bool(every) and done // every > saved["at"] // every
 
         self.state, run = self._train_from(epoch, resumed, pause, bar.update)
-        while run.steps < steps:  # paused inside the epoch: checkpoint, then stop or go on
-            wrote = self.dirs.save(self.host_states(), epoch - 1, run.steps, run.metrics, run.seconds)
+        while run.steps < steps:  # paused inside the epoch: checkpoint (unless diverging), then stop or go on
+            healthy = self.plan.config.grid or not partial_divergence(self.plan, run.means())
+            wrote = healthy and self.dirs.save(
+                self.host_states(), epoch - 1, run.steps, run.metrics, run.seconds
+            )
             saved["at"] = run.steps
             if stop:
                 raise self._stopped(stop, f"in epoch {epoch} at step {run.steps} of {steps}", wrote)
