@@ -30,6 +30,8 @@ from sidjax.train.cli import OneLineParser, error_line, own_model
 from sidjax.train.plan import make_plan
 from sidjax.train.runner import RunStopped, TrainingDiverged, run
 from sidjax.train.selection import read_selection
+from sidjax.train.signals import StopRequest, check_stop, stop_signals
+from sidjax.train.tuning import at_chosen_point
 
 
 def run_experiment(
@@ -43,11 +45,13 @@ def run_experiment(
     progress: bool = False,
     overwrite: bool = False,
     datasets: dict[str, Dataset] | None = None,
+    stop: StopRequest | None = None,
 ) -> tuple[dict[tuple[str, int], dict], list[str]]:
     """Runs the selected runs, each over its seeds together; returns ({(run, seed): summary}, [failures]).
 
     Every selected config is checked (``make_plan``) before any data is
-    loaded. ``datasets`` caches loaded datasets by name.
+    loaded. ``datasets`` caches loaded datasets by name. ``stop``: a stop
+    signal recorded between runs ends the sweep there (``RunStopped``).
     """
     selected = experiment.select(only)
     if not selected:
@@ -71,22 +75,22 @@ def run_experiment(
     for name, config in sorted(selected.items(), key=lambda item: item[0] in experiment.follows):
         label = f"{experiment.name}/{name}"
         out = os.path.join(results_dir, experiment.name, name)
+        check_stop(stop, f"before {label}")
         try:
             if config.dataset not in datasets:
                 datasets[config.dataset] = load_dataset(
                     config.dataset, data_dir, manual_dir, image_size=config.image_size
                 )
-            if config.grid and name not in experiment.follows:
+            if name in experiment.follows:
+                config = config.for_point(_chosen(results_dir, experiment, experiment.follows[name]))
+            elif config.grid:
                 print(
                     f"== {label}: the grid on seeds {', '.join(map(str, experiment.select_seeds))}",
                     flush=True,
                 )
-                run(dataclasses.replace(config, seed=experiment.select_seeds), os.path.join(out, "grid"),
-                    model=own_model(config), dataset=datasets[config.dataset], progress=progress,
-                    overwrite=overwrite, resume=not overwrite, log=print)  # fmt: skip
-            tuned = experiment.follows.get(name, name if config.grid else None)
-            if tuned is not None:
-                config = config.for_point(_chosen(results_dir, experiment, tuned))
+                config = at_chosen_point(dataclasses.replace(config, seed=seeds), out, experiment.select_seeds,
+                                         model=own_model(config), dataset=datasets[config.dataset], progress=progress,
+                                         overwrite=overwrite, resume=not overwrite)  # fmt: skip
             print(f"== {label} (seeds {', '.join(map(str, seeds))})", flush=True)
             together = dataclasses.replace(config, seed=seeds)
             if len(seeds) == 1:  # the same directory layout: out/seed<k>
@@ -154,15 +158,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     results = args.results or ("runs/smoke" if args.smoke else "results")
     failures = []
-    for e in experiments:
-        try:
-            failures += run_experiment(e, results, only=args.only, seeds=seeds, data_dir=args.data_dir,
-                                       manual_dir=args.manual_dir, progress=args.progress,
-                                       overwrite=args.overwrite)[1]  # fmt: skip
-        except ConfigError as err:
-            p.exit(2, f"error: {err}\n")
-        except RunStopped as err:  # the run in progress checkpointed where it was: the same command continues
-            p.exit(128 + err.signum, f"{err}; run the same command again to continue\n")
+    with stop_signals() as stop:  # a stop between runs ends the sweep there, as one inside a run does
+        for e in experiments:
+            try:
+                failures += run_experiment(e, results, only=args.only, seeds=seeds, data_dir=args.data_dir,
+                                           manual_dir=args.manual_dir, progress=args.progress,
+                                           overwrite=args.overwrite, stop=stop)[1]  # fmt: skip
+            except ConfigError as err:
+                p.exit(2, f"error: {err}\n")
+            except (
+                RunStopped
+            ) as err:  # the run in progress checkpointed where it was: the same command continues
+                p.exit(128 + err.signum, f"{err}; run the same command again to continue\n")
     if failures:
         print(f"{len(failures)} run(s) failed:\n" + "\n".join(failures), file=sys.stderr)
         return 1

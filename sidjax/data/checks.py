@@ -41,7 +41,24 @@ def _images(name: str, x: np.ndarray) -> np.ndarray:
                 f"e.g. {where[:5].tolist()}; "
                 "drop or repair them before training"
             )
+        big = (np.abs(x) > np.finfo(np.float32).max).reshape(len(x), -1).any(axis=1)  # they train as float32
+        if big.any():
+            where = np.flatnonzero(big)
+            raise ConfigError(
+                f"{name} have values beyond float32's range (|x| > {np.finfo(np.float32).max:.3g}) in "
+                f"{len(where)} example{'s' * (len(where) > 1)}, e.g. {where[:5].tolist()}; rescale them (e.g. "
+                "divide by their largest value) before training"
+            )
     return x
+
+
+def check_statistics(mean: np.ndarray, std: np.ndarray) -> None:
+    """The training split's per-channel statistics are finite (values that fit float32 can still square past it)."""
+    if not (np.isfinite(mean).all() and np.isfinite(std).all()):
+        raise ConfigError(
+            "train_images are too large to standardise in float32 (their mean or spread is not finite); rescale "
+            "them (e.g. divide by their largest value) before training"
+        )
 
 
 def _flattened_images(name: str, x: np.ndarray) -> None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sidjax.data.checks import check_arrays
+from sidjax.data.checks import check_arrays, check_statistics
 from sidjax.errors import ConfigError
 
 
@@ -75,6 +76,7 @@ class Dataset:
         )
         train_x, test_x, num_classes = check_arrays(train_x, train_y, test_x, test_y, num_classes)
         mean, std = channel_stats(train_x)
+        check_statistics(mean, std)
         return cls(
             name,
             train_x,
@@ -114,6 +116,16 @@ class Dataset:
         levels = np.arange(256, dtype=np.float32)[:, None] / 255.0
         return ((levels - self.mean) / self.std).astype(np.float32)
 
+    def fingerprint(self) -> str:
+        """A digest of both splits' arrays (inputs and labels, their dtypes and shapes): the data a run
+        trained on, checked when it resumes."""
+        digest = hashlib.sha256()
+        for array in (self.train_images, self.train_labels, self.test_images, self.test_labels):
+            array = np.ascontiguousarray(array)
+            digest.update(f"{array.dtype}{array.shape}".encode())
+            digest.update(array.data)
+        return digest.hexdigest()[:16]
+
     def subset(self, limit_train: int | None, limit_test: int | None) -> Dataset:
         """The first ``limit_train`` / ``limit_test`` examples (all where None); statistics are kept."""
         return dataclasses.replace(
@@ -138,8 +150,9 @@ def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     axes = tuple(range(images.ndim - 1))  # all but the channels (the features of [num, F] rows)
     if images.size * 4 <= 2**31:
         x = images.astype(np.float32) / 255.0 if scale != 1.0 else images.astype(np.float32)
-        mean = x.mean(axis=axes)
-        return mean, _spread(x.std(axis=axes), mean)
+        with np.errstate(over="ignore"):  # values too large to standardise: checks.check_statistics says so
+            mean = x.mean(axis=axes)
+            return mean, _spread(x.std(axis=axes), mean)
     total = np.zeros(images.shape[-1]), np.zeros(images.shape[-1])
     for start in range(0, len(images), 4096):
         chunk = images[start : start + 4096].astype(np.float64) * scale

@@ -30,6 +30,8 @@ from sidjax.losses import DIVERGENCES
 from sidjax.methods import EXECUTIONS, METHODS, MODES
 from sidjax.ops import CONV_IMPLS
 from sidjax.train.config import GRID_FIELDS, GROUPS, LR_SCHEDULES, OPTIMIZERS, TrainConfig, field_help
+from sidjax.train.signals import check_stop, stop_signals
+from sidjax.train.stats import interval_text, mean_std
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "mode": MODES,
@@ -163,7 +165,7 @@ def import_model(spec: str) -> Any:
         found = importlib.import_module(module_name)
         for part in attribute.split("."):
             found = getattr(found, part)
-    except (ImportError, AttributeError) as err:
+    except Exception as err:  # a missing module or name, a syntax error, an error its code raises on import
         raise ConfigError(
             f"model {spec}: cannot import it ({type(err).__name__}: {err}); the module must be importable "
             "from the current directory or the environment",
@@ -277,52 +279,84 @@ def train(argv: list[str] | None = None) -> list[dict]:
     return summaries
 
 
-def comparison_table(summaries: dict[str, list[dict]]) -> str:
-    """Markdown: one row per method and seed: final test accuracy, best beside it, speed."""
-    lines = [
-        "| method | seed | final test acc. | best (epoch) | s/epoch | examples/s |",
-        "|---|---|---|---|---|---|",
-    ]
+def comparison_table(summaries: dict[str, list[dict]], chosen: dict[str, str]) -> str:
+    """Markdown: one row per method over its seeds (mean ± std), and its paired difference from the first
+    method with the 95 % interval, at the final epoch and over the late epochs."""
+    first = next(iter(summaries))
+    lines = ["| method | chosen on validation | seeds | final test % | late test % | best test % | "
+             f"− {first}, final (points) | − {first}, late (points) | s/epoch |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for method, result in summaries.items():
-        for s in result:
-            lines.append(
-                f"| {method.upper()} | {s['seed']} | {100 * s['final_test_accuracy']:.2f} % | "
-                f"{100 * s['best_test_accuracy']:.2f} % ({s['best_epoch']}) | "
-                f"{s['time_per_epoch_s']:.1f} | {s['examples_per_s']:.0f} |"
-            )
+        values = {
+            k: [s[k] for s in result]
+            for k in ("final_test_accuracy", "late_test_accuracy", "best_test_accuracy")
+        }
+        diffs = {
+            k: _paired(summaries[first], result, k) for k in ("final_test_accuracy", "late_test_accuracy")
+        }
+        same = method == first
+        lines.append(
+            f"| {method} | {chosen.get(method, '—')} | {len(result)} | "
+            f"{' | '.join(mean_std(v, 100) for v in values.values())} | "
+            f"{'—' if same else interval_text(diffs['final_test_accuracy'])} | "
+            f"{'—' if same else interval_text(diffs['late_test_accuracy'])} | {result[0]['time_per_epoch_s']:.1f} |"
+        )
     return "\n".join(lines)
 
 
+def _paired(reference: list[dict], other: list[dict], key: str) -> list[float]:
+    """``other - reference`` in points, seed by seed."""
+    ref = {s["seed"]: s[key] for s in reference}
+    return [100 * (s[key] - ref[s["seed"]]) for s in other if s["seed"] in ref]
+
+
 def compare(argv: list[str] | None = None) -> dict[str, list[dict]]:
-    """``sidjax compare``: several methods on the same network, data and budget; a table."""
+    """``sidjax compare``: several methods on the same network, data and budget, each at its own point of
+    the grid where one is given (chosen on validation); mean ± std over seeds and paired differences."""
     parser = build_parser("sidjax compare", "SID vs BP (or any --methods) side by side on the same data.")
     parser.set_defaults(model="mlp", epochs=10, out="runs/compare")
-    parser.add_argument(
-        "--methods", default="sid,bp", help="comma-separated, run in this order (default: sid,bp)"
-    )
+    parser.add_argument("--methods", default="sid,bp", help="comma-separated names (or package.module:attribute "
+                        "of your own rules), run in this order; the first is the one compared with (default: sid,bp)")  # fmt: skip
+    parser.add_argument("--select-seeds", default="100", type=parse_numbers(int), help="with a grid (e.g. --lr "
+                        "1e-4,1e-3 and --validation N): the seeds each method's grid trains on to choose its point; "
+                        "--seeds then train at it (default: %(default)s)")  # fmt: skip
     args, argv = _start(parser, argv)
+    chosen: dict[str, str] = {}
 
     def work():
         from sidjax.data import load_dataset
         from sidjax.train.plan import make_plan
+        from sidjax.train.tuning import at_chosen_point
 
         base = config_from_args(args)
+        if base.grid and isinstance(base.seed, int):
+            base = dataclasses.replace(base, seed=(base.seed,))  # a grid's runs sit beside their seed<k>/
         configs = {m: dataclasses.replace(base, method=m) for m in args.methods.split(",")}
         for config in configs.values():
             make_plan(config, model=own_model(config))  # every method's settings, before the data is loaded
         dataset = load_dataset(base.dataset, args.data_dir, args.manual_dir, image_size=base.image_size)
-        return {m: _run(args, c, os.path.join(args.out, m), dataset) for m, c in configs.items()}
+        found = {}
+        with stop_signals() as stop:
+            for m, config in configs.items():
+                check_stop(stop, f"before method {m}")
+                selects = args.select_seeds if isinstance(args.select_seeds, tuple) else (args.select_seeds,)
+                point = at_chosen_point(config, os.path.join(args.out, m), selects, model=own_model(config),
+                                        dataset=dataset, progress=not args.no_progress, overwrite=args.overwrite,
+                                        resume=args.resume)  # fmt: skip
+                chosen[m] = ", ".join(f"{k} {getattr(point, k):g}" for k in config.grid) or "—"
+                found[m] = _run(args, point, os.path.join(args.out, m), dataset)
+        return found
 
     summaries = guarded(parser, argv, work)
-    base = config_from_args(args)
-    first = next(iter(summaries.values()))[0]
+    base, first = config_from_args(args), next(iter(summaries.values()))[0]
     header = (
         f"{base.dataset}, {base.model} ({base.mode}), {'L' if base.mode == 'trunk' else 'K'}={base.depth}, "
         f"alpha={base.alpha}, {base.optimizer} lr {base.lr} ({base.schedule}), batch {base.batch_size}, "
         f"{base.epochs} epochs, {first['num_train']} train / {first['num_test']} test examples; "
-        f"{first['host']}, {first['backend']} ({first['device']})"
+        f"{first['host']}, {first['backend']} ({first['device']}). Late: the mean of the last {base.late_epochs} "
+        "epochs; paired differences per seed: mean ± std [95 % interval]"
     )
-    table = comparison_table(summaries)
+    table = comparison_table(summaries, chosen)
     print("\n" + header + "\n\n" + table)
     with open(os.path.join(args.out, "comparison.md"), "w") as f:
         f.write(header + "\n\n" + table + "\n")

@@ -86,6 +86,17 @@ class RunDirs:
         """Each member's recorded epochs 1..``epochs`` (all for None; none without a directory)."""
         return {m: self._dirs[m].history()[:epochs] if m in self._dirs else [] for m in members}
 
+    def check_data(self, fingerprint: str) -> None:
+        """Refuses, in one line, to resume a run on other data than it trained on (where it recorded it)."""
+        for d in self:
+            recorded = d.run_info().get("dataset", {}).get("fingerprint")
+            if recorded is not None and recorded != fingerprint:
+                raise ConfigError(
+                    f"resume: {d.path} trained on other data (fingerprint {recorded}, now {fingerprint}): resume it "
+                    "with the same dataset, limits and arrays, or start anew (overwrite=True or another out)",
+                    "resume",
+                )
+
     def begin(self, position: Position | None, dataset: dict, network: dict) -> None:
         for d in self:
             d.begin(position, dataset, network)

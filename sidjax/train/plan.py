@@ -10,6 +10,7 @@ architecture, or yours: a factory ``key -> (network, variables)`` or a built
 from __future__ import annotations
 
 import dataclasses
+import os
 import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -32,7 +33,7 @@ from sidjax.train.chunking import auto_chunk, has_convolution
 from sidjax.train.config import CUSTOM, Point, TrainConfig
 from sidjax.train.recipe import as_trained, make_recipe
 from sidjax.train.rundir import RunDir
-from sidjax.train.warm import from_source, source_dir, trained_state
+from sidjax.train.warm import check_source, from_source, source_dir, trained_state
 
 ModelFactory = Callable[[chex.PRNGKey], tuple[Network, Variables]]
 Model = ModelFactory | tuple[Network, Variables] | Backbone
@@ -98,6 +99,12 @@ class Plan(NamedTuple):
         return learner.init(self.initial_variables(seed, key))
 
 
+ROW_MODELS = (
+    "mlp",
+    "mlp4",
+)  # the built-in architectures that take feature rows [F] (they flatten their input)
+
+
 def builtin_model(
     config: TrainConfig, input_shape: tuple[int, ...], num_classes: int, backbone: Backbone | None = None
 ) -> ModelFactory:
@@ -107,6 +114,12 @@ def builtin_model(
         raise ConfigError(
             f"model must be one of {tuple(ARCHITECTURES)}, got {config.model!r} "
             "(or pass your own network: sidjax.run(config, model=...))",
+            "model",
+        )
+    if backbone is None and len(input_shape) != 3 and config.model not in ROW_MODELS:
+        raise ConfigError(
+            f"model {config.model} takes images [H, W, C]; {config.dataset}'s inputs are rows of "
+            f"{input_shape[0]} features: use model {' or '.join(ROW_MODELS)} (or your own network)",
             "model",
         )
 
@@ -155,7 +168,15 @@ def _factory(model: Model) -> ModelFactory:
     if callable(model):
 
         def checked(key):
-            built = model(key)
+            try:
+                built = model(key)
+            except ConfigError:
+                raise
+            except Exception as err:  # your factory's own error, in one line naming it
+                name = getattr(model, "__qualname__", type(model).__name__)
+                raise ConfigError(
+                    f"the model factory {name} raised {type(err).__name__}: {err}", "model"
+                ) from None
             if not (isinstance(built, tuple) and len(built) == 2 and isinstance(built[0], Network)):
                 raise ConfigError(
                     f"the model factory returned {type(built).__name__}, not (network, variables); "
@@ -239,6 +260,9 @@ def make_plan(
     """
     spec, warm, source = get_method(config.method), None, None
     if config.init_from is not None:
+        config = dataclasses.replace(
+            config, init_from=os.path.abspath(config.init_from)
+        )  # loadable from anywhere
         source = _source_plan(config, model)
         config = from_source(config, source.config)
     info = info or data_info(config, dataset)
@@ -337,6 +361,8 @@ def plan_of_run(
     if changed:
         warnings.warn(f"{path}: {changed}; loaded with it as asked (allow_changed_method)", stacklevel=3)
     saved = run_info.get("dataset")
+    if saved is not None:
+        saved = {k: v for k, v in saved.items() if k in DatasetInfo._fields}  # not its fingerprint
     info = None if saved is None else DatasetInfo(**{**saved, "input_shape": tuple(saved["input_shape"])})
     if "tx" in run_info.get("recipe", {}) and tx is None:
         raise ConfigError(f"{path} was trained with your own optimizer: give load_run the same tx", "tx")
@@ -346,6 +372,7 @@ def plan_of_run(
         )
     grid = run_info.get("recipe", {}).get("grid")
     plan = make_plan(config, model=model, info=info, tx=tx, injected=tuple(grid.split(",")) if grid else ())
+    check_source(plan, run_info.get("network"), path)
     if plan.config.model != config.model:
         raise ConfigError(
             f"{path} was trained with the model {config.model!r}; the model given builds {plan.config.model!r}",

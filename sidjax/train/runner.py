@@ -47,6 +47,7 @@ from sidjax.train.session import Session
 from sidjax.train.signals import stop_signals
 from sidjax.train.stops import DIVERGED, RunInterrupted, RunStopped, TrainingDiverged
 from sidjax.train.summary import summarize
+from sidjax.train.warm import check_not_own, check_source
 
 __all__ = ["DIVERGED", "RunInterrupted", "RunResult", "RunStopped", "TrainingDiverged", "load_run", "run",
            "summarize"]  # fmt: skip
@@ -146,6 +147,7 @@ def run(
     plan = make_plan(config, dataset, model, tx=tx, alpha=alpha)
     check_own_method(plan)
     config = plan.config
+    check_not_own(config.init_from, out_dir)
     if jax.process_count() > 1:  # every process trains; process 0 alone writes the files
         if resume:
             raise ConfigError("resume is for single-process runs; start multi-process runs anew", "resume")
@@ -154,6 +156,8 @@ def run(
         raise ConfigError("resume needs out_dir: the directory of the run to continue", "resume")
     dirs = RunDirs.open(out_dir, config, log, plan.steps_per_epoch, plan.recipe, allow_changed_method)
     try:
+        for d in dirs if resume else ():  # before the settings, which init_from's network replaced
+            check_source(plan, d.run_info().get("network"), d.path)
         dirs.claim(resume=resume, overwrite=overwrite)
         everyone = Members.of(config)
         done = _finished(plan, dirs) if resume else {}
@@ -198,6 +202,11 @@ def _train(plan: Plan, dataset: Dataset, members: Members, dirs: RunDirs, resume
         summary = summarize(session, member)
         dirs.finish(member, summary)
         results[member] = (RunResult(summary, plan.network, state), session.histories[member])
+    if stop:  # it came during the last epoch, which finished: the job still stops (a sweep goes no further)
+        where = f"; {dirs.where} holds the finished run" if dirs else ""
+        raise RunStopped(
+            f"stopped by {stop.name} during the last epoch, which finished{where}", stop.signum, True
+        )
     return results
 
 

@@ -69,6 +69,10 @@ class Session:
         self.programs = make_programs(plan, dataset, members, streamed=not resident)
         self.data = prepare_data(plan, dataset, members, resident)
         self.network = trained_network(plan)
+        # the data as trained on: the limits applied, before the validation hold-out (the seed's noise apart)
+        self.fingerprint = dataset.subset(plan.config.limit_train, plan.config.limit_test).fingerprint()
+        if resume:
+            self.dirs.check_data(self.fingerprint)
         start = self.dirs.start(state_template(plan), log) if resume else None
         self.position, self.resumed = None, None
         if start is None:
@@ -97,7 +101,9 @@ class Session:
     @contextlib.contextmanager
     def writing(self) -> Iterator[None]:
         """Writes the run directories while inside; Ctrl-C becomes ``RunInterrupted``, saying what was kept."""
-        self.dirs.begin(self.position, self.plan.info._asdict(), self.network)
+        self.dirs.begin(
+            self.position, {**self.plan.info._asdict(), "fingerprint": self.fingerprint}, self.network
+        )
         try:
             yield
         except KeyboardInterrupt:

@@ -63,3 +63,12 @@ def stop_signals() -> Iterator[StopRequest]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def check_stop(stop: StopRequest | None, where: str) -> None:
+    """Raises ``RunStopped`` where a stop signal came between the runs of a sweep (nothing is being written
+    then: every finished run is kept, and the same command continues)."""
+    if stop:
+        from sidjax.train.stops import RunStopped
+
+        raise RunStopped(f"stopped by {stop.name} {where}; the finished runs are kept", stop.signum, True)

@@ -11,6 +11,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import warnings
+from typing import Any
+
+import jax
 
 from sidjax.errors import ConfigError
 from sidjax.state import TrainState
@@ -57,3 +60,46 @@ def trained_state(run_dir: RunDir, template: TrainState) -> TrainState:
         warnings.warn(f"init_from {run_dir.path}: {why}; starting from its checkpoint of {position.describe()}",
                       stacklevel=3)  # fmt: skip
     return state
+
+
+def check_not_own(init_from: str | None, out_dir: str | None) -> None:
+    """Refuses a run whose ``init_from`` is its own directory (or inside it, or holds it): writing the run
+    would replace the network it starts from."""
+    if not init_from or out_dir is None:
+        return
+    source, own = os.path.realpath(init_from), os.path.realpath(out_dir)
+    if source == own or source.startswith(own + os.sep) or own.startswith(source + os.sep):
+        raise ConfigError(
+            f"init_from {init_from} is this run's own directory (out {out_dir}): writing the run would replace "
+            "the network it starts from; give the run another out",
+            "init_from",
+        )
+
+
+def source_changed(recorded: dict | None, network: dict) -> str | None:
+    """How the network ``init_from`` holds now (``network``: its name, units and parameters) differs from
+    the one a run recorded it started from, or None."""
+    if not recorded:
+        return None
+    diffs = [f"{k} {network[k]}, was {recorded[k]}" for k in ("name", "units", "parameters")
+             if k in recorded and recorded[k] != network[k]]  # fmt: skip
+    return "; ".join(diffs) or None
+
+
+def network_summary(plan) -> dict[str, Any]:
+    """The network's name, units and trained parameters (what a run records of it, ``trained_network``)."""
+    shapes = jax.eval_shape(lambda key: plan.build(key)[1].params, jax.random.key(0))
+    parameters = int(sum(leaf.size for leaf in jax.tree.leaves(shapes)))
+    return {"name": plan.network.name, "units": plan.network.num_units, "parameters": parameters}
+
+
+def check_source(plan, recorded: dict | None, path: str) -> None:
+    """A run started from ``init_from`` is refused, in one line naming it, where that directory now holds
+    another network than the one the run recorded."""
+    changed = source_changed(recorded, network_summary(plan)) if plan.config.init_from else None
+    if changed:
+        raise ConfigError(
+            f"{path} started from init_from {plan.config.init_from}, which now holds another network ({changed}): "
+            "the run it started from was replaced; restore it, or start anew",
+            "init_from",
+        )
