@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sidjax.network import Network, Parts, Variables
+from sidjax.network import Network, Parts, UnitInput, Variables
 
 
 class PartState(NamedTuple):
@@ -78,8 +78,9 @@ class TrainState(NamedTuple):
         return Variables(self.params, self.stats)
 
     def saved(self) -> SavedState:
-        """This state as checkpoints hold it."""
-        return SavedState(self.params, self.stats, self.opt_state, self.step, self.slots)
+        """This state as checkpoints hold it (a pipelined slot that carries nothing a method gave is saved
+        without that field, as every checkpoint before it existed holds it)."""
+        return SavedState(self.params, self.stats, self.opt_state, self.step, _slots_saved(self.slots))
 
     @classmethod
     def from_saved(cls, saved: SavedState) -> TrainState:
@@ -89,7 +90,33 @@ class TrainState(NamedTuple):
             units = tuple(PartState(*u) for u in zip(params.units, stats.units, opt.units, strict=True))
         else:
             units = PartState(params.units, stats.units, opt.units)
-        return cls(Parts(PartState(params.stem, stats.stem, opt.stem), units), saved.step, saved.slots)
+        slots = _slots_loaded(saved.slots)
+        return cls(Parts(PartState(params.stem, stats.stem, opt.stem), units), saved.step, slots)
+
+
+class SavedSlot(NamedTuple):
+    """A pipelined slot (``UnitInput``) as checkpoints hold it where its method gave nothing (``given`` empty)."""
+
+    h: Any
+    log_belief: Any
+    labels: Any
+    valid: Any
+
+
+def _slots_saved(slots: Any) -> Any:
+    if isinstance(slots, UnitInput) and isinstance(slots.given, tuple) and not slots.given:
+        return SavedSlot(*slots[:4])
+    if type(slots) is tuple:
+        return tuple(_slots_saved(s) for s in slots)
+    return slots
+
+
+def _slots_loaded(slots: Any) -> Any:
+    if isinstance(slots, SavedSlot):
+        return UnitInput(*slots)
+    if type(slots) is tuple:
+        return tuple(_slots_loaded(s) for s in slots)
+    return slots
 
 
 def held_apart(units: Any) -> bool:

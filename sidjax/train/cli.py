@@ -259,10 +259,11 @@ def _run(args: argparse.Namespace, config: TrainConfig, out: str | None, dataset
     return [r.summary for r in (result if isinstance(result, list) else [result])]
 
 
-def _describe(config: TrainConfig, s: dict) -> str:
-    point = "".join(f"{name} {s[name]:g}, " for name in config.grid)
+def _describe(grid: dict, s: dict) -> str:
+    """One run's line: what trained (as its summary records it), its grid point and seed, its numbers."""
+    point = "".join(f"{name} {s[name]:g}, " for name in grid)
     return (
-        f"{config.method} {config.model} ({config.mode}) on {config.dataset}, {point}seed {s['seed']}: final test accuracy "
+        f"{s['method']} {s['model']} ({s['mode']}) on {s['dataset']}, {point}seed {s['seed']}: final test accuracy "
         f"{s['final_test_accuracy']:.4f} (best {s['best_test_accuracy']:.4f} at epoch {s['best_epoch']}), "
         f"{s['time_per_epoch_s']:.1f} s/epoch, {s['examples_per_s']:.0f} examples/s"
     )
@@ -275,7 +276,7 @@ def train(argv: list[str] | None = None) -> list[dict]:
     config = guarded(parser, argv, lambda: config_from_args(args))
     summaries = guarded(parser, argv, lambda: _run(args, config, args.out))
     for summary in summaries:
-        print(_describe(config, summary))
+        print(_describe(config.grid, summary))
     return summaries
 
 

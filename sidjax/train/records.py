@@ -86,7 +86,7 @@ def check_diverged(plan: Plan, record: dict[str, Any], seed: int | None) -> None
     who = f" (seed {seed})" if seed is not None else ""
     raise TrainingDiverged(
         f"training diverged in epoch {record['epoch']}{who}: {what}; the learning rate is the likely cause: "
-        f"lower it (now {plan.config.lr:g})"
+        f"lower it{'' if plan.config.lr is None else f' (now {plan.config.lr:g})'}"
     )
 
 
