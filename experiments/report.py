@@ -134,7 +134,12 @@ def provenance_cell(runs: dict[int, Run]) -> str:
             cells.append("none (no provenance)")
             continue
         mark = "*" if summary.get("git_modified") else ("" if "git_modified_paths" in summary else "†")
-        moved = "‡" if summary.get("git_commit") and summary["git_commit"] != commit else ""
+        moved = (
+            "‡"
+            if summary.get("git_commit_changed")
+            or (summary.get("git_commit") and summary["git_commit"] != commit)
+            else ""
+        )
         cells.append(commit[:7] + mark + moved)
     return ", ".join(dict.fromkeys(cells))
 

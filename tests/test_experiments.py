@@ -14,7 +14,7 @@ import pytest
 from experiments import configs, report
 from experiments import run as runner
 from experiments.lenet import lenet, lenet_random_convolutions
-from sidjax import TrainConfig
+from sidjax import METHODS, TrainConfig
 from sidjax.data import DatasetUnavailableError
 from sidjax.train.cli import own_model
 from sidjax.train.plan import make_plan
@@ -304,3 +304,23 @@ def test_a_verdict_follows_the_95_percent_interval_of_the_paired_differences():
         report.verdict([1.0, 2.0, 3.0], 0.0) == "is undecided (the 95 % interval [-0.48, +4.48] contains 0)"
     )
     assert report.verdict([4.0], 0.0) == "cannot be judged from one seed"
+
+
+FLOORS = {"linear": "bp"}  # a run named for what it is, not its method: the linear floor trains by backprop
+
+
+@pytest.mark.parametrize("name", configs.NAMES)
+def test_every_run_trains_the_method_its_name_says(name):
+    """A run whose name names a method (``lenet/bp``, ``noise40/bp_ls0.5``) trains that method; a floor trains
+    by backprop; a run that names none (``alpha0.3``) is SID's. LeNet's BP once trained SID unnoticed."""
+    wrong = []
+    for run_name, config in configs.load(name).runs.items():
+        parts = run_name.split("/")
+        per_part = [[m for m in METHODS if part == m or part.startswith(f"{m}_")] for part in parts]
+        named = [
+            max(found, key=len) for found in per_part if found
+        ]  # the last one names it ("dgl/sid": heads)
+        expected = named[-1] if named else FLOORS.get(parts[-1], "sid")
+        if config.method != expected:
+            wrong.append(f"{run_name}: trains {config.method}, its name says {expected}")
+    assert wrong == []

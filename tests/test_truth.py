@@ -258,3 +258,45 @@ def test_a_method_named_on_the_command_line_imports_from_the_working_directory(t
                           capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["method"] == "rules:rule"
+
+
+def test_a_run_records_the_commit_it_started_from_and_flags_a_checkout_that_moved(fashion_mnist, tmp_path,
+                                                                                 monkeypatch):  # fmt: skip
+    import sidjax.train.rundir as rundir
+    import sidjax.train.summary as summary_module
+
+    def at(commit):
+        return lambda: {
+            "sidjax_version": "x",
+            "git_commit": commit,
+            "git_modified": False,
+            "git_modified_paths": [],
+        }
+
+    monkeypatch.setattr(rundir, "provenance", at("a" * 40))  # run.json: where it started
+    monkeypatch.setattr(summary_module, "provenance", at("b" * 40))  # the checkout when it ended
+    summary = run(tiny_config(epochs=1), str(tmp_path / "run"), dataset=fashion_mnist, progress=False).summary
+    assert summary["git_commit"] == "a" * 40 and summary["git_commit_changed"] is True
+    assert summary["git_commits"] == ["a" * 40, "b" * 40]
+    monkeypatch.setattr(summary_module, "provenance", at("a" * 40))
+    same = run(tiny_config(epochs=1), str(tmp_path / "same"), dataset=fashion_mnist, progress=False).summary
+    assert same["git_commit_changed"] is False and "git_commits" not in same
+
+
+def test_compare_reports_each_method_at_its_chosen_point_with_paired_intervals(tmp_path, capsys):
+    from sidjax.train import cli
+
+    out = tmp_path / "compare"
+    summaries = cli.compare(["--methods", "sid,bp", "--model", "mlp", "--num-modules", "2", "--tiny", "--epochs",
+                             "2", "--limit-train", "768", "--limit-test", "128", "--validation", "256", "--batch-size",
+                             "64", "--lr", "1e-3,3e-3", "--seeds", "0,1", "--select-seeds", "100", "--late-epochs",
+                             "2", "--no-progress", "--out", str(out)])  # fmt: skip
+    table = (out / "comparison.md").read_text()
+    assert "| sid | lr " in table and "| bp | lr " in table and "− sid, late (points)" in table
+    for method in ("sid", "bp"):
+        chosen = json.loads((out / method / "grid" / "selection.json").read_text())["chosen"]["point"]["lr"]
+        assert [s["lr"] for s in summaries[method]] == [chosen, chosen], "the seeds train at the chosen point"
+        assert sorted(p.name for p in (out / method).glob("seed*")) == ["seed0", "seed1"]
+    diffs = [100 * (b["late_test_accuracy"] - s["late_test_accuracy"])
+             for s, b in zip(summaries["sid"], summaries["bp"], strict=True)]  # fmt: skip
+    assert f"{np.mean(diffs):+.2f} ± {np.std(diffs, ddof=1):.2f} [" in table

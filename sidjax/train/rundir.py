@@ -356,6 +356,16 @@ class RunDir:
         self._manager = self._open(self.path) if self._checkpointing else None
 
     def finish(self, summary: dict[str, Any]) -> None:
+        """Writes ``summary.json``, with the commit the run started from (``run.json``'s): where the
+        checkout moved while it trained (or between its resumes), ``git_commit_changed`` says so and
+        ``git_commits`` lists each start's and the end's."""
+        info = self.run_info()
+        starts = [info.get("git_commit")] + [r.get("git_commit") for r in info.get("resumed", [])]
+        commits = list(dict.fromkeys(c for c in [*starts, summary.get("git_commit")] if c))
+        if starts[0]:
+            summary = {**summary, "git_commit": starts[0], "git_commit_changed": len(commits) > 1}
+            if len(commits) > 1:
+                summary["git_commits"] = commits
         with self._writing("summary.json"):
             write_atomic(os.path.join(self.live, "summary.json"), json.dumps(summary, indent=2))
         self.close()
