@@ -22,7 +22,7 @@ def test_bench_methods_measures_every_compared_method_beside_sid(tmp_path):
     out = tmp_path / "methods.json"
     bench_methods.main(["--smoke", "--only", "mlp4_blockwise", "--steps", "1", "--json", str(out)])
     results = json.loads(out.read_text())["networks"]["mlp4_blockwise"]
-    assert set(results) == {"sid", "dgl", "bp", "fa", "dfa", "ff", "hsic"}
+    assert set(results) == {"sid", "dgl", "bp", "fa", "dfa", "ff", "hsic", "linear"}
     assert all(r["memory_bytes"] > 0 and r["median_step_s"] > 0 for r in results.values())
     assert all(r["examples_per_s"] == pytest.approx(32 / r["median_step_s"]) for r in results.values())
     full = bench_methods.networks()["mlp4_blockwise"]
@@ -73,3 +73,15 @@ def test_bench_grid_trains_the_grid_in_one_program_compiled_once(tmp_path):
     # four members in one program against four programs: the same work, not a multiple of it
     assert 0.3 < report["grid_over_separate"] < 3.0, report
     assert json.loads(out.read_text())["grid_over_separate"] == report["grid_over_separate"]
+
+
+@pytest.mark.slow  # ~3 minutes on 2 cores: 26 steps compiled
+def test_bench_methods_runs_every_local_rule_in_every_execution_beside_bp(tmp_path):
+    out = tmp_path / "executions.json"
+    report = bench_methods.main(["--executions", "--smoke", "--steps", "1", "--json", str(out)])
+    vit = report["networks"]["vit_tiny_K8"]
+    assert {"bp", "bp_remat", "sid sequential", "ff sequential", "hsic sequential", "dgl vmap"} <= set(vit)
+    assert vit["bp"]["memory_vs_bp"] == 1.0 and all(r["memory_bytes"] > 0 for r in vit.values())
+    # every local rule walked one unit after another holds less than its fused step (tiny ViT, K = 4)
+    for rule in ("sid", "dgl", "ff", "hsic"):
+        assert vit[f"{rule} sequential"]["memory_bytes"] < vit[f"{rule} fused"]["memory_bytes"], rule
