@@ -48,6 +48,7 @@ def make_learner(
     augment: Augment | None = None,
     batch_size: int | None = None,
     donate: bool = False,
+    refresh: bool = False,
 ) -> Learner:
     """The ``Learner`` that trains ``network`` with ``method``.
 
@@ -71,6 +72,10 @@ def make_learner(
         a mesh (its data axis) need it.
       donate: the single-device step donates its input state (training
         loops that do not keep the old state).
+      refresh: execution ``"sequential"``: each unit reads its predecessor's
+        output as it is after that unit's update of this step (the units
+        updated in turn, as the HSIC bottleneck's authors train), not the
+        output that unit's update used.
 
     Returns:
       A ``Learner``.
@@ -82,13 +87,14 @@ def make_learner(
     spec, placement = get_method(method), Placement.parse(placement)
     check_adapted(spec, network)
     execution = check_training(spec, network.mode, belief_input=network.belief_input, execution=execution,
-                               pipelined=pipelined, stages=placement.kind == "stages", stacked=network.stacked)  # fmt: skip
+                               pipelined=pipelined, stages=placement.kind == "stages", stacked=network.stacked,
+                               refresh=refresh)  # fmt: skip
     loss = spec.loss(loss)
     loss.check_units(network.num_units)
     if placement.kind == "stages":
         return make_stages(network, spec, tx, loss, pipelined=pipelined, num_stages=placement.stages or None,
-                           devices=devices, augment=augment, batch_size=batch_size)  # fmt: skip
-    step = make_step(network, tx, spec, loss, execution, pipelined, augment)
+                           devices=devices, augment=augment, batch_size=batch_size, refresh=refresh)  # fmt: skip
+    step = make_step(network, tx, spec, loss, execution, pipelined, augment, refresh)
 
     def init(variables: Variables) -> TrainState:
         slots = init_slots(network, spec, variables, batch_size) if pipelined else ()

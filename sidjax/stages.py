@@ -167,12 +167,13 @@ def make_stages(
     devices,
     augment: Augment | None,
     batch_size: int | None,
+    refresh: bool = False,
 ) -> Learner:
     """The learner of a blockwise network with its units in stages, trained by a local method
     (``sidjax.make_learner`` checks the rules)."""
     stages = Stages.cut(network.num_units, num_stages, devices)
-    staged = StagedStep(network, method, stages, make_unit_update(network, method, tx, loss), loss, pipelined,
-                        augment)  # fmt: skip
+    staged = StagedStep(network, method, stages, make_unit_update(network, method, tx, loss, refresh), loss,
+                        pipelined, augment)  # fmt: skip
     program = jax.jit(staged.stage, static_argnums=0)
 
     def fresh(variables) -> TrainState:

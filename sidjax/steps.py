@@ -80,6 +80,7 @@ def make_step(
     execution: str,
     pipelined: bool = False,
     augment: Augment | None = None,
+    refresh: bool = False,
 ) -> StepFn:
     """``step(state, (x, labels), key) -> (state, metrics)`` for a resolved method and execution.
 
@@ -92,7 +93,7 @@ def make_step(
 
     def build(loss):
         if execution == "sequential":
-            return _walk_step(network, spec, tx, loss, pipelined)
+            return _walk_step(network, spec, tx, loss, pipelined, refresh)
         if pipelined:
             return _pipelined_step(network, spec, tx, loss, vmap=execution == "vmap")
         return _gradient_step(tx, spec.make_objective(network, loss, execution))
@@ -135,9 +136,9 @@ def _pipelined_step(network: Network, method: LocalRule, tx, loss, vmap):
     return inner
 
 
-def _walk_step(network: Network, method: LocalRule, tx, loss, pipelined):
+def _walk_step(network: Network, method: LocalRule, tx, loss, pipelined, refresh=False):
     """Both schedules as one walk over the units inside the program (``sidjax.units.walk``)."""
-    update = make_unit_update(network, method, tx, loss)
+    update = make_unit_update(network, method, tx, loss, refresh)
     alphas = loss.alphas(network.num_units)
 
     def inner(state, x, labels, key):

@@ -117,7 +117,11 @@ def unit_objective(
 
 
 def make_unit_update(
-    network: Network, method: LocalRule, tx: optax.GradientTransformation, loss: SIDLoss
+    network: Network,
+    method: LocalRule,
+    tx: optax.GradientTransformation,
+    loss: SIDLoss,
+    refresh: bool = False,
 ) -> UnitUpdate:
     """The local update of one unit, a pure function to be traced inside a step.
 
@@ -126,7 +130,8 @@ def make_unit_update(
     ``PartState``s, ``inp`` a ``UnitInput``, ``alpha`` a scalar, ``key`` the
     step's key or None. With ``stem`` given (the first unit of a network with
     a stem) the unit reads ``stem(x)`` and the stem steps on the same loss's
-    gradient.
+    gradient. With ``refresh`` the unit hands on the output it gives after its
+    update (one more forward pass), not the one its update used.
     """
 
     def update(k: int, unit: PartState, inp: UnitInput, alpha, key, stem: PartState | None = None, x=None):
@@ -145,6 +150,9 @@ def make_unit_update(
         unit = step_part(tx, unit, g_unit, unit_stats, inp.valid)
         if stem is not None:
             stem = step_part(tx, stem, g_stem, stem_stats, inp.valid)
+        if refresh:  # what the updated unit (and stem) gives: the next unit reads that
+            h = inp.h if stem is None else network.apply_stem(stem.params, stem.stats, x, key)[0]
+            (h_out, logits), _ = network.apply_unit(k, unit.params, unit.stats, inp._replace(h=h), key)
         nxt = method.hand_on(network, inp, h_out, logits)
         return unit, stem, UnitOutput(nxt, value, reported)
 

@@ -200,3 +200,53 @@ def test_what_a_method_cannot_run_is_refused_in_one_line_naming_what_it_can(meth
     with pytest.raises(sidjax.ConfigError, match=words) as err:
         make_learner(network, TX, spec, batch_size=8, **settings)
     assert "\n" not in str(err.value)
+
+
+def reference_in_turn(spec, network, variables, data, tx=TX):
+    """Units updated in turn, by hand: within each step unit k trains on what units 1..k-1 give after their
+    own update of that step (the HSIC bottleneck's authors' loop: a fresh forward pass per unit)."""
+    k_units, key, loss = network.num_units, jax.random.key(0), spec.loss(LOSS)
+    units = [network.unit_values(variables.params.units, k) for k in range(k_units)]
+    stats = [network.unit_values(variables.stats.units, k) for k in range(k_units)]
+    stem, stem_stats = variables.params.stem, variables.stats.stem
+    opts, stem_opt = [tx.init(u) for u in units], tx.init(stem)
+    for step, (x, labels) in enumerate(data):
+        step_key = jax.random.fold_in(key, step)
+        x_given, given = spec.give(network, x, labels, step_key)
+        inp = network.first_input(x_given, labels, True, given)
+        for k in range(k_units):
+
+            def loss_fn(stem_p, unit_p, k=k, inp=inp, step_key=step_key):
+                if k == 0:
+                    inp = inp._replace(h=network.apply_stem(stem_p, stem_stats, inp.h, step_key)[0])
+                (h_out, logits), _ = network.apply_unit(k, unit_p, stats[k], inp, step_key)
+                seen = UnitSeen(k, inp, h_out, logits, jax.random.fold_in(step_key, k), loss.alpha, loss)
+                return spec.unit_loss(seen)[0]
+
+            g_stem, g_unit = jax.grad(loss_fn, (0, 1))(stem, units[k])
+            updates, opts[k] = tx.update(g_unit, opts[k], units[k])
+            units[k] = optax.apply_updates(units[k], updates)
+            if k == 0:
+                updates, stem_opt = tx.update(g_stem, stem_opt, stem)
+                stem = optax.apply_updates(stem, updates)
+                inp = inp._replace(h=network.apply_stem(stem, stem_stats, inp.h, step_key)[0])
+            (h_out, logits), _ = network.apply_unit(k, units[k], stats[k], inp, step_key)  # after its update
+            inp = spec.hand_on(network, inp, h_out, logits)
+    return stem, units
+
+
+@pytest.mark.parametrize("rule", ["sid", "hsic", "quiet"])
+def test_units_updated_in_turn_equal_their_loop_and_differ_from_the_synchronous_walk(rule):
+    spec, network, variables = _network(rule)
+    data = batches((8, 8, 1), n=3)
+    tx = optax.sgd(0.05) if rule == "hsic" else TX  # see test_a_data_mesh_equals_one_device
+    state, _, learner = _train(spec, network, variables, data, tx, execution="sequential", refresh=True)
+    stem, units = reference_in_turn(spec, network, variables, data, tx)
+    tol = HSIC_TOLERANCE if rule == "hsic" else 1e-5
+    chex.assert_trees_all_close(state.params.stem, stem, atol=tol)
+    chex.assert_trees_all_close(network.unit_list(state.params.units), units, atol=tol)
+    walked, _, _ = _train(spec, network, variables, data, tx, execution="sequential")
+    last = jax.tree.leaves(network.unit_values(walked.params.units, network.num_units - 1))[0]
+    assert not jnp.allclose(last, jax.tree.leaves(units[-1])[0]), "the later units read other inputs"
+    with pytest.raises(sidjax.ConfigError, match="refresh updates the units in turn"):
+        make_learner(network, TX, spec, execution="fused", refresh=True)

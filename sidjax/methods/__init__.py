@@ -11,7 +11,8 @@ minimises, where gradients may flow, what it changes in the network
 * ``noprop`` (``sidjax.methods.noprop``): NoProp as the SID authors ran it.
 * ``fa`` and ``dfa`` (``sidjax.methods.feedback``): feedback alignment and
   direct feedback alignment.
-* ``ff`` (``sidjax.methods.forward_forward``): Forward-Forward.
+* ``ff`` and ``ff_hinton`` (``sidjax.methods.forward_forward``): Forward-Forward, and with Hinton's
+  own settings.
 * ``hsic`` (``sidjax.methods.hsic``): the HSIC bottleneck.
 * ``readout`` (``sidjax.methods.readout``): a fresh linear read-out on a
   frozen network (the HSIC bottleneck's post-training, a linear probe).
@@ -40,13 +41,14 @@ from sidjax.methods._record import (
     check_belief_input,
     check_mode,
     check_pipelined,
+    check_refresh,
     check_stages,
     check_training,
     resolve_execution,
 )
 from sidjax.methods.backprop import BP, BP_REMAT
 from sidjax.methods.feedback import DFA, FA
-from sidjax.methods.forward_forward import FF
+from sidjax.methods.forward_forward import FF, FF_HINTON
 from sidjax.methods.hsic import HSIC
 from sidjax.methods.noprop import NOPROP
 from sidjax.methods.readout import READOUT
@@ -67,6 +69,7 @@ __all__ = [
     "check_belief_input",
     "check_mode",
     "check_pipelined",
+    "check_refresh",
     "check_stages",
     "changed_rule",
     "check_training",
@@ -75,7 +78,7 @@ __all__ = [
     "resolve_execution",
 ]
 
-BUILTIN: tuple[Method, ...] = (SID, DGL, BP, BP_REMAT, NOPROP, FA, DFA, FF, HSIC, READOUT)
+BUILTIN: tuple[Method, ...] = (SID, DGL, BP, BP_REMAT, NOPROP, FA, DFA, FF, FF_HINTON, HSIC, READOUT)
 METHODS: dict[str, Method] = {method.name: method for method in BUILTIN}
 
 

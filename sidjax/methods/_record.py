@@ -82,6 +82,9 @@ class Method:
         None to use the run's.
       uses_alpha: its loss reads alpha (the run's ``SIDLoss.alpha``; a local
         rule's ``seen.alpha``): the run records alpha only then.
+      default_lr: the learning rate a run of it takes where none is given
+        (``TrainConfig.lr`` None): one its defaults learn with on Fashion-MNIST
+        (``docs/methods.md`` gives the budget).
     """
 
     name: str
@@ -94,6 +97,7 @@ class Method:
     prepare: Prepare | None = None
     alpha: float | None = None
     uses_alpha: bool = False
+    default_lr: float = 1e-3
 
     def __post_init__(self):
         if self.gradients not in GRADIENTS:
@@ -314,6 +318,15 @@ def check_stages(spec: Method, mode: str) -> None:
     _local_blockwise(spec, mode, "placement stages", "placement")
 
 
+def check_refresh(spec: Method, mode: str, execution: str, pipelined: bool) -> None:
+    """Units updated in turn (each reads its predecessor's updated output) walk a local method's blockwise
+    units one after another, synchronously."""
+    _local_blockwise(spec, mode, "refresh", "refresh")
+    if pipelined or execution not in ("auto", "sequential"):
+        raise ConfigError("refresh updates the units in turn: execution 'sequential' (or 'auto'), not pipelined",
+                          "refresh")  # fmt: skip
+
+
 def resolve_execution(spec: Method, mode: str, execution: str, stacked: bool | None = None) -> str:
     """The execution a step uses: ``"auto"`` from ``AUTO_EXECUTION`` for a local method, ``"fused"`` for
     one objective; one the method cannot run is refused, naming those it can.
@@ -358,6 +371,7 @@ def check_training(
     pipelined: bool = False,
     stages: bool = False,
     stacked: bool | None = None,
+    refresh: bool = False,
 ) -> str:
     """Every rule above for one way of training: the configuration calls it with its settings,
     ``sidjax.make_learner`` with the network's. Returns the execution the step uses."""
@@ -367,4 +381,6 @@ def check_training(
         check_pipelined(spec, mode)
     if stages:
         check_stages(spec, mode)
+    if refresh:
+        check_refresh(spec, mode, execution, pipelined)
     return resolve_execution(spec, mode, execution, stacked)

@@ -44,13 +44,31 @@ THRESHOLD = 1.0
 NEG = -1e9
 
 
-def embed_labels(x: chex.Array, labels: chex.Array, num_classes: int) -> chex.Array:
+def embed_labels(
+    x: chex.Array, labels: chex.Array, num_classes: int, strength: float | None = None
+) -> chex.Array:
     """``x [B, ...]`` with the first ``num_classes`` values of each flattened example replaced by its
-    one-hot label times the example's largest absolute value."""
+    one-hot label times ``strength`` (None: the example's largest absolute value)."""
     flat = x.reshape(x.shape[0], -1)
-    scale = jnp.max(jnp.abs(flat), axis=1, keepdims=True)
+    scale = jnp.max(jnp.abs(flat), axis=1, keepdims=True) if strength is None else strength
     flat = flat.at[:, :num_classes].set(jax.nn.one_hot(labels, num_classes) * scale)
     return flat.reshape(x.shape)
+
+
+@dataclasses.dataclass(frozen=True)
+class Embedding:
+    """How a label is written into an image, in training and in prediction alike.
+
+    Attributes:
+      strength: the one-hot label's value (None: the example's largest absolute value).
+      normalise: divide each example by its root mean square first (Hinton's code does).
+    """
+
+    strength: float | None = None
+    normalise: bool = False
+
+    def __call__(self, x: chex.Array, labels: chex.Array, num_classes: int) -> chex.Array:
+        return embed_labels(normalised(x) if self.normalise else x, labels, num_classes, self.strength)
 
 
 def wrong_labels(labels: chex.Array, num_classes: int, key: chex.PRNGKey) -> chex.Array:
@@ -87,14 +105,18 @@ def unit_goodness(network: Network, variables: Variables, x: chex.Array, key=Non
     return jnp.stack(found), stats._replace(stem=stem_stats, units=network.join_units(unit_stats))
 
 
-def give_labelled(network: Network, x: chex.Array, labels: chex.Array, key) -> tuple[chex.Array, chex.Array]:
-    """``(both [2B, ...], wrong [B])``: the positives (each image with its label) then the negatives (the
-    same images with a wrong label drawn from ``fold_in(key, K + 1)``), and the wrong labels."""
-    if key is None:
-        raise ValueError("ff draws its negative labels from the step's key: give a key")
-    n = network.num_classes
-    wrong = wrong_labels(labels, n, jax.random.fold_in(key, network.num_units + 1))
-    return jnp.concatenate([embed_labels(x, labels, n), embed_labels(x, wrong, n)]), wrong
+def make_give(embed: Embedding = Embedding()):
+    """``give(network, x, labels, key) -> (both [2B, ...], wrong [B])``: the positives (each image with its
+    label) then the negatives (the same images with a wrong label drawn from ``fold_in(key, K + 1)``)."""
+
+    def give(network: Network, x: chex.Array, labels: chex.Array, key) -> tuple[chex.Array, chex.Array]:
+        if key is None:
+            raise ValueError("ff draws its negative labels from the step's key: give a key")
+        n = network.num_classes
+        wrong = wrong_labels(labels, n, jax.random.fold_in(key, network.num_units + 1))
+        return jnp.concatenate([embed(x, labels, n), embed(x, wrong, n)]), wrong
+
+    return give
 
 
 def hand_on_direction(network: Network, inp: UnitInput, h_out: chex.Array, logits: chex.Array) -> UnitInput:
@@ -123,14 +145,18 @@ def make_ff_loss(threshold: float = THRESHOLD):
     return unit_loss
 
 
-def forward_forward(name: str = "ff", threshold: float = THRESHOLD, skip_first: bool = False) -> LocalMethod:
+def forward_forward(
+    name: str = "ff",
+    threshold: float = THRESHOLD,
+    skip_first: bool = False,
+    embed: Embedding = Embedding(),
+    summary: str = "Forward-Forward: each unit separates label-embedded positives from negatives by goodness",
+) -> LocalMethod:
     """Forward-Forward as a ``LocalMethod``: ``threshold`` on the mean of squares, the prediction's sum over
-    every unit (``skip_first``: every unit but the first, Hinton's rule)."""
+    every unit (``skip_first``: every unit but the first, Hinton's rule), labels written as ``embed`` says."""
     return LocalMethod(
-        name=name,
-        summary="Forward-Forward: each unit separates label-embedded positives from negatives by goodness",
-        unit_loss=make_ff_loss(threshold), give=give_labelled, hand_on=hand_on_direction,
-        modes=("blockwise",), belief_input="none", inference=Goodness(skip_first),
+        name=name, summary=summary, unit_loss=make_ff_loss(threshold), give=make_give(embed),
+        hand_on=hand_on_direction, modes=("blockwise",), belief_input="none", inference=Goodness(skip_first, embed),
     )  # fmt: skip
 
 
@@ -143,6 +169,7 @@ class Goodness:
     """
 
     skip_first: bool = False
+    embed: Embedding = Embedding()
 
     def __call__(self, network: Network, variables: Variables, x: chex.Array) -> chex.Array:
         """``[K, B, N]``: row k sums units 1..k+1's goodness for every label (``skip_first``: units 2..k+1,
@@ -150,7 +177,7 @@ class Goodness:
         n = network.num_classes
 
         def for_label(label):
-            embedded = embed_labels(x, jnp.full(x.shape[:1], label), n)
+            embedded = self.embed(x, jnp.full(x.shape[:1], label), n)
             return unit_goodness(network, variables, embedded, train=False)[0]
 
         g = jax.vmap(for_label)(jnp.arange(n))  # [N, K, B]
@@ -159,3 +186,9 @@ class Goodness:
 
 
 FF = forward_forward()
+# Hinton's own code (ffcode): goodness the sum of squares against the layer's width (the mean against 1),
+# each example normalised to unit root mean square with its label at strength 1, the prediction summed over
+# every unit but the first. Its hardest-negative sampling is not built: negatives are drawn uniformly.
+FF_HINTON = forward_forward("ff_hinton", 1.0, skip_first=True, embed=Embedding(strength=1.0, normalise=True),
+                            summary="Forward-Forward with Hinton's own settings (normalised input, label at "
+                            "strength 1, the first unit left out of the prediction)")  # fmt: skip

@@ -45,7 +45,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
              "device_data_mb"),
     "model": ("model", "mode", "num_modules", "num_blocks", "head", "belief_input", "tiny", "conv_impl",
               "init_from"),
-    "method": ("method", "alpha", "divergence", "label_smoothing", "pipelined"),
+    "method": ("method", "alpha", "divergence", "label_smoothing", "pipelined", "refresh"),
     "optimisation": ("optimizer", "lr", "momentum", "weight_decay", "schedule", "epochs", "batch_size",
                      "eval_batch_size", "seed", "late_epochs"),
     "devices": ("placement", "execution", "steps_per_chunk"),
@@ -80,8 +80,9 @@ class TrainConfig:
       divergence: forward (the authors' code: KL(p_prev || p)) or reverse (the paper: KL(p || target); needs smoothing).
       label_smoothing: epsilon of the target distribution, in [0, 1).
       pipelined: blockwise: unit k trains on unit k-1's output of the previous step (no update locking).
+      refresh: blockwise, units walked in turn: unit k trains on unit k-1's output after that unit's update of this step (the HSIC bottleneck's authors' way; one more forward pass per unit).
       optimizer: adam or sgd (with momentum); recorded as custom, with lr, momentum, weight_decay and schedule None, for your own optimizer (run's tx).
-      lr: learning rate; several (1e-4,3e-4,1e-3) train as a grid beside the seeds in one program, each point in its own directory (lr<value>/), chosen on the validation split.
+      lr: learning rate; default the method's (1e-3; fa and dfa 1e-4), recorded as the value; several (1e-4,3e-4,1e-3) train as a grid beside the seeds in one program, each point in its own directory (lr<value>/), chosen on the validation split.
       momentum: sgd's momentum, in [0, 1).
       weight_decay: decoupled for adam (AdamW), L2 added to the gradient for sgd; several values are a grid, as for lr.
       schedule: the learning rate: constant, or cosine (decays to 0 over all steps).
@@ -119,8 +120,9 @@ class TrainConfig:
     divergence: str = "forward"
     label_smoothing: float = 0.0
     pipelined: bool = False
+    refresh: bool = False
     optimizer: str = "adam"
-    lr: float | tuple[float, ...] | None = 1e-3
+    lr: float | tuple[float, ...] | None = None
     momentum: float | None = 0.9
     weight_decay: float | tuple[float, ...] | None = 0.0
     schedule: str | None = "constant"
@@ -179,6 +181,11 @@ class TrainConfig:
         return dataclasses.replace(self, seed=seed)
 
     @property
+    def learning_rate(self) -> float | tuple[float, ...]:
+        """``lr``, or the method's default learning rate where it is None."""
+        return get_method(self.method).default_lr if self.lr is None else self.lr
+
+    @property
     def grid(self) -> dict[str, tuple[float, ...]]:
         """The fields given several values (a tuple, even of one), in ``GRID_FIELDS``' order; {} for none."""
         return {name: getattr(self, name) for name in GRID_FIELDS if isinstance(getattr(self, name), tuple)}
@@ -201,13 +208,13 @@ class TrainConfig:
         other values step in the same program: the points of a grid. A run
         at one point takes the same steps as its grid's (tested).
         """
-        lr, weight_decay = self.lr, self.weight_decay
+        lr, weight_decay = self.learning_rate, self.weight_decay
         if isinstance(lr, tuple) or isinstance(weight_decay, tuple):
             raise ValueError("optimizer_tx needs one point of the grid: config.for_point(point)")
         if not injected:
             return self._optimizer(lr, weight_decay, total_steps)
         names = {"lr": "learning_rate", "weight_decay": "weight_decay"}
-        values = {names[name]: getattr(self, name) for name in injected}
+        values = {names[name]: lr if name == "lr" else weight_decay for name in injected}
         fixed = {"learning_rate": lr, "weight_decay": weight_decay}
 
         def build(**given):
@@ -292,7 +299,7 @@ def _check_custom(c: TrainConfig) -> None:
             "and schedule are then None; to train with your optimizer give run(config, tx=...)",
             "optimizer",
         )
-    missing = [n for n in replaced if getattr(c, n) is None]
+    missing = [n for n in replaced if getattr(c, n) is None and n != "lr"]  # lr None: the method's own
     if c.optimizer != CUSTOM and missing:
         raise ConfigError(
             f"{missing[0]} is None, which only a run given its own optimizer records", missing[0]
@@ -359,8 +366,8 @@ def _check_ranges(c: TrainConfig) -> None:
     }
     for name, (interval, inside) in ranges.items():
         value = getattr(c, name)
-        if value is None and c.optimizer == CUSTOM:
-            continue  # checked by _check_custom
+        if value is None and (c.optimizer == CUSTOM or name == "lr"):
+            continue  # checked by _check_custom; lr None is the method's default
         several = name in GRID_FIELDS and isinstance(value, tuple)
         if several and (not value or len(set(value)) != len(value)):
             raise ConfigError(f"{name} must be one number or distinct numbers (a grid), got {value!r}", name)
@@ -380,6 +387,6 @@ def _check_ranges(c: TrainConfig) -> None:
 def _check_rules(c: TrainConfig) -> None:
     spec, placement = get_method(c.method), c.placement_spec()
     check_training(spec, c.mode, belief_input=c.belief, execution=c.execution, pipelined=c.pipelined,
-                   stages=placement.kind == "stages")  # fmt: skip
+                   stages=placement.kind == "stages", refresh=c.refresh)  # fmt: skip
     spec.loss(c.loss())  # alpha's length is checked against the network built (make_plan)
     check_seeds(placement, len(c.seeds) * len(c.points()))

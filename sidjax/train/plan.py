@@ -290,7 +290,8 @@ def make_plan(
     def learner_for(tx: optax.GradientTransformation) -> Learner:
         return make_learner(network, tx, config.method, loss,
                             execution=config.execution, pipelined=config.pipelined, placement=config.placement,
-                            augment=random_crop_flip if augment else None, batch_size=config.batch_size)  # fmt: skip
+                            augment=random_crop_flip if augment else None, batch_size=config.batch_size,
+                            refresh=config.refresh)  # fmt: skip
 
     def point_learner(point):
         return learner_for(config.for_point(point).optimizer_tx(steps * config.epochs, injected))

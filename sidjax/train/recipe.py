@@ -53,7 +53,7 @@ def as_trained(config: TrainConfig, method: Method, loss: SIDLoss, own_tx: bool)
     momentum, weight decay and schedule None: ``run.json``'s recipe describes it); alpha is what the units
     read (DGL's fixed 1, the values given to ``run``), None where the method reads none or a schedule
     gives it; the head is None on a shared trunk, which has none."""
-    changes: dict[str, Any] = {}
+    changes: dict[str, Any] = {"lr": config.learning_rate}  # the method's default where none was given
     if own_tx:
         changes.update(optimizer=CUSTOM, lr=None, momentum=None, weight_decay=None, schedule=None)
     loss = method.loss(loss)

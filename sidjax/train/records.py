@@ -148,7 +148,11 @@ def trained_network(plan: Plan) -> dict[str, Any]:
         "parameters": int(sum(leaf.size for leaf in jax.tree.leaves(shapes))),
         "method": plan.method.identity(),
         "execution": plan.learner.execution,
-        "schedule": "pipelined" if plan.config.pipelined else "synchronous",
+        "schedule": "pipelined"
+        if plan.config.pipelined
+        else "in turn"
+        if plan.config.refresh
+        else "synchronous",
         "placement": plan.config.placement,
         **({"recipe": plan.recipe} if plan.recipe else {}),
     }
