@@ -320,6 +320,30 @@ def test_ff_loss_and_prediction_equal_the_formulas():
     np.testing.assert_allclose(hinton[-1], per_label[:, 1:].sum(1).T, rtol=1e-5)
 
 
+def test_ff_hinton_normalises_embeds_at_strength_one_thresholds_at_one_and_predicts_without_unit_one():
+    network, variables = _blockwise("ff_hinton")
+    x, y = tiny_batch()
+    key = jax.random.key(3)
+    value, (losses, _, _) = jax.jit(METHODS["ff_hinton"].make_objective(network, sidjax.SIDLoss()))(
+        variables.params, variables.stats, x, y, key
+    )
+    flat = x.reshape(16, -1)
+    unit_rms = flat / (jnp.sqrt(jnp.mean(flat**2, axis=1, keepdims=True)) + 1e-4)
+
+    def embedded(labels):  # each example at unit root mean square, then the one-hot label at strength 1
+        return unit_rms.at[:, :NUM_CLASSES].set(jax.nn.one_hot(labels, NUM_CLASSES)).reshape(x.shape)
+
+    wrong = wrong_labels(y, NUM_CLASSES, jax.random.fold_in(key, network.num_units + 1))
+    pos, neg = (_hand_goodness(network, variables, embedded(labels)) for labels in (y, wrong))
+    expected = (jax.nn.softplus(1.0 - pos).mean(1) + jax.nn.softplus(neg - 1.0).mean(1)) / 2
+    np.testing.assert_allclose(losses, expected, rtol=1e-5)
+    np.testing.assert_allclose(value, expected.sum(), rtol=1e-5)
+    per_label = jnp.stack([_hand_goodness(network, variables, embedded(jnp.full((16,), n)))
+                           for n in range(NUM_CLASSES)])  # fmt: skip  # [N, K, B]
+    scores = jax.jit(network.apply)(variables, x)
+    np.testing.assert_allclose(scores[-1], per_label[:, 1:].sum(1).T, rtol=1e-5)
+
+
 def test_ff_units_read_the_previous_output_normalised_and_stopped():
     network, variables = _blockwise("ff")
     h = jax.random.normal(KEY, (4, 10)) * 7
@@ -485,7 +509,7 @@ def test_a_data_parallel_mesh_step_equals_the_single_device_step(method):
 @pytest.mark.parametrize("method", ["fa", "dfa", "ff", "hsic"])
 def test_each_method_trains_through_run_resumes_and_predicts(method, tmp_path, fashion_mnist):
     config = tiny_config(method=method, model="mlp4", mode="blockwise", num_blocks=4, epochs=2,
-                         limit_train=1024, limit_test=256)  # fmt: skip
+                         limit_train=1024, limit_test=256, lr=1e-3)  # fmt: skip  # 32 steps: FA's default is slow
     whole = sidjax.run(config, str(tmp_path / "whole"), dataset=fashion_mnist, progress=False)
     if method == "ff":  # 32 steps: unit 1 tells positives from negatives; the later units lag behind it
         assert records(tmp_path / "whole" / "metrics.jsonl")[-1]["train_unit_accuracy"][0] > 0.75, (

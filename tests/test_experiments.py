@@ -129,7 +129,7 @@ def test_report_tables_come_from_the_result_files(tmp_path):
     _write_run(results / "pipeline" / "pipelined" / "seed0", 0.8, git_commit="0123456789", git_modified=False)
     text = report.report(str(results), str(tmp_path / "RESULTS.md"), str(results / "plots"))
     # late mean: the last 2 epochs of a 2-epoch run, (0.5 + final) / 2; no commit recorded: "none"
-    assert "| noise40/sid | 3/3 | 82.00 ± 2.00 | 66.00 ± 1.00 | 82.00 ± 2.00 | 2.0 | 100 | none |" in text
+    assert "| noise40/sid | 3/3 | 82.00 ± 2.00 | 66.00 ± 1.00 | 82.00 ± 2.00 | 2.0 | 100 | none (no provenance) |" in text
     assert "| trunk/L02/sid | 1/2 | 80.00 | 65.00 | 80.00 | 2.0 | 100 | abcdef0* |" in text  # a modified tree
     assert (
         "| pipelined | 1/1 | 80.00 | 65.00 | 80.00 | 2.0 | 100 | 0123456† |" in text
@@ -189,26 +189,25 @@ def test_the_memorisation_report_pairs_seeds_and_states_what_it_found(tmp_path):
         assert (tmp_path / "plots" / f"{png}.png").stat().st_size > 1000
 
 
-def test_the_comparison_pairs_each_method_with_sid_and_sets_published_gaps_beside_ours(tmp_path):
+def test_the_comparison_judges_each_method_against_the_floor_and_sid_in_the_late_window(tmp_path):
     results = tmp_path / "results" / "comparison" / "mlp4_blockwise"
-    finals = {"sid": (0.89, 0.90, 0.88), "bp": (0.90, 0.90, 0.89), "fa": (0.85, 0.86, 0.84)}
-    for method, values in finals.items():
-        for seed, final in enumerate(values):
-            _write_run(results / method / f"seed{seed}", final, best=final + 0.01, epochs=3)
+    # (final test, late validation) per seed; the floor's late validation is 0.84 at every seed
+    runs = {"sid": [(0.89, 0.88), (0.90, 0.89), (0.88, 0.87)], "fa": [(0.85, 0.86), (0.86, 0.86), (0.84, 0.86)],
+            "ff": [(0.80, 0.83), (0.81, 0.83), (0.82, 0.83)], "linear": [(0.84, 0.84)] * 3}  # fmt: skip
+    for method, seeds in runs.items():
+        for seed, (final, val) in enumerate(seeds):
+            _write_run(results / method / f"seed{seed}", final, epochs=3, late_val_accuracy=val)
     text = report.report(str(tmp_path / "results"), str(tmp_path / "RESULTS.md"), str(tmp_path / "plots"))
-    # SID - FA per seed: 4, 4, 4 points at the final epoch; over the 3 epochs there are (0.5, 0.5, final): 4/3
-    assert (
-        "| mlp4_blockwise | fa | 85.00 ± 1.00 | 61.67 ± 0.33 | +4.00 ± 0.00 [+4.00, +4.00] | "
-        "+1.33 ± 0.00 [+1.33, +1.33] | 2.0 |" in text
-    )
-    # BP - FA at the best epoch, per seed 5, 4, 5 points; published: 13.06 - 9.20 % error
-    assert "| fa | +3.86 points (LeNet, Fashion-MNIST" in text
-    assert "| +4.67 ± 0.58 [+3.23, +6.10] points | mlp4_blockwise |" in text
-    assert "| SID strongly outperforms feedback alignment | four dense units" in text
-    assert "fa itself ends at 85.00 ± 1.00 % |" in text
-    assert "| SID strongly outperforms the HSIC bottleneck | — | untested |" in text
-    assert "](plots/comparison_curves.png)" in text
-    assert (tmp_path / "plots" / "comparison_curves.png").stat().st_size > 1000
+    # late test: the last 3 epochs (0.5, 0.5, final); SID - FA per seed 4/3 points. FA's validation beats
+    # the floor's by 2 points at every seed, FF's is 1 point below it.
+    assert ("| mlp4_blockwise | fa | — | 85.00 ± 1.00 | 61.67 ± 0.33 | 86.00 ± 0.00 | yes | "
+            "+1.33 ± 0.00 [+1.33, +1.33] |") in text  # fmt: skip
+    assert "| mlp4_blockwise | ff | — | 81.00 ± 1.00 | 60.33 ± 0.33 | 83.00 ± 0.00 | no |" in text
+    assert ("- mlp4_blockwise: SID against feedback alignment: not reproduced as strong: SID ahead, by less "
+            "than 3 points.") in text  # fmt: skip
+    assert "SID against Forward-Forward: not comparable (ff is not above the floor on validation)." in text
+    assert "| mlp4_blockwise | linear | — | 84.00 ± 0.00 |" in text
+    assert "| mlp4_blockwise | dgl | not yet run |" in text
 
 
 @pytest.mark.parametrize(

@@ -35,7 +35,7 @@ EXPECTED = {
 
 TESTED_ELSEWHERE = {
     "noprop": "tests/test_noprop.py",
-    **dict.fromkeys(("fa", "dfa", "ff", "hsic"), "tests/test_baselines.py"),
+    **dict.fromkeys(("fa", "dfa", "ff", "ff_hinton", "hsic"), "tests/test_baselines.py"),
     "readout": "tests/test_readout.py",
 }  # methods whose units are given something else than a belief, or minimise something else
 

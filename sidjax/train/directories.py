@@ -121,9 +121,9 @@ class RunDirs:
         wrote = [d.save(states[i], epochs, steps, metrics[i], seconds) for i, d in enumerate(self)]
         return any(wrote)
 
-    def finish(self, member: Member, summary: dict[str, Any]) -> None:
-        if member in self._dirs:
-            self._dirs[member].finish(summary)
+    def finish(self, member: Member, summary: dict[str, Any]) -> dict[str, Any]:
+        """Writes ``member``'s summary where it has a directory; returns the summary as written."""
+        return self._dirs[member].finish(summary) if member in self._dirs else summary
 
     def start(self, template: TrainState, log: Callable[[str], None]):
         """The newest checkpoint every member holds intact: ``(states, position, partial metrics or None)``.

@@ -39,3 +39,15 @@ def provenance() -> dict[str, Any]:
 def _git(directory: str, *args: str) -> str:
     return subprocess.run(["git", "-C", directory, *args], capture_output=True, text=True, timeout=10,
                           check=True).stdout  # fmt: skip
+
+
+def with_start_commit(summary: dict[str, Any], run_info: dict[str, Any]) -> dict[str, Any]:
+    """``summary`` naming the commit its run started from (``run.json``'s): where the checkout moved
+    while it trained (or between its resumes), ``git_commit_changed`` says so and ``git_commits`` lists
+    each start's and the end's."""
+    starts = [run_info.get("git_commit")] + [r.get("git_commit") for r in run_info.get("resumed", [])]
+    commits = list(dict.fromkeys(c for c in [*starts, summary.get("git_commit")] if c))
+    if not starts[0]:
+        return summary
+    summary = {**summary, "git_commit": starts[0], "git_commit_changed": len(commits) > 1}
+    return {**summary, "git_commits": commits} if len(commits) > 1 else summary

@@ -97,3 +97,11 @@ def _number(value: Any) -> Any:
         return round(float(value), 10)
     except (TypeError, ValueError):
         return repr(value)
+
+
+def describe_recipe(recipe: dict[str, Any]) -> str:
+    """``{"tx": "custom", "alpha": "schedule"}`` -> 'your own optimizer (tx) and your own alpha (schedule)'."""
+    parts = [f"your own optimizer (tx: {recipe.get('tx_state', 'custom')})"] if "tx" in recipe else []
+    parts += [f"your own alpha ({recipe['alpha']})"] if "alpha" in recipe else []
+    parts += [f"a grid over {recipe['grid']}"] if "grid" in recipe else []
+    return " and ".join(parts) or "the config's optimizer and alpha"

@@ -51,7 +51,6 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 from sidjax.errors import ConfigError
-from sidjax.methods import changed_rule, get_method
 from sidjax.state import TrainState
 from sidjax.train.checkpoints import POSITION, Position, StoredCheckpoints
 from sidjax.train.claim import STALE_CLAIM_S, Claim
@@ -67,15 +66,12 @@ from sidjax.train.files import (
     writable,
     write_atomic,
 )
-from sidjax.train.provenance import provenance
+from sidjax.train.provenance import provenance, with_start_commit
+from sidjax.train.resuming import check_same_run
 
 __all__ = ["STALE_CLAIM_S", "Position", "RunDir", "RunWriteError", "provenance", "read_metrics"]
 
 RUN_FILES = ("config.json", "run.json", "metrics.jsonl", "summary.json", "checkpoints")
-
-
-# Fields that may differ when a run is resumed: they change neither the numbers nor the files.
-RESUMABLE = ("checkpoint_every", "checkpoint_steps", "steps_per_chunk", "device_data_mb", "eval_batch_size")
 
 
 class RunDir:
@@ -146,7 +142,8 @@ class RunDir:
                 "out",
             )
         if existing and resume:
-            self._check_same_settings()
+            check_same_run(self.path, self.config, self.recipe, self.run_info(), self.allow_changed_method,
+                           self.log)  # fmt: skip
             recorded = len(self.history())
             if recorded > self.config.epochs:
                 raise ConfigError(
@@ -160,47 +157,6 @@ class RunDir:
         """Makes this process the directory's only writer, or refuses in one line (writing nothing);
         ``release`` gives the claim up (``sidjax.train.claim``)."""
         self._claim.acquire()
-
-    def _check_same_settings(self) -> None:
-        path = os.path.join(self.path, "config.json")
-        try:
-            with open(path) as f:
-                saved = TrainConfig.from_record(json.load(f)).record()
-        except FileNotFoundError:
-            raise ConfigError(
-                f"resume: {self.path} has no config.json; it was not written by sidjax"
-            ) from None
-        except (json.JSONDecodeError, ConfigError, TypeError) as err:
-            raise ConfigError(
-                f"resume: {path} is damaged ({err}); use overwrite=True to start again", "resume"
-            ) from None
-        changed = changed_rule(
-            self.run_info().get("network", {}).get("method"), get_method(self.config.method)
-        )
-        if changed and not self.allow_changed_method:
-            raise ConfigError(f"resume: {self.path}: {changed}; resume it with the same rule, or give "
-                              "allow_changed_method=True to go on with this one", "method")  # fmt: skip
-        if changed:
-            self.log(f"warning: {self.path}: {changed}; going on with it as asked (allow_changed_method)")
-        trained_with = self.run_info().get("recipe", {})
-        if trained_with != self.recipe:
-            raise ConfigError(
-                f"resume: {self.path} was trained with {describe_recipe(trained_with)}, and this run is given "
-                f"{describe_recipe(self.recipe)}; resume it with the same (run's tx and alpha arguments)",
-                "resume",
-            )
-        now = self.config.record()
-        constant = (
-            self.config.schedule == "constant" and "tx" not in self.recipe
-        )  # your tx may decay over them
-        free = set(RESUMABLE) | ({"epochs"} if constant else set())
-        changed = [k for k in now if k not in free and saved.get(k) != now[k]]
-        if changed:
-            raise ConfigError(
-                f"resume: {self.path} holds a run with other settings "
-                f"({', '.join(f'{k}={saved.get(k)!r}' for k in changed)}); use the same settings or another out",
-                "resume",
-            )
 
     def finished_summary(self) -> dict[str, Any] | None:
         """The summary of a finished run of this config's length, else None."""
@@ -355,20 +311,13 @@ class RunDir:
         self.live = self.path
         self._manager = self._open(self.path) if self._checkpointing else None
 
-    def finish(self, summary: dict[str, Any]) -> None:
-        """Writes ``summary.json``, with the commit the run started from (``run.json``'s): where the
-        checkout moved while it trained (or between its resumes), ``git_commit_changed`` says so and
-        ``git_commits`` lists each start's and the end's."""
-        info = self.run_info()
-        starts = [info.get("git_commit")] + [r.get("git_commit") for r in info.get("resumed", [])]
-        commits = list(dict.fromkeys(c for c in [*starts, summary.get("git_commit")] if c))
-        if starts[0]:
-            summary = {**summary, "git_commit": starts[0], "git_commit_changed": len(commits) > 1}
-            if len(commits) > 1:
-                summary["git_commits"] = commits
+    def finish(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """Writes ``summary.json`` with the commit the run started from (``with_start_commit``); returns it."""
+        summary = with_start_commit(summary, self.run_info())
         with self._writing("summary.json"):
             write_atomic(os.path.join(self.live, "summary.json"), json.dumps(summary, indent=2))
         self.close()
+        return summary
 
     @contextlib.contextmanager
     def _writing(self, what: str, discard: str | None = None):
@@ -437,14 +386,6 @@ class LatestEpochEnd:
     def should_preserve(self, checkpoints, *, context) -> list[bool]:
         ends = [i for i, c in enumerate(checkpoints) if c.step % self.steps_per_epoch == 0]
         return [bool(ends) and i == ends[-1] for i in range(len(checkpoints))]
-
-
-def describe_recipe(recipe: dict[str, Any]) -> str:
-    """``{"tx": "custom", "alpha": "schedule"}`` -> 'your own optimizer (tx) and your own alpha (schedule)'."""
-    parts = [f"your own optimizer (tx: {recipe.get('tx_state', 'custom')})"] if "tx" in recipe else []
-    parts += [f"your own alpha ({recipe['alpha']})"] if "alpha" in recipe else []
-    parts += [f"a grid over {recipe['grid']}"] if "grid" in recipe else []
-    return " and ".join(parts) or "the config's optimizer and alpha"
 
 
 def _sibling(path: str, kind: str) -> str:

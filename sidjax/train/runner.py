@@ -199,8 +199,7 @@ def _train(plan: Plan, dataset: Dataset, members: Members, dirs: RunDirs, resume
             session.record(session.evaluate(epoch, trained), stop, on_epoch, progress)
     results = {}
     for member, state in zip(members, session.host_states(), strict=True):
-        summary = summarize(session, member)
-        dirs.finish(member, summary)
+        summary = dirs.finish(member, summarize(session, member))
         results[member] = (RunResult(summary, plan.network, state), session.histories[member])
     if stop:  # it came during the last epoch, which finished: the job still stops (a sweep goes no further)
         where = f"; {dirs.where} holds the finished run" if dirs else ""
