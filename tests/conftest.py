@@ -144,3 +144,45 @@ def records(path) -> list[dict]:
         {k: v for k, v in json.loads(line).items() if not k.endswith("time_s")}
         for line in open(path).read().splitlines()
     ]
+
+
+# Variants left to ``make test-slow`` for time (the default suite stays near 12 minutes on 2 cores): each
+# property keeps at least one variant in the default suite, and these repeat it on larger networks, other
+# methods or more devices.
+SLOW_VARIANTS = {
+    "test_notebooks.py::test_notebook_runs_top_to_bottom_on_the_tiny_budget[03_parallel_modules.py-8]",
+    "test_experiments.py::test_smoke_variant_runs_end_to_end_on_real_data[blockwise_heads]",
+    "test_experiments.py::test_config_documents_itself_and_plans_without_data[main_table]",
+    "test_grid.py::test_each_grid_point_equals_that_point_trained_alone[mlp-grid2]",
+    "test_grid.py::test_each_grid_point_equals_that_point_trained_alone[simplecnn-grid1]",
+    "test_check_method.py::test_every_built_in_method_passes_its_own_check[sid-blockwise]",
+    "test_check_method.py::test_every_built_in_method_passes_its_own_check[noprop-trunk]",
+    "test_your_model.py::test_executions_agree_on_params_and_statistics[dgl]",
+    "test_blockwise.py::test_fused_and_sequential_execution_agree[resnet18-4-shape2]",
+    "test_blockwise.py::test_fused_and_sequential_execution_agree[vit_tiny-2-shape3]",
+    "test_blockwise.py::test_no_gradient_crosses_a_block_boundary[resnet18-4-shape2]",
+    "test_blockwise.py::test_tiny_variants_train_with_the_objective_going_down[bp-resnet18-4-shape2]",
+    "test_blockwise.py::test_tiny_variants_train_with_the_objective_going_down[sid-resnet18-4-shape2]",
+    "test_blockwise.py::test_tiny_variants_train_with_the_objective_going_down[bp-vit_tiny-2-shape3]",
+    "test_blockwise.py::test_architectures_in_all_three_uses[shape0-simplecnn]",
+    "test_pipeline.py::test_pipelined_single_program_equals_the_recurrence[vit_tiny-4-vmap]",
+    "test_pipeline.py::test_synchronous_stages_equal_the_single_device_step[vit_tiny-4-shape2-4]",
+    "test_local_rules.py::test_stacked_units_split_over_a_unit_mesh_equal_one_device[quiet]",
+    "test_local_rules.py::test_the_sequential_step_holds_less_than_the_fused_one[quiet]",
+    "test_local_rules.py::test_the_pipelined_schedule_is_its_one_step_stale_recurrence[sequential-sid]",
+    "test_local_rules.py::test_the_pipelined_schedule_is_its_one_step_stale_recurrence[sequential-hsic]",
+    "test_local_rules.py::test_the_pipelined_schedule_is_its_one_step_stale_recurrence[fused-hsic]",
+    "test_local_rules.py::test_the_pipelined_schedule_is_its_one_step_stale_recurrence[fused-ff]",
+    "test_local_rules.py::test_stages_equal_one_device[True-hsic]",
+    "test_local_rules.py::test_stages_equal_one_device[True-dgl]",
+    "test_local_rules.py::test_stages_equal_one_device[False-ff]",
+    "test_local_rules.py::test_stages_equal_one_device[False-quiet]",
+    "test_recipe.py::test_a_scheduled_alpha_equals_its_value_fixed_at_each_step[vmap-True-single]",
+    "test_recipe.py::test_a_scheduled_alpha_equals_its_value_fixed_at_each_step[sequential-False-single]",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.nodeid.split("tests/", 1)[-1] in SLOW_VARIANTS:
+            item.add_marker(pytest.mark.slow)

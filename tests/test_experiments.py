@@ -129,7 +129,10 @@ def test_report_tables_come_from_the_result_files(tmp_path):
     _write_run(results / "pipeline" / "pipelined" / "seed0", 0.8, git_commit="0123456789", git_modified=False)
     text = report.report(str(results), str(tmp_path / "RESULTS.md"), str(results / "plots"))
     # late mean: the last 2 epochs of a 2-epoch run, (0.5 + final) / 2; no commit recorded: "none"
-    assert "| noise40/sid | 3/3 | 82.00 ± 2.00 | 66.00 ± 1.00 | 82.00 ± 2.00 | 2.0 | 100 | none (no provenance) |" in text
+    assert (
+        "| noise40/sid | 3/3 | 82.00 ± 2.00 | 66.00 ± 1.00 | 82.00 ± 2.00 | 2.0 | 100 | none (no provenance) |"
+        in text
+    )
     assert "| trunk/L02/sid | 1/2 | 80.00 | 65.00 | 80.00 | 2.0 | 100 | abcdef0* |" in text  # a modified tree
     assert (
         "| pipelined | 1/1 | 80.00 | 65.00 | 80.00 | 2.0 | 100 | 0123456† |" in text

@@ -28,7 +28,6 @@ import sidjax
 from sidjax.errors import ConfigError
 from sidjax.losses import SIDLoss
 from sidjax.train.config import TrainConfig
-from sidjax.train.layout import CheckpointLayoutError
 from sidjax.train.runner import RunInterrupted
 
 
@@ -166,8 +165,9 @@ def test_a_resume_given_another_recipe_is_refused_in_one_line(fashion_mnist, tmp
     ):  # a tx's schedule may span the epochs
         sidjax.run(longer, out, resume=True, tx=warmup_cosine, dataset=fashion_mnist, progress=False)
     with pytest.raises(  # another optimizer's state: refused by its recorded structure, before any array
-        ConfigError, match=r"trained with your own optimizer \(tx: .*ScaleByAdamState.*\), and this run is given "
-        r"your own optimizer \(tx: EmptyState, EmptyState\)"
+        ConfigError,
+        match=r"trained with your own optimizer \(tx: .*ScaleByAdamState.*\), and this run is given "
+        r"your own optimizer \(tx: EmptyState, EmptyState\)",
     ):
         sidjax.run(tiny_config(epochs=1, checkpoint_every=1), out, resume=True, tx=optax.sgd(0.1),
                    dataset=fashion_mnist, progress=False)  # fmt: skip

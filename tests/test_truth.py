@@ -49,7 +49,9 @@ def test_a_custom_optimizer_an_alpha_schedule_and_your_rule_are_recorded_as_they
     bp = run(tiny_config(method="bp", epochs=1), dataset=fashion_mnist, progress=False).summary
     assert bp["alpha"] is None and bp["network"]["alpha"] is None and bp["network"]["execution"] == "fused"
     dgl = run(
-        tiny_config(method="dgl", mode="blockwise", model="mlp4", epochs=1), dataset=fashion_mnist, progress=False
+        tiny_config(method="dgl", mode="blockwise", model="mlp4", epochs=1),
+        dataset=fashion_mnist,
+        progress=False,
     ).summary
     assert dgl["alpha"] == 1.0 and dgl["network"]["execution"] == "sequential" and dgl["head"] == "mlp"
 

@@ -60,4 +60,6 @@ def _saved_config(path: str) -> dict[str, Any]:
     except FileNotFoundError:
         raise ConfigError(f"resume: {path} has no config.json; it was not written by sidjax") from None
     except (json.JSONDecodeError, ConfigError, TypeError) as err:
-        raise ConfigError(f"resume: {file} is damaged ({err}); use overwrite=True to start again", "resume") from None
+        raise ConfigError(
+            f"resume: {file} is damaged ({err}); use overwrite=True to start again", "resume"
+        ) from None
