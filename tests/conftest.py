@@ -150,7 +150,6 @@ def records(path) -> list[dict]:
 # property keeps at least one variant in the default suite, and these repeat it on larger networks, other
 # methods or more devices.
 SLOW_VARIANTS = {
-    "test_notebooks.py::test_notebook_runs_top_to_bottom_on_the_tiny_budget[03_parallel_modules.py-8]",
     "test_experiments.py::test_smoke_variant_runs_end_to_end_on_real_data[blockwise_heads]",
     "test_experiments.py::test_config_documents_itself_and_plans_without_data[main_table]",
     "test_grid.py::test_each_grid_point_equals_that_point_trained_alone[mlp-grid2]",

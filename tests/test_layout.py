@@ -2,6 +2,7 @@
 
 import ast
 import glob
+import inspect
 import os
 import subprocess
 import sys
@@ -153,3 +154,10 @@ def test_the_package_exports_what_it_lists():
 
     assert set(sidjax.__all__) == set(sidjax._EXPORTS) | {"__version__"}
     assert all(getattr(sidjax, name) is not None for name in sidjax.__all__)
+
+
+def test_run_reads_at_once_with_its_docstring():
+    from sidjax.train import runner
+
+    lines, _ = inspect.getsourcelines(runner.run)
+    assert len(lines) <= 60, f"run is {len(lines)} lines with its docstring"

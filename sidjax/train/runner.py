@@ -95,71 +95,32 @@ def run(
     """Trains and evaluates one configuration (all its seeds and grid points together); returns what it trained.
 
     Args:
-      config: the run.
-      out_dir: if given, ``config.json``, ``run.json``,
-        ``metrics.jsonl`` (a line per epoch), orbax checkpoints and
-        ``summary.json`` go here (one ``seed<k>/`` directory per seed when
-        ``config.seed`` is a tuple, inside one ``<point>/`` directory per
-        grid point, e.g. ``lr0.0001/``), and for a grid with a validation
-        split its ``selection.json``.
-      model: your own network instead of the config's architecture: a
-        factory ``key -> (network, variables)`` (each seed initialised from
-        its own key), a built ``(network, variables)`` (every seed starts
-        from it), or a ``sidjax.Backbone`` (built in the config's mode, as a
-        named architecture would be). The config then takes the network's
-        name, mode and depth.
-      tx: your own optimizer instead of the config's (optimizer, lr,
-        momentum, weight_decay, schedule): any optax transformation, or a
-        function ``total_steps -> transformation`` for schedules over the
-        whole run; every part (stem, each unit) gets its own state of it.
-        Checkpointed and resumed like the config's; a resume must be given
-        one of the same structure.
-      alpha: your own alpha instead of the config's: one value, one per unit
-        of the network trained, or a schedule ``alpha(step) -> [] or [K]``
-        traced inside the step (no recompilation as it changes).
-      dataset: already loaded data (``load_dataset`` or
-        ``Dataset.from_arrays``); its name must be ``config.dataset``.
-      data_dir, manual_dir: passed to ``load_dataset``.
-      progress: a progress bar per epoch.
-      overwrite: replace an earlier run in ``out_dir``, once this one has
-        finished its first epoch.
-      resume: continue the run in ``out_dir`` from its last intact
-        checkpoint (same settings; ``epochs`` may grow under a constant
-        schedule), to the same numbers as an uninterrupted run; a finished
-        run is returned as it is.
-      on_epoch: called with each seed's record of each epoch (with its ``seed``).
-      log: where messages go.
-      allow_changed_method: resume a run whose method's code is not the one
-        it recorded (a warning), instead of refusing.
+      config: the run. out_dir: where ``config.json``, ``run.json``, ``metrics.jsonl``, checkpoints and
+        ``summary.json`` go (``<point>/seed<k>/`` per member of a grid or of several seeds).
+      model: your own network: a factory ``key -> (network, variables)``, a built pair, or a ``Backbone``.
+      tx: your own optax optimizer (or ``total_steps -> transformation``). alpha: one value, one per unit,
+        or a schedule ``alpha(step)`` (docs/models.md: your own recipe).
+      dataset, data_dir, manual_dir: the data (``load_dataset`` or ``Dataset.from_arrays``).
+      progress: a progress bar per epoch. log: where messages go. on_epoch: called with each epoch's record.
+      overwrite: replace the run in ``out_dir`` once this one has finished its first epoch.
+      resume: continue the run in ``out_dir`` from its last intact checkpoint, to an uninterrupted run's numbers.
+      allow_changed_method: resume a run whose rule's code changed, with a warning, instead of refusing.
 
     Returns:
-      A ``RunResult`` (summary, network, final state); a list, one per
-      member (the grid's points outermost, then the seeds), when
-      ``config.seed`` is a tuple or the config has a grid.
+      A ``RunResult`` (summary, network, final state), or one per member (grid points outermost) for a
+      tuple of seeds or a grid.
 
     Raises:
-      ConfigError, DatasetUnavailableError: one line, before any data is
-        loaded where the problem does not depend on the data.
-      TrainingDiverged: the loss stopped being finite (in a grid, a point
-        that diverges is recorded as such and the others go on).
-      RunInterrupted: Ctrl-C; what was saved is kept.
+      ConfigError, DatasetUnavailableError, TrainingDiverged, RunInterrupted, RunStopped: one line each
+      (docs/faults.md); finished work is kept.
     """
     plan = make_plan(config, dataset, model, tx=tx, alpha=alpha)
     check_own_method(plan)
     config = plan.config
-    check_not_own(config.init_from, out_dir)
-    if jax.process_count() > 1:  # every process trains; process 0 alone writes the files
-        if resume:
-            raise ConfigError("resume is for single-process runs; start multi-process runs anew", "resume")
-        out_dir = out_dir if jax.process_index() == 0 else None
-    if resume and out_dir is None:
-        raise ConfigError("resume needs out_dir: the directory of the run to continue", "resume")
-    dirs = RunDirs.open(out_dir, config, log, plan.steps_per_epoch, plan.recipe, allow_changed_method)
+    dirs = _open_dirs(plan, out_dir, resume, log, allow_changed_method)
+    everyone = Members.of(config)
     try:
-        for d in dirs if resume else ():  # before the settings, which init_from's network replaced
-            check_source(plan, d.run_info().get("network"), d.path)
         dirs.claim(resume=resume, overwrite=overwrite)
-        everyone = Members.of(config)
         done = _finished(plan, dirs) if resume else {}
         members = Members(tuple(m for m in everyone if m not in done))
         if len(members):
@@ -170,10 +131,25 @@ def run(
         raise
     finally:
         dirs.release()
-    results = [done[m][0] for m in everyone]
     if config.grid:
-        select_point(plan, {m: done[m][1] for m in everyone}, out_dir, log)
+        select_point(plan, {m: done[m][1] for m in everyone}, out_dir if dirs else None, log)
+    results = [done[m][0] for m in everyone]
     return results[0] if len(results) == 1 and isinstance(config.seed, int) and not config.grid else results
+
+
+def _open_dirs(plan: Plan, out_dir: str | None, resume: bool, log, allow_changed_method: bool) -> RunDirs:
+    """The run's directories (none where ``out_dir`` is None, or on a process other than 0), checked."""
+    check_not_own(plan.config.init_from, out_dir)
+    if jax.process_count() > 1:  # every process trains; process 0 alone writes the files
+        if resume:
+            raise ConfigError("resume is for single-process runs; start multi-process runs anew", "resume")
+        out_dir = out_dir if jax.process_index() == 0 else None
+    if resume and out_dir is None:
+        raise ConfigError("resume needs out_dir: the directory of the run to continue", "resume")
+    dirs = RunDirs.open(out_dir, plan.config, log, plan.steps_per_epoch, plan.recipe, allow_changed_method)
+    for d in dirs if resume else ():  # before the settings, which init_from's network replaced
+        check_source(plan, d.run_info().get("network"), d.path)
+    return dirs
 
 
 def _finished(plan: Plan, dirs: RunDirs) -> dict[Member, tuple[RunResult, list[dict]]]:
