@@ -350,9 +350,10 @@ def compare(argv: list[str] | None = None) -> dict[str, list[dict]]:
 
     summaries = guarded(parser, argv, work)
     base, first = config_from_args(args), next(iter(summaries.values()))[0]
+    lr = base.lr or "each method's default"
     header = (
         f"{base.dataset}, {base.model} ({base.mode}), {'L' if base.mode == 'trunk' else 'K'}={base.depth}, "
-        f"alpha={base.alpha}, {base.optimizer} lr {base.lr} ({base.schedule}), batch {base.batch_size}, "
+        f"alpha={base.alpha}, {base.optimizer} lr {lr} ({base.schedule}), batch {base.batch_size}, "
         f"{base.epochs} epochs, {first['num_train']} train / {first['num_test']} test examples; "
         f"{first['host']}, {first['backend']} ({first['device']}). Late: the mean of the last {base.late_epochs} "
         "epochs; paired differences per seed: mean ± std [95 % interval]"
