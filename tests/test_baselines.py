@@ -294,17 +294,29 @@ def _hand_goodness(network, variables, x):
     return jnp.stack(found)
 
 
-def test_ff_loss_and_prediction_equal_the_formulas():
-    network, variables = _blockwise("ff")
+def _ff_step(method):
+    """A Forward-Forward method's objective on the tiny batch: the network, its variables, the batch, the
+    wrong labels it drew, and ``(value, per-unit losses, logits)``."""
+    network, variables = _blockwise(method)
     x, y = tiny_batch()
     key = jax.random.key(3)
-    value, (losses, logits, _) = jax.jit(METHODS["ff"].make_objective(network, sidjax.SIDLoss()))(
+    value, (losses, logits, _) = jax.jit(METHODS[method].make_objective(network, sidjax.SIDLoss()))(
         variables.params, variables.stats, x, y, key
     )
     wrong = wrong_labels(y, NUM_CLASSES, jax.random.fold_in(key, network.num_units + 1))
+    return network, variables, x, y, wrong, (value, losses, logits)
+
+
+def _ff_loss(pos, neg, threshold=THRESHOLD):
+    """``[K]``: each unit's loss from its goodness on the positives and on the negatives ``[K, B]``."""
+    return (jax.nn.softplus(threshold - pos).mean(1) + jax.nn.softplus(neg - threshold).mean(1)) / 2
+
+
+def test_ff_loss_and_prediction_equal_the_formulas():
+    network, variables, x, y, wrong, (value, losses, logits) = _ff_step("ff")
     pos = _hand_goodness(network, variables, embed_labels(x, y, NUM_CLASSES))
     neg = _hand_goodness(network, variables, embed_labels(x, wrong, NUM_CLASSES))
-    expected = (jax.nn.softplus(THRESHOLD - pos).mean(1) + jax.nn.softplus(neg - THRESHOLD).mean(1)) / 2
+    expected = _ff_loss(pos, neg)
     np.testing.assert_allclose(losses, expected, rtol=1e-5)
     np.testing.assert_allclose(value, expected.sum(), rtol=1e-5)
     np.testing.assert_allclose(logits[:, jnp.arange(16), y], pos, rtol=1e-5)
@@ -321,21 +333,15 @@ def test_ff_loss_and_prediction_equal_the_formulas():
 
 
 def test_ff_hinton_normalises_embeds_at_strength_one_thresholds_at_one_and_predicts_without_unit_one():
-    network, variables = _blockwise("ff_hinton")
-    x, y = tiny_batch()
-    key = jax.random.key(3)
-    value, (losses, _, _) = jax.jit(METHODS["ff_hinton"].make_objective(network, sidjax.SIDLoss()))(
-        variables.params, variables.stats, x, y, key
-    )
+    network, variables, x, y, wrong, (value, losses, _) = _ff_step("ff_hinton")
     flat = x.reshape(16, -1)
     unit_rms = flat / (jnp.sqrt(jnp.mean(flat**2, axis=1, keepdims=True)) + 1e-4)
 
     def embedded(labels):  # each example at unit root mean square, then the one-hot label at strength 1
         return unit_rms.at[:, :NUM_CLASSES].set(jax.nn.one_hot(labels, NUM_CLASSES)).reshape(x.shape)
 
-    wrong = wrong_labels(y, NUM_CLASSES, jax.random.fold_in(key, network.num_units + 1))
     pos, neg = (_hand_goodness(network, variables, embedded(labels)) for labels in (y, wrong))
-    expected = (jax.nn.softplus(1.0 - pos).mean(1) + jax.nn.softplus(neg - 1.0).mean(1)) / 2
+    expected = _ff_loss(pos, neg, threshold=1.0)
     np.testing.assert_allclose(losses, expected, rtol=1e-5)
     np.testing.assert_allclose(value, expected.sum(), rtol=1e-5)
     per_label = jnp.stack([_hand_goodness(network, variables, embedded(jnp.full((16,), n)))
