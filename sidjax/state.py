@@ -104,19 +104,18 @@ class SavedSlot(NamedTuple):
 
 
 def _slots_saved(slots: Any) -> Any:
-    if isinstance(slots, UnitInput) and isinstance(slots.given, tuple) and not slots.given:
-        return SavedSlot(*slots[:4])
-    if type(slots) is tuple:
-        return tuple(_slots_saved(s) for s in slots)
-    return slots
+    def saved(node):
+        empty = isinstance(node, UnitInput) and isinstance(node.given, tuple) and not node.given
+        return SavedSlot(*node[:4]) if empty else node
+
+    return jax.tree.map(saved, slots, is_leaf=lambda node: isinstance(node, UnitInput))
 
 
 def _slots_loaded(slots: Any) -> Any:
-    if isinstance(slots, SavedSlot):
-        return UnitInput(*slots)
-    if type(slots) is tuple:
-        return tuple(_slots_loaded(s) for s in slots)
-    return slots
+    def loaded(node):
+        return UnitInput(*node) if isinstance(node, SavedSlot) else node
+
+    return jax.tree.map(loaded, slots, is_leaf=lambda node: isinstance(node, SavedSlot))
 
 
 def held_apart(units: Any) -> bool:
